@@ -1,0 +1,16 @@
+//! filter-managed: classify instances as managed, pending registration, unmanaged or skipped.
+
+mod handler;
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = handler::Config::from_env(&fleet_core::config::env)?;
+    let aws = fleet_core::aws_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&ec2, &ssm, &config, chrono::Utc::now(), event.payload))).await
+}

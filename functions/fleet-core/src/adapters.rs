@@ -1,0 +1,265 @@
+//! Thin adapters over the EC2 and SSM APIs: batched at the API limits, errors classified.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_ec2::types::Filter;
+use aws_sdk_ssm::types::{InstanceInformationStringFilter, CommandInvocation};
+use chrono::{DateTime, Utc};
+
+use crate::classify::{Ec2Facts, SsmFacts};
+use crate::error::FleetError;
+
+/// DescribeInstances: at most 200 values in one filter.
+pub const EC2_FILTER_VALUES: usize = 200;
+/// DescribeInstanceInformation: at most 50 results a page; we ask for 50 ids at a time.
+pub const SSM_INFO_BATCH: usize = 50;
+
+fn to_utc(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos()))
+}
+
+/// EC2's view of the given instances. Ids that EC2 does not know are absent from the map.
+/// Uses the `instance-id` filter (not InstanceIds) so one unknown id does not fail the call.
+pub async fn describe_ec2(client: &aws_sdk_ec2::Client, ids: &[String], opt_out_tag: &str) -> Result<HashMap<String, Ec2Facts>, FleetError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(EC2_FILTER_VALUES) {
+        let mut token = None;
+        loop {
+            let resp = client
+                .describe_instances()
+                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
+                .max_results(1000)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
+            for r in resp.reservations() {
+                for i in r.instances() {
+                    let Some(id) = i.instance_id() else { continue };
+                    let opted_out = i.tags().iter().any(|t| {
+                        t.key() == Some(opt_out_tag) && !t.value().unwrap_or("").eq_ignore_ascii_case("false")
+                    });
+                    out.insert(
+                        id.to_string(),
+                        Ec2Facts {
+                            instance_id: id.to_string(),
+                            state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                            launch_time: to_utc(i.launch_time()),
+                            has_instance_profile: i.iam_instance_profile().is_some(),
+                            opted_out,
+                            platform_details: i.platform_details().map(str::to_string),
+                        },
+                    );
+                }
+            }
+            token = resp.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// SSM's view of the given instances (those SSM has ever registered and still lists).
+pub async fn describe_ssm(client: &aws_sdk_ssm::Client, ids: &[String]) -> Result<HashMap<String, SsmFacts>, FleetError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(SSM_INFO_BATCH) {
+        let mut token = None;
+        loop {
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| FleetError::invalid_input(e.to_string()))?;
+            let resp = client
+                .describe_instance_information()
+                .filters(filter)
+                .max_results(50)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| FleetError::from_sdk("ssm", "DescribeInstanceInformation", &e))?;
+            for info in resp.instance_information_list() {
+                let Some(id) = info.instance_id() else { continue };
+                out.insert(
+                    id.to_string(),
+                    SsmFacts {
+                        instance_id: id.to_string(),
+                        ping_status: info.ping_status().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                        last_ping: to_utc(info.last_ping_date_time()),
+                        platform_type: info.platform_type().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                        platform_name: info.platform_name().unwrap_or_default().to_string(),
+                        platform_version: info.platform_version().unwrap_or_default().to_string(),
+                        agent_version: info.agent_version().unwrap_or_default().to_string(),
+                    },
+                );
+            }
+            token = resp.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One instance's invocation of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub instance_id: String,
+    pub status: String,
+    pub status_details: String,
+    pub response_code: Option<i32>,
+    /// The tail of the output SSM returns inline (the full output is in CloudWatch Logs).
+    pub output: String,
+}
+
+impl From<&CommandInvocation> for Invocation {
+    fn from(ci: &CommandInvocation) -> Self {
+        let plugin = ci.command_plugins().first();
+        Invocation {
+            instance_id: ci.instance_id().unwrap_or_default().to_string(),
+            status: ci.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            status_details: ci.status_details().unwrap_or_default().to_string(),
+            response_code: plugin.map(|p| p.response_code()),
+            output: plugin.and_then(|p| p.output()).unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// All invocations of a command, paginated. Right after SendCommand SSM may list none or say
+/// InvocationDoesNotExist: both come back as an empty list, which the caller reads as "running".
+pub async fn list_invocations(client: &aws_sdk_ssm::Client, command_id: &str) -> Result<Vec<Invocation>, FleetError> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let resp = client
+            .list_command_invocations()
+            .command_id(command_id)
+            .details(true)
+            .max_results(50)
+            .set_next_token(token.take())
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError as E;
+                if matches!(e.as_service_error(), Some(E::InvalidCommandId(_))) || code_of(&e) == Some("InvocationDoesNotExist") {
+                    return Ok(out);
+                }
+                return Err(FleetError::from_sdk("ssm", "ListCommandInvocations", &e));
+            }
+        };
+        out.extend(resp.command_invocations().iter().map(Invocation::from));
+        token = resp.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn code_of<E: aws_sdk_ssm::error::ProvideErrorMetadata, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> Option<&str> {
+    e.as_service_error().and_then(|s| s.code())
+}
+
+/// What SendCommand sends.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub document_name: String,
+    pub document_version: String,
+    pub instance_ids: Vec<String>,
+    pub parameters: BTreeMap<String, String>,
+    pub comment: String,
+    pub delivery_timeout_seconds: i32,
+    pub output_log_group: Option<String>,
+}
+
+/// Why SendCommand refused.
+#[derive(Debug)]
+pub enum SendError {
+    /// SSM says at least one instance id is not a managed, online instance.
+    InvalidInstanceId(String),
+    Other(FleetError),
+}
+
+pub async fn send_command(client: &aws_sdk_ssm::Client, req: &SendRequest) -> Result<String, SendError> {
+    let params: HashMap<String, Vec<String>> = req.parameters.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
+    let mut call = client
+        .send_command()
+        .document_name(&req.document_name)
+        .document_version(&req.document_version)
+        .set_instance_ids(Some(req.instance_ids.clone()))
+        .set_parameters(Some(params))
+        .comment(&req.comment)
+        .timeout_seconds(req.delivery_timeout_seconds)
+        .max_concurrency("50")
+        .max_errors("100%");
+    if let Some(group) = &req.output_log_group {
+        call = call.cloud_watch_output_config(
+            aws_sdk_ssm::types::CloudWatchOutputConfig::builder()
+                .cloud_watch_log_group_name(group)
+                .cloud_watch_output_enabled(true)
+                .build(),
+        );
+    }
+    match call.send().await {
+        Ok(resp) => resp
+            .command()
+            .and_then(|c| c.command_id())
+            .map(str::to_string)
+            .ok_or_else(|| SendError::Other(FleetError::Transient { service: "ssm:SendCommand".into(), message: "response without a command id".into() })),
+        Err(e) => {
+            use aws_sdk_ssm::operation::send_command::SendCommandError as E;
+            match e.as_service_error() {
+                Some(E::InvalidInstanceId(inner)) => SendError::InvalidInstanceId(inner.message().unwrap_or("invalid instance id").to_string()).into_err(),
+                _ => Err(SendError::Other(FleetError::from_sdk("ssm", "SendCommand", &e))),
+            }
+        }
+    }
+}
+
+impl SendError {
+    fn into_err<T>(self) -> Result<T, SendError> {
+        Err(self)
+    }
+}
+
+/// Find a command this system already sent for a batch (its comment carries the batch key),
+/// among the document's commands since `since`. Used when a previous attempt died between
+/// SendCommand and recording the command id.
+pub async fn find_command_by_comment(client: &aws_sdk_ssm::Client, document_name: &str, since: DateTime<Utc>, comment: &str) -> Result<Option<String>, FleetError> {
+    let mut token = None;
+    loop {
+        let resp = client
+            .list_commands()
+            .filters(
+                aws_sdk_ssm::types::CommandFilter::builder()
+                    .key(aws_sdk_ssm::types::CommandFilterKey::InvokedAfter)
+                    .value(since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .build()
+                    .map_err(|e| FleetError::invalid_input(e.to_string()))?,
+            )
+            .filters(
+                aws_sdk_ssm::types::CommandFilter::builder()
+                    .key(aws_sdk_ssm::types::CommandFilterKey::DocumentName)
+                    .value(document_name)
+                    .build()
+                    .map_err(|e| FleetError::invalid_input(e.to_string()))?,
+            )
+            .max_results(50)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| FleetError::from_sdk("ssm", "ListCommands", &e))?;
+        if let Some(c) = resp.commands().iter().find(|c| c.comment() == Some(comment)) {
+            return Ok(c.command_id().map(str::to_string));
+        }
+        token = resp.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(None);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The DynamoDB ledger: one item per instance (key `instanceId`), plus one item per sent batch
+//! (key `batch#<key>`) that makes SendCommand idempotent.
+//!
+//! Every instance write is conditional and goes through TransactWriteItems (up to 100 items a
+//! call): a condition that fails drops that one item, with the item it met, and the rest is
+//! written again. So an older run never overwrites a newer state, and a call is made per 100
+//! instances rather than per instance.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+
+use crate::error::{classify_code, FleetError};
+use crate::model::{Execution, InstanceNote, LedgerState};
+
+/// TransactWriteItems takes at most 100 items.
+pub const MAX_TRANSACTION: usize = 100;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// When a write may replace what is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// Unmanaged/skipped notes: only over nothing, or over an older run's non-installed state.
+    NotNewerNorInstalled,
+    /// Claiming instances for a send: as above, and not while another run installs them
+    /// (unless its claim is older than `stale_before`), and not when already installed with the
+    /// same document and version.
+    Claim { document: String, document_version: String, stale_before: String },
+    /// Outcomes: only the execution that claimed the instance writes its outcome.
+    OwnedByExecution,
+    /// Batch lock: only when it does not exist.
+    NotExists,
+}
+
+/// One conditional update of one item.
+#[derive(Debug, Clone)]
+pub struct LedgerWrite {
+    pub key: String,
+    pub fields: Vec<(&'static str, AttributeValue)>,
+    pub guard: Guard,
+}
+
+/// What a conditional batch of writes did.
+#[derive(Debug, Default)]
+pub struct WriteResult {
+    pub written: Vec<String>,
+    /// Keys whose condition failed, with the item that was there.
+    pub refused: Vec<(String, Item)>,
+}
+
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The fields every instance write carries.
+pub fn base_fields(state: LedgerState, exec: &Execution, now: &str) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("state", s(state.as_str())),
+        ("executionArn", s(&exec.execution_id)),
+        ("executionStartedAt", s(&exec.execution_start_time)),
+        ("updatedAt", s(now)),
+    ]
+}
+
+/// The write for an unmanaged or skipped instance.
+pub fn note_write(note: &InstanceNote, state: LedgerState, exec: &Execution, now: &str) -> LedgerWrite {
+    let mut fields = base_fields(state, exec, now);
+    fields.push(("reasonCode", s(note.reason_code.as_str())));
+    fields.push(("reason", s(&note.reason)));
+    if let Some(p) = &note.platform {
+        fields.push(("platform", s(p)));
+    }
+    LedgerWrite { key: note.instance_id.clone(), fields, guard: Guard::NotNewerNorInstalled }
+}
+
+fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, FleetError> {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut values: HashMap<String, AttributeValue> = HashMap::new();
+    let mut sets = Vec::new();
+    for (i, (name, value)) in w.fields.iter().enumerate() {
+        names.insert(format!("#f{i}"), name.to_string());
+        values.insert(format!(":f{i}"), value.clone());
+        sets.push(format!("#f{i} = :f{i}"));
+    }
+    names.insert("#created".into(), "createdAt".into());
+    values.insert(":now".into(), s(now_rfc3339()));
+    sets.push("#created = if_not_exists(#created, :now)".into());
+    names.insert("#pk".into(), "instanceId".into());
+    let condition = match &w.guard {
+        Guard::NotExists => "attribute_not_exists(#pk)".to_string(),
+        Guard::OwnedByExecution => {
+            names.insert("#exec".into(), "executionArn".into());
+            values.insert(":exec".into(), s(&exec.execution_id));
+            "#exec = :exec".to_string()
+        }
+        Guard::NotNewerNorInstalled => {
+            names.insert("#started".into(), "executionStartedAt".into());
+            names.insert("#state".into(), "state".into());
+            values.insert(":started".into(), s(&exec.execution_start_time));
+            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
+            "attribute_not_exists(#pk) OR (#started <= :started AND #state <> :installed)".to_string()
+        }
+        Guard::Claim { document, document_version, stale_before } => {
+            names.insert("#started".into(), "executionStartedAt".into());
+            names.insert("#state".into(), "state".into());
+            names.insert("#exec".into(), "executionArn".into());
+            names.insert("#updated".into(), "updatedAt".into());
+            names.insert("#doc".into(), "document".into());
+            names.insert("#ver".into(), "documentVersion".into());
+            values.insert(":started".into(), s(&exec.execution_start_time));
+            values.insert(":exec".into(), s(&exec.execution_id));
+            values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
+            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
+            values.insert(":stale".into(), s(stale_before));
+            values.insert(":doc".into(), s(document));
+            values.insert(":ver".into(), s(document_version));
+            "attribute_not_exists(#pk) OR (#started <= :started \
+             AND (#state <> :installing OR #exec = :exec OR #updated < :stale) \
+             AND NOT (#state = :installed AND #doc = :doc AND #ver = :ver))"
+                .to_string()
+        }
+    };
+    Update::builder()
+        .table_name(table)
+        .key("instanceId", s(&w.key))
+        .update_expression(format!("SET {}", sets.join(", ")))
+        .condition_expression(condition)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .build()
+        .map_err(|e| FleetError::invalid_input(format!("cannot build ledger update: {e}")))
+}
+
+/// Apply conditional writes, at most 100 per transaction. Items whose condition fails are
+/// returned in `refused` with the item they met; everything else is written.
+pub async fn write_all(client: &Client, table: &str, exec: &Execution, writes: Vec<LedgerWrite>) -> Result<WriteResult, FleetError> {
+    let mut result = WriteResult::default();
+    for chunk in writes.chunks(MAX_TRANSACTION) {
+        let r = write_transaction(client, table, exec, chunk.to_vec()).await?;
+        result.written.extend(r.written);
+        result.refused.extend(r.refused);
+    }
+    Ok(result)
+}
+
+/// Apply up to 100 writes as one transaction, dropping refused items and retrying the rest.
+/// Writes that must succeed or fail together (a batch lock and its instances) use this directly.
+pub async fn write_transaction(client: &Client, table: &str, exec: &Execution, mut pending: Vec<LedgerWrite>) -> Result<WriteResult, FleetError> {
+    let mut result = WriteResult::default();
+    let mut conflicts = 0;
+    while !pending.is_empty() {
+        let items = pending
+            .iter()
+            .map(|w| Ok(TransactWriteItem::builder().update(to_update(table, w, exec)?).build()))
+            .collect::<Result<Vec<_>, FleetError>>()?;
+        match client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => {
+                result.written.extend(pending.drain(..).map(|w| w.key));
+            }
+            Err(err) => {
+                let service_err = err.as_service_error();
+                if let Some(TransactWriteItemsError::TransactionCanceledException(tce)) = service_err {
+                    let reasons = tce.cancellation_reasons();
+                    let mut keep = Vec::new();
+                    let mut refused_any = false;
+                    let mut throttled = false;
+                    for (i, w) in pending.drain(..).enumerate() {
+                        let reason = reasons.get(i);
+                        match reason.and_then(|r| r.code()) {
+                            Some("ConditionalCheckFailed") => {
+                                refused_any = true;
+                                result.refused.push((w.key, reason.and_then(|r| r.item()).cloned().unwrap_or_default()));
+                            }
+                            Some("ThrottlingError") | Some("ProvisionedThroughputExceeded") | Some("RequestLimitExceeded") => {
+                                throttled = true;
+                                keep.push(w);
+                            }
+                            _ => keep.push(w),
+                        }
+                    }
+                    pending = keep;
+                    if throttled {
+                        return Err(FleetError::Throttled {
+                            service: "dynamodb:TransactWriteItems".into(),
+                            message: "transaction throttled".into(),
+                        });
+                    }
+                    if !refused_any {
+                        // TransactionConflict or similar: another writer holds an item; try again briefly.
+                        conflicts += 1;
+                        if conflicts > 3 {
+                            return Err(FleetError::Transient {
+                                service: "dynamodb:TransactWriteItems".into(),
+                                message: format!("transaction cancelled repeatedly: {:?}", reasons.iter().filter_map(|r| r.code()).collect::<Vec<_>>()),
+                            });
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * conflicts)).await;
+                    }
+                }
+                else {
+                    let code = err.code().unwrap_or("");
+                    return Err(if code.is_empty() {
+                        FleetError::from_sdk("dynamodb", "TransactWriteItems", &err)
+                    } else {
+                        classify_code("dynamodb:TransactWriteItems", code, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)))
+                    });
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Read a string attribute.
+pub fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(|s| s.as_str())
+}

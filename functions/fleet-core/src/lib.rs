@@ -1,0 +1,20 @@
+//! fleet-install's shared library: domain types, pure logic (classification, routing,
+//! chunking, status interpretation, trigger planning), configuration, error names, and the
+//! AWS adapters the functions use.
+
+pub mod adapters;
+pub mod classify;
+pub mod config;
+pub mod error;
+pub mod ledger;
+pub mod model;
+pub mod routing;
+pub mod status;
+pub mod trigger;
+
+pub use error::FleetError;
+
+/// Load the AWS configuration once per cold start (honours AWS_ENDPOINT_URL for the local stack).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

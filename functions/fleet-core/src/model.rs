@@ -1,0 +1,274 @@
+//! Domain types that travel between the workflow's states. Field names are camelCase so that
+//! inputs and outputs read naturally in the Step Functions console.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the workflow is: passed by the ASL to every function from the context object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    /// `$$.Execution.Id`: the execution ARN.
+    pub execution_id: String,
+    /// `$$.Execution.StartTime` (RFC 3339). Orders competing writes: an older run never overwrites a newer one.
+    pub execution_start_time: String,
+}
+
+/// An instance that SSM manages and reports online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedInstance {
+    pub instance_id: String,
+    pub platform_type: String,
+    pub platform_name: String,
+    #[serde(default)]
+    pub platform_version: String,
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+/// Why an instance is where it is. Stable codes: summaries count them, people read `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReasonCode {
+    // unmanaged
+    NoInstanceProfile,
+    AgentNotReporting,
+    ConnectionLost,
+    AgentInactive,
+    // skipped
+    MalformedInstanceId,
+    NotFound,
+    Stopped,
+    Terminated,
+    OptedOut,
+    NoRoute,
+    // duplicates: another execution owns the instance, or it is already installed
+    AlreadyInstalled,
+    InProgressElsewhere,
+    SupersededByNewerRun,
+    // command outcomes
+    Installed,
+    CommandFailed,
+    ExecutionTimedOut,
+    DeliveryTimedOut,
+    Undeliverable,
+    AccessDenied,
+    Cancelled,
+    RejectedBySsm,
+    // the workflow itself failed
+    WorkflowError,
+}
+
+impl ReasonCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReasonCode::NoInstanceProfile => "NoInstanceProfile",
+            ReasonCode::AgentNotReporting => "AgentNotReporting",
+            ReasonCode::ConnectionLost => "ConnectionLost",
+            ReasonCode::AgentInactive => "AgentInactive",
+            ReasonCode::MalformedInstanceId => "MalformedInstanceId",
+            ReasonCode::NotFound => "NotFound",
+            ReasonCode::Stopped => "Stopped",
+            ReasonCode::Terminated => "Terminated",
+            ReasonCode::OptedOut => "OptedOut",
+            ReasonCode::NoRoute => "NoRoute",
+            ReasonCode::AlreadyInstalled => "AlreadyInstalled",
+            ReasonCode::InProgressElsewhere => "InProgressElsewhere",
+            ReasonCode::SupersededByNewerRun => "SupersededByNewerRun",
+            ReasonCode::Installed => "Installed",
+            ReasonCode::CommandFailed => "CommandFailed",
+            ReasonCode::ExecutionTimedOut => "ExecutionTimedOut",
+            ReasonCode::DeliveryTimedOut => "DeliveryTimedOut",
+            ReasonCode::Undeliverable => "Undeliverable",
+            ReasonCode::AccessDenied => "AccessDenied",
+            ReasonCode::Cancelled => "Cancelled",
+            ReasonCode::RejectedBySsm => "RejectedBySsm",
+            ReasonCode::WorkflowError => "WorkflowError",
+        }
+    }
+}
+
+/// The ledger's states, one per instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerState {
+    PendingRegistration,
+    Unmanaged,
+    Installing,
+    Installed,
+    Failed,
+    Skipped,
+}
+
+impl LedgerState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LedgerState::PendingRegistration => "pending_registration",
+            LedgerState::Unmanaged => "unmanaged",
+            LedgerState::Installing => "installing",
+            LedgerState::Installed => "installed",
+            LedgerState::Failed => "failed",
+            LedgerState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_registration" => LedgerState::PendingRegistration,
+            "unmanaged" => LedgerState::Unmanaged,
+            "installing" => LedgerState::Installing,
+            "installed" => LedgerState::Installed,
+            "failed" => LedgerState::Failed,
+            "skipped" => LedgerState::Skipped,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(&self) -> bool {
+        !matches!(self, LedgerState::PendingRegistration | LedgerState::Installing)
+    }
+}
+
+/// An instance that ends (or is noted) somewhere other than "installed", with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceNote {
+    pub instance_id: String,
+    pub reason_code: ReasonCode,
+    pub reason: String,
+    /// Platform as far as it is known (SSM platform name, or EC2's platform details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// One instance in a batch, with the platform label used for summaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchInstance {
+    pub instance_id: String,
+    pub platform: String,
+}
+
+/// At most 50 instances that get the same document with the same parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Batch {
+    pub route: String,
+    pub document_name: String,
+    pub document_version: String,
+    pub parameters: BTreeMap<String, String>,
+    /// 1 for the first send, 2 for the first retry, ...
+    pub attempt: u32,
+    pub instances: Vec<BatchInstance>,
+}
+
+impl Batch {
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.instance_id.clone()).collect()
+    }
+}
+
+/// A batch that was sent: the SSM command that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentCommand {
+    pub command_id: String,
+    /// Deterministic key of the batch (execution, attempt, route, instances): the idempotency token.
+    pub batch_key: String,
+    #[serde(flatten)]
+    pub batch: Batch,
+}
+
+/// Counts by final state, platform and reason: the workflow's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    #[serde(default)]
+    pub by_state: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub by_platform: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+/// Summary key for instances another run owns (not written to the ledger again).
+pub const DUPLICATE: &str = "duplicate";
+
+impl Summary {
+    /// Count one instance reaching a final state.
+    pub fn add(&mut self, state: &str, platform: Option<&str>, reason: ReasonCode) {
+        *self.by_state.entry(state.to_string()).or_default() += 1;
+        let platform = platform.filter(|p| !p.is_empty()).unwrap_or("unknown");
+        *self
+            .by_platform
+            .entry(platform.to_string())
+            .or_default()
+            .entry(state.to_string())
+            .or_default() += 1;
+        if reason != ReasonCode::Installed {
+            *self.by_reason.entry(reason.as_str().to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_state.values().sum()
+    }
+}
+
+/// True when `id` looks like an EC2 instance id (`i-` and 8 or 17 hex digits).
+pub fn is_valid_instance_id(id: &str) -> bool {
+    match id.strip_prefix("i-") {
+        Some(hex) => {
+            (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_id_validation() {
+        assert!(is_valid_instance_id("i-0123456789abcdef0"));
+        assert!(is_valid_instance_id("i-0123abcd"));
+        assert!(!is_valid_instance_id("i-0123456789ABCDEF0"));
+        assert!(!is_valid_instance_id("i-123"));
+        assert!(!is_valid_instance_id("0123456789abcdef0"));
+        assert!(!is_valid_instance_id("i-0123456789abcdefg"));
+        assert!(!is_valid_instance_id("i-0123456789abcdef0; rm -rf /"));
+    }
+
+    #[test]
+    fn summary_counts_by_state_platform_and_reason() {
+        let mut s = Summary::default();
+        s.add("installed", Some("Ubuntu"), ReasonCode::Installed);
+        s.add("installed", Some("Ubuntu"), ReasonCode::Installed);
+        s.add("unmanaged", None, ReasonCode::NoInstanceProfile);
+        assert_eq!(s.total(), 3);
+        assert_eq!(s.by_state["installed"], 2);
+        assert_eq!(s.by_platform["Ubuntu"]["installed"], 2);
+        assert_eq!(s.by_platform["unknown"]["unmanaged"], 1);
+        assert_eq!(s.by_reason.get("Installed"), None);
+        assert_eq!(s.by_reason["NoInstanceProfile"], 1);
+    }
+
+    #[test]
+    fn ledger_state_round_trips() {
+        for s in [
+            LedgerState::PendingRegistration,
+            LedgerState::Unmanaged,
+            LedgerState::Installing,
+            LedgerState::Installed,
+            LedgerState::Failed,
+            LedgerState::Skipped,
+        ] {
+            assert_eq!(LedgerState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        assert!(!LedgerState::Installing.is_final());
+        assert!(LedgerState::Failed.is_final());
+    }
+}

@@ -1,0 +1,317 @@
+//! group-by-platform's logic: which document each managed instance gets, and batches of at
+//! most 50 (SendCommand's limit). SSM only knows Linux, Windows and MacOS as platform types;
+//! the routing table also reads the platform name, so FreeBSD (which reports itself as Linux)
+//! and each Linux distribution of the write-up route deliberately, and anything else is skipped
+//! with a reason instead of being sent a document that cannot work.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{Batch, BatchInstance, InstanceNote, ManagedInstance, ReasonCode};
+
+/// SendCommand accepts at most 50 instance ids per call.
+pub const MAX_BATCH: usize = 50;
+
+/// Parameter names of the Linux install document (documents/install-agent-linux.yml).
+pub const LINUX_PARAMETERS: &[&str] = &[
+    "InstallerUrlRpm",
+    "InstallerSha256Rpm",
+    "InstallerUrlDeb",
+    "InstallerSha256Deb",
+    "InstallerUrlFreeBsd",
+    "InstallerSha256FreeBsd",
+    "ServiceName",
+    "ExecutionTimeoutSeconds",
+];
+
+/// Parameter names of the Windows install document (documents/install-agent-windows.yml).
+pub const WINDOWS_PARAMETERS: &[&str] = &["InstallerUrl", "InstallerSha256", "ServiceName", "ExecutionTimeoutSeconds"];
+
+/// A platform family the routing table knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    AmazonLinux,
+    Rhel,
+    CentOs,
+    Rocky,
+    Alma,
+    Oracle,
+    Fedora,
+    Ubuntu,
+    Debian,
+    FreeBsd,
+    Windows,
+}
+
+/// Which document a family is installed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    Linux,
+    Windows,
+}
+
+/// The routing table: (platform type, platform name prefix, family, document).
+const TABLE: &[(&str, &str, Family, DocumentKind)] = &[
+    ("Linux", "Amazon Linux", Family::AmazonLinux, DocumentKind::Linux),
+    ("Linux", "Red Hat", Family::Rhel, DocumentKind::Linux),
+    ("Linux", "RHEL", Family::Rhel, DocumentKind::Linux),
+    ("Linux", "CentOS", Family::CentOs, DocumentKind::Linux),
+    ("Linux", "Rocky", Family::Rocky, DocumentKind::Linux),
+    ("Linux", "AlmaLinux", Family::Alma, DocumentKind::Linux),
+    ("Linux", "Oracle Linux", Family::Oracle, DocumentKind::Linux),
+    ("Linux", "Fedora", Family::Fedora, DocumentKind::Linux),
+    ("Linux", "Ubuntu", Family::Ubuntu, DocumentKind::Linux),
+    ("Linux", "Debian", Family::Debian, DocumentKind::Linux),
+    ("Linux", "FreeBSD", Family::FreeBsd, DocumentKind::Linux),
+    ("Windows", "", Family::Windows, DocumentKind::Windows),
+];
+
+impl Family {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Family::AmazonLinux => "Amazon Linux",
+            Family::Rhel => "RHEL",
+            Family::CentOs => "CentOS",
+            Family::Rocky => "Rocky Linux",
+            Family::Alma => "AlmaLinux",
+            Family::Oracle => "Oracle Linux",
+            Family::Fedora => "Fedora",
+            Family::Ubuntu => "Ubuntu",
+            Family::Debian => "Debian",
+            Family::FreeBsd => "FreeBSD",
+            Family::Windows => "Windows",
+        }
+    }
+}
+
+fn lookup(platform_type: &str, platform_name: &str) -> Option<(Family, DocumentKind)> {
+    let name = platform_name.trim().to_ascii_lowercase();
+    TABLE
+        .iter()
+        .find(|(t, prefix, _, _)| t.eq_ignore_ascii_case(platform_type) && name.starts_with(&prefix.to_ascii_lowercase()))
+        .map(|(_, _, f, d)| (*f, *d))
+}
+
+/// The family of an SSM (PlatformType, PlatformName) pair, if the table knows it.
+pub fn family_of(platform_type: &str, platform_name: &str) -> Option<Family> {
+    lookup(platform_type, platform_name).map(|(f, _)| f)
+}
+
+/// Where a document kind is sent: the document, its pinned version and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub route: String,
+    pub document_name: String,
+    pub document_version: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The configured documents. A missing target means that kind is not installed (skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteTable {
+    pub linux: Option<RouteTarget>,
+    pub windows: Option<RouteTarget>,
+}
+
+impl RouteTable {
+    fn target(&self, kind: DocumentKind) -> Option<&RouteTarget> {
+        match kind {
+            DocumentKind::Linux => self.linux.as_ref(),
+            DocumentKind::Windows => self.windows.as_ref(),
+        }
+    }
+}
+
+/// The output of routing: batches to send, and instances that have no route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    pub batches: Vec<Batch>,
+    pub skipped: Vec<InstanceNote>,
+}
+
+/// Route every managed instance and split each route into batches of at most `max_batch`.
+/// Deterministic: the same instances give the same batches in the same order.
+pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, max_batch: usize) -> Routed {
+    let max_batch = max_batch.clamp(1, MAX_BATCH);
+    let mut by_route: BTreeMap<String, (&RouteTarget, Vec<BatchInstance>)> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for inst in instances {
+        if !seen.insert(inst.instance_id.as_str()) {
+            continue;
+        }
+        let found = lookup(&inst.platform_type, &inst.platform_name);
+        match found.and_then(|(family, kind)| table.target(kind).map(|t| (family, t))) {
+            Some((family, target)) => by_route
+                .entry(target.route.clone())
+                .or_insert_with(|| (target, Vec::new()))
+                .1
+                .push(BatchInstance { instance_id: inst.instance_id.clone(), platform: family.label().to_string() }),
+            None => {
+                let what = format!("{} {} {}", inst.platform_type, inst.platform_name, inst.platform_version);
+                let reason = match found {
+                    Some((_, kind)) => format!("no {kind:?} document is configured for {}", what.trim()),
+                    None => format!("no install document for platform {}", what.trim()),
+                };
+                skipped.push(InstanceNote {
+                    instance_id: inst.instance_id.clone(),
+                    reason_code: ReasonCode::NoRoute,
+                    reason,
+                    platform: Some(crate::classify::platform_label(&inst.platform_type, &inst.platform_name)),
+                });
+            }
+        }
+    }
+    let mut batches = Vec::new();
+    for (_, (target, mut members)) in by_route {
+        members.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        for chunk in members.chunks(max_batch) {
+            batches.push(Batch {
+                route: target.route.clone(),
+                document_name: target.document_name.clone(),
+                document_version: target.document_version.clone(),
+                parameters: target.parameters.clone(),
+                attempt,
+                instances: chunk.to_vec(),
+            });
+        }
+    }
+    Routed { batches, skipped }
+}
+
+/// Deterministic idempotency key of a batch within an execution: the same execution sending
+/// the same attempt of the same instances always gets the same key.
+pub fn batch_key(execution_id: &str, batch: &Batch) -> String {
+    let mut h = Sha256::new();
+    h.update(execution_id.as_bytes());
+    h.update(b"\n");
+    h.update(batch.route.as_bytes());
+    h.update(b"\n");
+    h.update(batch.attempt.to_string().as_bytes());
+    let mut ids = batch.instance_ids();
+    ids.sort();
+    for id in ids {
+        h.update(b"\n");
+        h.update(id.as_bytes());
+    }
+    let digest = h.finalize();
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Split ids into chunks of at most `size`, preserving order.
+pub fn chunks<T: Clone>(items: &[T], size: usize) -> Vec<Vec<T>> {
+    items.chunks(size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(n: usize, t: &str, name: &str) -> ManagedInstance {
+        ManagedInstance {
+            instance_id: format!("i-{n:017x}"),
+            platform_type: t.into(),
+            platform_name: name.into(),
+            platform_version: "1".into(),
+            agent_version: "3".into(),
+        }
+    }
+
+    fn table() -> RouteTable {
+        let t = |route: &str, doc: &str| RouteTarget {
+            route: route.into(),
+            document_name: doc.into(),
+            document_version: "1".into(),
+            parameters: BTreeMap::from([("ServiceName".to_string(), "fleet-agent".to_string())]),
+        };
+        RouteTable { linux: Some(t("linux", "LinuxDoc")), windows: Some(t("windows", "WinDoc")) }
+    }
+
+    #[test]
+    fn write_up_platforms_route_to_the_right_document() {
+        let cases = [
+            ("Linux", "Amazon Linux", "LinuxDoc", "Amazon Linux"),
+            ("Linux", "Red Hat Enterprise Linux Server", "LinuxDoc", "RHEL"),
+            ("Linux", "CentOS Linux", "LinuxDoc", "CentOS"),
+            ("Linux", "Fedora", "LinuxDoc", "Fedora"),
+            ("Linux", "Ubuntu", "LinuxDoc", "Ubuntu"),
+            ("Linux", "Debian GNU/Linux", "LinuxDoc", "Debian"),
+            ("Linux", "FreeBSD", "LinuxDoc", "FreeBSD"),
+            ("Windows", "Microsoft Windows Server 2022 Datacenter", "WinDoc", "Windows"),
+        ];
+        for (i, (t, name, doc, label)) in cases.iter().enumerate() {
+            let r = route(&[inst(i, t, name)], &table(), 1, 50);
+            assert_eq!(r.skipped, vec![], "{name}");
+            assert_eq!(r.batches.len(), 1);
+            assert_eq!(r.batches[0].document_name, *doc, "{name}");
+            assert_eq!(r.batches[0].instances[0].platform, *label);
+        }
+    }
+
+    #[test]
+    fn unknown_platforms_are_skipped_with_reason() {
+        let r = route(&[inst(1, "MacOS", "macOS"), inst(2, "Linux", "SLES")], &table(), 1, 50);
+        assert!(r.batches.is_empty());
+        assert_eq!(r.skipped.len(), 2);
+        assert!(r.skipped.iter().all(|s| s.reason_code == ReasonCode::NoRoute));
+        assert!(r.skipped[1].reason.contains("SLES"), "{}", r.skipped[1].reason);
+    }
+
+    #[test]
+    fn missing_windows_document_skips_windows_only() {
+        let mut t = table();
+        t.windows = None;
+        let r = route(&[inst(1, "Windows", "Microsoft Windows Server 2019"), inst(2, "Linux", "Ubuntu")], &t, 1, 50);
+        assert_eq!(r.batches.len(), 1);
+        assert_eq!(r.skipped.len(), 1);
+        assert!(r.skipped[0].reason.contains("Windows document"));
+    }
+
+    #[test]
+    fn batches_hold_at_most_fifty_and_cover_every_instance_once() {
+        let mut all = Vec::new();
+        for n in 0..237 {
+            all.push(inst(n, if n % 5 == 0 { "Windows" } else { "Linux" }, if n % 5 == 0 { "Windows" } else { "Ubuntu" }));
+        }
+        all.push(inst(3, "Linux", "Ubuntu")); // duplicate id
+        let r = route(&all, &table(), 2, 50);
+        assert!(r.batches.iter().all(|b| b.instances.len() <= 50 && b.attempt == 2));
+        let mut ids: Vec<_> = r.batches.iter().flat_map(|b| b.instance_ids()).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(n, 237);
+        assert_eq!(ids.len(), 237);
+        // 190 Linux -> 4 batches, 47 Windows -> 1 batch
+        assert_eq!(r.batches.len(), 5);
+        let max = route(&all, &table(), 1, 500);
+        assert!(max.batches.iter().all(|b| b.instances.len() <= MAX_BATCH));
+    }
+
+    #[test]
+    fn routing_is_deterministic_and_keys_are_stable() {
+        let a: Vec<_> = (0..60).map(|n| inst(n, "Linux", "Ubuntu")).collect();
+        let mut b = a.clone();
+        b.reverse();
+        let ra = route(&a, &table(), 1, 50);
+        let rb = route(&b, &table(), 1, 50);
+        assert_eq!(ra, rb);
+        let k1 = batch_key("arn:exec:1", &ra.batches[0]);
+        assert_eq!(k1, batch_key("arn:exec:1", &rb.batches[0]));
+        assert_eq!(k1.len(), 24);
+        assert_ne!(k1, batch_key("arn:exec:2", &ra.batches[0]));
+        assert_ne!(k1, batch_key("arn:exec:1", &ra.batches[1]));
+        let mut retry = ra.batches[0].clone();
+        retry.attempt = 2;
+        assert_ne!(k1, batch_key("arn:exec:1", &retry));
+    }
+
+    #[test]
+    fn chunks_split_evenly() {
+        let v: Vec<u32> = (0..101).collect();
+        let c = chunks(&v, 50);
+        assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), vec![50, 50, 1]);
+        assert!(chunks::<u32>(&[], 50).is_empty());
+    }
+}

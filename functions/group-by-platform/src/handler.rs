@@ -1,0 +1,94 @@
+use fleet_core::model::{Batch, InstanceNote, ManagedInstance};
+use fleet_core::routing::{route, RouteTable, MAX_BATCH};
+use fleet_core::FleetError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    pub managed: Vec<ManagedInstance>,
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub batches: Vec<Batch>,
+    /// Managed instances without a document for their platform.
+    pub skipped: Vec<InstanceNote>,
+}
+
+pub async fn handle(table: &RouteTable, payload: Value) -> Result<Response, FleetError> {
+    let req: Request = serde_json::from_value(payload)
+        .map_err(|e| FleetError::invalid_input(format!("group-by-platform expects {{managed: [{{instanceId, platformType, platformName}}]}}: {e}")))?;
+    if req.attempt == 0 {
+        return Err(FleetError::invalid_input("attempt starts at 1"));
+    }
+    let routed = route(&req.managed, table, req.attempt, MAX_BATCH);
+    tracing::info!(managed = req.managed.len(), batches = routed.batches.len(), skipped = routed.skipped.len(), "routed instances");
+    Ok(Response { batches: routed.batches, skipped: routed.skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn table() -> RouteTable {
+        let env = BTreeMap::from([
+            ("LINUX_DOCUMENT_NAME", "Linux-Doc"),
+            ("WINDOWS_DOCUMENT_NAME", "Win-Doc"),
+            ("INSTALLER_URL_RPM", "https://x/a.rpm"),
+            ("INSTALLER_SHA256_RPM", "00"),
+            ("INSTALLER_URL_DEB", "https://x/a.deb"),
+            ("INSTALLER_SHA256_DEB", "00"),
+            ("INSTALLER_URL_FREEBSD", "https://x/a.pkg"),
+            ("INSTALLER_SHA256_FREEBSD", "00"),
+            ("INSTALLER_URL_WINDOWS", "https://x/a.msi"),
+            ("INSTALLER_SHA256_WINDOWS", "00"),
+            ("SERVICE_NAME_LINUX", "fleet-agent"),
+            ("SERVICE_NAME_WINDOWS", "FleetAgent"),
+        ]);
+        fleet_core::config::route_table(&|k: &str| env.get(k).map(|v| v.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn routes_the_write_up_fleet() {
+        let platforms = [
+            ("Linux", "Amazon Linux"),
+            ("Linux", "CentOS Linux"),
+            ("Linux", "FreeBSD"),
+            ("Windows", "Microsoft Windows Server 2019 Datacenter"),
+            ("MacOS", "macOS"),
+        ];
+        let managed: Vec<_> = (0..120)
+            .map(|n| {
+                let (t, name) = platforms[n % platforms.len()];
+                serde_json::json!({"instanceId": format!("i-{n:017x}"), "platformType": t, "platformName": name, "platformVersion": "1"})
+            })
+            .collect();
+        let r = handle(&table(), serde_json::json!({"managed": managed})).await.unwrap();
+        let linux: usize = r.batches.iter().filter(|b| b.document_name == "Linux-Doc").map(|b| b.instances.len()).sum();
+        let win: usize = r.batches.iter().filter(|b| b.document_name == "Win-Doc").map(|b| b.instances.len()).sum();
+        assert_eq!((linux, win, r.skipped.len()), (72, 24, 24));
+        assert!(r.batches.iter().all(|b| b.instances.len() <= 50 && b.attempt == 1));
+        assert_eq!(r.batches.len(), 3); // 72 Linux -> 50 + 22, 24 Windows -> 1
+        assert!(r.batches[0].parameters.contains_key("InstallerUrlDeb"));
+    }
+
+    #[tokio::test]
+    async fn empty_and_malformed_input() {
+        let r = handle(&table(), serde_json::json!({"managed": []})).await.unwrap();
+        assert!(r.batches.is_empty() && r.skipped.is_empty());
+        let err = handle(&table(), serde_json::json!({"managed": [{"instanceId": 3}]})).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        let err = handle(&table(), serde_json::json!({"managed": [], "attempt": 0})).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+    }
+}

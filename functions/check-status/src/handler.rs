@@ -1,0 +1,267 @@
+use std::collections::{BTreeMap, HashMap};
+
+use fleet_core::adapters::{self, Invocation};
+use fleet_core::ledger::{self, n, s, Guard, LedgerWrite};
+use fleet_core::model::{Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE};
+use fleet_core::routing::MAX_BATCH;
+use fleet_core::status::{failure_reason, outcome, InvocationOutcome};
+use fleet_core::FleetError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    #[serde(flatten)]
+    pub execution: Execution,
+    #[serde(default)]
+    pub commands: Vec<SentCommand>,
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub summary: Summary,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// Commands with instances still running (only those instances are listed).
+    pub in_flight: Vec<SentCommand>,
+    /// Failed instances with attempts left, regrouped into batches for the next attempt.
+    pub retry: Vec<Batch>,
+    pub summary: Summary,
+    pub finished: bool,
+}
+
+struct Final<'a> {
+    instance: &'a BatchInstance,
+    command: &'a SentCommand,
+    state: LedgerState,
+    code: ReasonCode,
+    reason: String,
+    status_detail: String,
+}
+
+pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, table: &str, payload: Value) -> Result<Response, FleetError> {
+    let req: Request = serde_json::from_value(payload)
+        .map_err(|e| FleetError::invalid_input(format!("check-status expects {{executionId, executionStartTime, commands, maxAttempts}}: {e}")))?;
+    if req.max_attempts == 0 {
+        return Err(FleetError::invalid_input("maxAttempts must be at least 1"));
+    }
+    let mut in_flight = Vec::new();
+    let mut finals: Vec<Final> = Vec::new();
+    // (route, document, version, params, next attempt) -> instances
+    let mut retry_groups: BTreeMap<(String, String, String, String, u32), (Batch, Vec<BatchInstance>)> = BTreeMap::new();
+    for cmd in &req.commands {
+        let invocations: HashMap<String, Invocation> =
+            adapters::list_invocations(ssm, &cmd.command_id).await?.into_iter().map(|i| (i.instance_id.clone(), i)).collect();
+        let mut running = Vec::new();
+        for inst in &cmd.batch.instances {
+            let Some(inv) = invocations.get(&inst.instance_id) else {
+                running.push(inst.clone());
+                continue;
+            };
+            match outcome(&inv.status, &inv.status_details) {
+                InvocationOutcome::Running => running.push(inst.clone()),
+                InvocationOutcome::Succeeded => finals.push(Final {
+                    instance: inst,
+                    command: cmd,
+                    state: LedgerState::Installed,
+                    code: ReasonCode::Installed,
+                    reason: format!("installed by {} (attempt {})", cmd.command_id, cmd.batch.attempt),
+                    status_detail: inv.status_details.clone(),
+                }),
+                InvocationOutcome::Failed { code, retryable } if retryable && cmd.batch.attempt < req.max_attempts => {
+                    tracing::info!(instance = inst.instance_id, attempt = cmd.batch.attempt, status = inv.status, detail = inv.status_details, "attempt failed; will retry");
+                    let b = &cmd.batch;
+                    let params = serde_json::to_string(&b.parameters).unwrap_or_default();
+                    retry_groups
+                        .entry((b.route.clone(), b.document_name.clone(), b.document_version.clone(), params, b.attempt + 1))
+                        .or_insert_with(|| (Batch { attempt: b.attempt + 1, instances: Vec::new(), ..b.clone() }, Vec::new()))
+                        .1
+                        .push(inst.clone());
+                    let _ = code;
+                }
+                InvocationOutcome::Failed { code, .. } => finals.push(Final {
+                    instance: inst,
+                    command: cmd,
+                    state: LedgerState::Failed,
+                    code,
+                    reason: failure_reason(&inv.status, &inv.status_details, inv.response_code, cmd.batch.attempt, &inv.output),
+                    status_detail: inv.status_details.clone(),
+                }),
+            }
+        }
+        if !running.is_empty() {
+            in_flight.push(SentCommand { batch: Batch { instances: running, ..cmd.batch.clone() }, ..cmd.clone() });
+        }
+    }
+    let now = ledger::now_rfc3339();
+    let writes: Vec<LedgerWrite> = finals
+        .iter()
+        .map(|f| {
+            let mut fields = ledger::base_fields(f.state, &req.execution, &now);
+            fields.extend([
+                ("reasonCode", s(f.code.as_str())),
+                ("reason", s(&f.reason)),
+                ("commandId", s(&f.command.command_id)),
+                ("attempts", n(f.command.batch.attempt)),
+                ("platform", s(&f.instance.platform)),
+                ("document", s(&f.command.batch.document_name)),
+                ("documentVersion", s(&f.command.batch.document_version)),
+            ]);
+            if !f.status_detail.is_empty() {
+                fields.push(("statusDetail", s(&f.status_detail)));
+            }
+            LedgerWrite { key: f.instance.instance_id.clone(), fields, guard: Guard::OwnedByExecution }
+        })
+        .collect();
+    let result = ledger::write_all(db, table, &req.execution, writes).await?;
+    let refused: std::collections::HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
+    let mut summary = req.summary;
+    for f in &finals {
+        if refused.contains(f.instance.instance_id.as_str()) {
+            // A newer run took the instance over: its outcome is that run's to record.
+            summary.add(DUPLICATE, Some(&f.instance.platform), ReasonCode::SupersededByNewerRun);
+        } else {
+            summary.add(f.state.as_str(), Some(&f.instance.platform), f.code);
+        }
+    }
+    let mut retry = Vec::new();
+    for (_, (template, mut instances)) in retry_groups {
+        instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        for chunk in instances.chunks(MAX_BATCH) {
+            retry.push(Batch { instances: chunk.to_vec(), ..template.clone() });
+        }
+    }
+    let finished = in_flight.is_empty() && retry.is_empty();
+    tracing::info!(
+        commands = req.commands.len(),
+        finished_instances = finals.len(),
+        retrying = retry.iter().map(|b| b.instances.len()).sum::<usize>(),
+        still_running = in_flight.iter().map(|c| c.batch.instances.len()).sum::<usize>(),
+        "checked command status"
+    );
+    Ok(Response { in_flight, retry, summary, finished })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
+    use aws_sdk_ssm::operation::list_command_invocations::{ListCommandInvocationsError, ListCommandInvocationsOutput};
+    use aws_sdk_ssm::types::{CommandInvocation, CommandInvocationStatus, CommandPlugin};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn id(n: u32) -> String {
+        format!("i-{n:017x}")
+    }
+
+    fn command(cid: &str, attempt: u32, ids: &[u32]) -> Value {
+        serde_json::json!({
+            "commandId": cid, "batchKey": "k", "route": "linux", "documentName": "LinuxDoc", "documentVersion": "1",
+            "parameters": {"ServiceName": "fleet-agent"}, "attempt": attempt,
+            "instances": ids.iter().map(|n| serde_json::json!({"instanceId": id(*n), "platform": "Ubuntu"})).collect::<Vec<_>>()
+        })
+    }
+
+    fn input(commands: Vec<Value>) -> Value {
+        serde_json::json!({
+            "executionId": "arn:aws:states:us-east-1:1:execution:install:e",
+            "executionStartTime": "2026-11-25T12:00:00.000Z",
+            "commands": commands, "maxAttempts": 3
+        })
+    }
+
+    fn inv(n: u32, status: CommandInvocationStatus, details: &str, code: i32, out: &str) -> CommandInvocation {
+        CommandInvocation::builder()
+            .instance_id(id(n))
+            .status(status)
+            .status_details(details)
+            .command_plugins(CommandPlugin::builder().name("installAgent").response_code(code).output(out).build())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn sorts_outcomes_into_final_retry_and_running() {
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations)
+            .match_requests(|r| r.command_id() == Some("c1"))
+            .sequence()
+            .output(|| {
+                ListCommandInvocationsOutput::builder()
+                    .command_invocations(inv(1, CommandInvocationStatus::Success, "Success", 0, "agent running"))
+                    .command_invocations(inv(2, CommandInvocationStatus::Failed, "Failed", 1, "install failed"))
+                    .next_token("page2")
+                    .build()
+            })
+            .output(|| {
+                ListCommandInvocationsOutput::builder()
+                    .command_invocations(inv(3, CommandInvocationStatus::InProgress, "InProgress", -1, ""))
+                    .command_invocations(inv(4, CommandInvocationStatus::Failed, "Access Denied", -1, ""))
+                    .build()
+            })
+            .build();
+        let last = mock!(aws_sdk_ssm::Client::list_command_invocations)
+            .match_requests(|r| r.command_id() == Some("c3"))
+            .then_output(|| {
+                ListCommandInvocationsOutput::builder()
+                    .command_invocations(inv(9, CommandInvocationStatus::TimedOut, "Execution Timed Out", -1, "still downloading"))
+                    .build()
+            });
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 3)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list, &last]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2, 3, 4, 5]), command("c3", 3, &[9])])).await.unwrap();
+        // 1 installed, 4 access denied (final), 9 timed out on its last attempt (final)
+        assert_eq!(r.summary.by_state["installed"], 1);
+        assert_eq!(r.summary.by_state["failed"], 2);
+        assert_eq!(r.summary.by_reason["AccessDenied"], 1);
+        assert_eq!(r.summary.by_reason["ExecutionTimedOut"], 1);
+        // 2 failed with attempts left: retried as attempt 2
+        assert_eq!(r.retry.len(), 1);
+        assert_eq!(r.retry[0].attempt, 2);
+        assert_eq!(r.retry[0].instance_ids(), vec![id(2)]);
+        // 3 in progress, 5 not listed yet: still running
+        assert_eq!(r.in_flight.len(), 1);
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(3), id(5)]);
+        assert!(!r.finished);
+        assert_eq!(list.num_calls(), 2);
+        assert_eq!(tx.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn invocation_does_not_exist_right_after_send_means_running() {
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_error(|| {
+            ListCommandInvocationsError::generic(aws_sdk_ssm::error::ErrorMetadata::builder().code("InvocationDoesNotExist").build())
+        });
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, []);
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2])])).await.unwrap();
+        assert_eq!(r.in_flight.len(), 1);
+        assert_eq!(r.in_flight[0].batch.instances.len(), 2);
+        assert!(!r.finished);
+        assert_eq!(r.summary.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn throttled_listing_is_throttled() {
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_error(|| {
+            ListCommandInvocationsError::generic(aws_sdk_ssm::error::ErrorMetadata::builder().code("ThrottlingException").build())
+        });
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, []);
+        let err = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1])])).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
+    }
+
+    #[tokio::test]
+    async fn nothing_in_flight_is_finished_and_bad_input_is_invalid() {
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let db = mock_client!(aws_sdk_dynamodb, []);
+        let r = handle(&ssm, &db, "ledger", input(vec![])).await.unwrap();
+        assert!(r.finished);
+        let err = handle(&ssm, &db, "ledger", serde_json::json!({"commands": []})).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+    }
+}

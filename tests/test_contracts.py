@@ -1,0 +1,240 @@
+"""Contract tests: the names that tie template.yaml, the ASL, the Rust crates and the SSM
+documents together. Each test reads the real files, so renaming something on one side only
+fails here."""
+import re
+
+import pytest
+
+from conftest import ROOT, load_asl, load_document, load_template, rust_const_strings, rust_error_types, workspace_members
+
+FUNCTION_TYPE = "AWS::Serverless::Function"
+STATE_MACHINE_TYPE = "AWS::Serverless::StateMachine"
+LAMBDA_ERRORS = {"Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException"}
+
+
+def functions(template):
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == FUNCTION_TYPE}
+
+
+def state_machines(template):
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == STATE_MACHINE_TYPE}
+
+
+def all_states(asl):
+    """Every state, including those nested in Map and Parallel states."""
+    out = {}
+    for name, state in asl["States"].items():
+        out[name] = state
+        for branch in state.get("Branches", []):
+            out.update(all_states(branch))
+        proc = state.get("ItemProcessor") or state.get("Iterator")
+        if proc:
+            out.update(all_states(proc))
+    return out
+
+
+def placeholders(text):
+    return set(re.findall(r"\$\{([A-Za-z0-9]+)\}", text))
+
+
+def asl_files(template):
+    for name, sm in state_machines(template).items():
+        yield name, sm, ROOT / sm["Properties"]["DefinitionUri"]
+
+
+def test_every_function_is_a_workspace_crate_with_a_main(template):
+    members = set(workspace_members())
+    fns = functions(template)
+    assert len(fns) >= 6
+    for name, fn in fns.items():
+        code_uri = fn["Properties"]["CodeUri"]
+        assert code_uri in members, f"{name}: CodeUri {code_uri} is not a workspace member"
+        assert (ROOT / code_uri / "src" / "main.rs").is_file(), f"{name}: {code_uri} has no src/main.rs"
+        assert fn.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda", name
+
+
+def test_every_function_crate_is_deployed(template):
+    deployed = {fn["Properties"]["CodeUri"] for fn in functions(template).values()}
+    crates = {m for m in workspace_members() if m.startswith("functions/") and (ROOT / m / "src" / "main.rs").is_file()}
+    assert crates == deployed
+
+
+def test_asl_placeholders_match_substitutions_both_ways(template):
+    for name, sm, path in asl_files(template):
+        used = placeholders(path.read_text())
+        declared = set(sm["Properties"]["DefinitionSubstitutions"])
+        assert used - declared == set(), f"{path.name}: used but not substituted by {name}"
+        assert declared - used == set(), f"{name}: substituted but never used in {path.name}"
+
+
+def test_every_task_resource_is_a_function_of_the_template(template):
+    fns = functions(template)
+    for name, sm, path in asl_files(template):
+        subs = sm["Properties"]["DefinitionSubstitutions"]
+        asl = load_asl(path)
+        tasks = {k: v for k, v in all_states(asl).items() if v["Type"] == "Task"}
+        assert tasks, "no Task states"
+        for state_name, state in tasks.items():
+            m = re.fullmatch(r"\$\{([A-Za-z0-9]+)\}", state["Resource"])
+            if not m:
+                continue  # a service integration, checked elsewhere
+            value = subs[m.group(1)]
+            assert isinstance(value, dict) and "Fn::GetAtt" in value, f"{state_name}: {m.group(1)} is not a GetAtt"
+            target = value["Fn::GetAtt"]
+            target = target.split(".")[0] if isinstance(target, str) else target[0]
+            assert target in fns, f"{state_name}: {target} is not a function in template.yaml"
+            policies = str(sm["Properties"].get("Policies", ""))
+            assert target in policies, f"{name} may not invoke {target}"
+
+
+def test_custom_error_names_are_ones_the_functions_return(template):
+    returned = rust_error_types()
+    assert "FleetInstall.Throttled" in returned
+    for _, _, path in asl_files(template):
+        for state_name, state in all_states(load_asl(path)).items():
+            for clause in state.get("Retry", []) + state.get("Catch", []):
+                for err in clause["ErrorEquals"]:
+                    if err.startswith("States.") or err in LAMBDA_ERRORS:
+                        continue
+                    assert err in returned, f"{state_name}: ErrorEquals {err!r} is not an errorType any function returns"
+            if state["Type"] == "Fail" and "Error" in state:
+                assert state["Error"] in returned or state["Error"].startswith("States."), state_name
+
+
+def test_every_lambda_task_retries_transient_errors_with_jitter_and_records_failures(asl):
+    returned = rust_error_types()
+    for state_name, state in all_states(asl).items():
+        if state["Type"] != "Task":
+            continue
+        retried = {e for r in state.get("Retry", []) for e in r["ErrorEquals"]}
+        assert LAMBDA_ERRORS <= retried, f"{state_name}: standard Lambda retry missing"
+        assert {"FleetInstall.Throttled", "FleetInstall.Transient"} <= retried & returned, state_name
+        assert all(r.get("JitterStrategy") == "FULL" for r in state["Retry"]), state_name
+        assert "TimeoutSeconds" in state, state_name
+        if state_name != "Record Workflow Failure":
+            catches = state.get("Catch", [])
+            assert catches and catches[-1]["ErrorEquals"] == ["States.ALL"], f"{state_name}: no Catch"
+            assert catches[-1]["Next"] == "Record Workflow Failure", state_name
+            assert catches[-1]["Assign"]["failedState"] == state_name, f"{state_name}: Catch records the wrong state name"
+    assert "TimeoutSeconds" in asl
+
+
+def test_resume_after_redrive_can_reach_every_failing_step(asl):
+    states = all_states(asl)
+    resumable = {c["Next"] for c in states["Resume Failed Step"]["Choices"]}
+    catching = {n for n, s in states.items() if s.get("Catch")}
+    assert catching == resumable
+
+
+def test_state_names_read_as_actions_and_choices_as_questions(asl):
+    for name, state in all_states(asl).items():
+        assert name[0].isupper() and all(w[0].isupper() for w in name.split()), f"{name!r} is not Title Case"
+        if state["Type"] == "Choice":
+            assert name.endswith("?") or name.startswith("Resume"), f"Choice {name!r} should read as a question"
+
+
+# --- documents ---------------------------------------------------------------------------
+
+DOCS = {"linux": "install-agent-linux.yml", "windows": "install-agent-windows.yml"}
+PASSED = {
+    "linux": rust_const_strings(ROOT / "functions/fleet-core/src/routing.rs", "LINUX_PARAMETERS"),
+    "windows": rust_const_strings(ROOT / "functions/fleet-core/src/routing.rs", "WINDOWS_PARAMETERS"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DOCS))
+def test_every_parameter_send_command_passes_exists_in_the_document(kind):
+    doc = load_document(DOCS[kind])
+    declared = set(doc["parameters"])
+    passed = set(PASSED[kind])
+    assert passed - declared == set(), f"{DOCS[kind]} lacks parameters send-command passes"
+    required = {k for k, v in doc["parameters"].items() if "default" not in v}
+    assert required - passed == set(), f"{DOCS[kind]} requires parameters send-command never passes"
+
+
+def test_config_builds_exactly_the_parameters_the_routing_table_declares():
+    config = (ROOT / "functions/fleet-core/src/config.rs").read_text()
+    for kind, names in PASSED.items():
+        for name in names:
+            assert f'"{name}"' in config, f"config.rs never sets {kind} parameter {name}"
+
+
+@pytest.mark.parametrize("kind", sorted(DOCS))
+def test_documents_are_safe(kind):
+    doc = load_document(DOCS[kind])
+    assert str(doc["schemaVersion"]) == "2.2"
+    for name, p in doc["parameters"].items():
+        assert p.get("allowedPattern"), f"{name} has no allowedPattern"
+    text = (ROOT / "documents" / DOCS[kind]).read_text()
+    for step in doc["mainSteps"]:
+        script = "\n".join(step["inputs"]["runCommand"])
+        assert "{{" not in script, f"{step['name']}: a parameter is pasted into the script"
+        code = "\n".join(line.split("#", 1)[0] for line in script.splitlines())
+        for bad in (r"^\s*(sudo\s+)?(reboot|shutdown|init\s+6)\b", r"Restart-Computer", r"\bexit\s+(194|3010|1641)\b", r"shutdown(\.exe)?\s+/r"):
+            assert not re.search(bad, code, re.M | re.I), f"{step['name']} may reboot: {bad}"
+    assert "interpolationType: ENV_VAR" in text
+
+
+def test_template_defaults_satisfy_the_documents_patterns(template):
+    """What a deploy with default parameters sends must pass the document's own validation."""
+    params = template["Parameters"]
+    linux = load_document(DOCS["linux"])["parameters"]
+    windows = load_document(DOCS["windows"])["parameters"]
+    pairs = [
+        (linux, "InstallerUrlRpm", "InstallerUrlRpm"), (linux, "InstallerSha256Rpm", "InstallerSha256Rpm"),
+        (linux, "InstallerUrlDeb", "InstallerUrlDeb"), (linux, "InstallerSha256Deb", "InstallerSha256Deb"),
+        (linux, "InstallerUrlFreeBsd", "InstallerUrlFreeBsd"), (linux, "InstallerSha256FreeBsd", "InstallerSha256FreeBsd"),
+        (linux, "ServiceName", "AgentServiceNameLinux"), (windows, "ServiceName", "AgentServiceNameWindows"),
+        (windows, "InstallerUrl", "InstallerUrlWindows"), (windows, "InstallerSha256", "InstallerSha256Windows"),
+        (linux, "ExecutionTimeoutSeconds", "CommandExecutionTimeoutSeconds"),
+    ]
+    for doc_params, doc_name, tpl_name in pairs:
+        pattern = doc_params[doc_name]["allowedPattern"]
+        default = str(params[tpl_name]["Default"])
+        assert re.fullmatch(pattern.removeprefix("^").removesuffix("$"), default), f"{tpl_name} default {default!r} fails {doc_name}'s pattern"
+
+
+# --- environment -------------------------------------------------------------------------
+
+ENV_CALL = re.compile(r'(?:required|optional|number(?:::<[^>]+>)?)\(\s*&?[A-Za-z_:]+,\s*"([A-Z0-9_]+)"')
+
+
+def source(path):
+    """A Rust file without its test module."""
+    return path.read_text().split("#[cfg(test)]")[0]
+
+
+def env_vars_read(crate):
+    names = set()
+    for path in (ROOT / "functions" / crate / "src").glob("*.rs"):
+        names |= set(ENV_CALL.findall(source(path)))
+    if crate == "group-by-platform":
+        config = source(ROOT / "functions/fleet-core/src/config.rs")
+        names |= set(ENV_CALL.findall(config))
+        names |= set(re.findall(r'\("[A-Za-z0-9]+", "([A-Z0-9_]+)"\)', config))
+        names |= {"LINUX_DOCUMENT_NAME", "WINDOWS_DOCUMENT_NAME"}
+    return names
+
+
+def test_every_environment_variable_a_function_reads_is_set_by_the_template(template):
+    optional_ok = {"STALE_CLAIM_SECONDS"}
+    for name, fn in functions(template).items():
+        crate = fn["Properties"]["CodeUri"].split("/")[-1]
+        env = set(fn["Properties"].get("Environment", {}).get("Variables", {}))
+        env |= set(template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
+        read = env_vars_read(crate)
+        assert read, f"{crate} reads no environment variables?"
+        missing = read - env - optional_ok
+        assert not missing, f"{name} ({crate}) reads {sorted(missing)} but template.yaml does not set them"
+
+
+def test_trigger_matches_the_brief(template):
+    res = template["Resources"]
+    queue = res["InstallQueue"]["Properties"]
+    assert "RedrivePolicy" in queue
+    trigger = next(f for f in functions(template).values() if f["Properties"]["CodeUri"].endswith("start-install"))
+    event = next(iter(trigger["Properties"]["Events"].values()))
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert template["Parameters"]["QueueDelaySeconds"]["Default"] in (180, "180")
+    assert template["Parameters"]["BatchWindowSeconds"]["Default"] in (180, "180")

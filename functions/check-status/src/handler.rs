@@ -32,6 +32,9 @@ pub struct Response {
     pub finished: bool,
 }
 
+/// (route, document, version, parameters, next attempt): instances that can share a resend.
+type RetryKey = (String, String, String, String, u32);
+
 struct Final<'a> {
     instance: &'a BatchInstance,
     command: &'a SentCommand,
@@ -41,19 +44,29 @@ struct Final<'a> {
     status_detail: String,
 }
 
-pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, table: &str, payload: Value) -> Result<Response, FleetError> {
-    let req: Request = serde_json::from_value(payload)
-        .map_err(|e| FleetError::invalid_input(format!("check-status expects {{executionId, executionStartTime, commands, maxAttempts}}: {e}")))?;
+pub async fn handle(
+    ssm: &aws_sdk_ssm::Client,
+    db: &aws_sdk_dynamodb::Client,
+    table: &str,
+    payload: Value,
+) -> Result<Response, FleetError> {
+    let req: Request = serde_json::from_value(payload).map_err(|e| {
+        FleetError::invalid_input(format!(
+            "check-status expects {{executionId, executionStartTime, commands, maxAttempts}}: {e}"
+        ))
+    })?;
     if req.max_attempts == 0 {
         return Err(FleetError::invalid_input("maxAttempts must be at least 1"));
     }
     let mut in_flight = Vec::new();
     let mut finals: Vec<Final> = Vec::new();
-    // (route, document, version, params, next attempt) -> instances
-    let mut retry_groups: BTreeMap<(String, String, String, String, u32), (Batch, Vec<BatchInstance>)> = BTreeMap::new();
+    let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
     for cmd in &req.commands {
-        let invocations: HashMap<String, Invocation> =
-            adapters::list_invocations(ssm, &cmd.command_id).await?.into_iter().map(|i| (i.instance_id.clone(), i)).collect();
+        let invocations: HashMap<String, Invocation> = adapters::list_invocations(ssm, &cmd.command_id)
+            .await?
+            .into_iter()
+            .map(|i| (i.instance_id.clone(), i))
+            .collect();
         let mut running = Vec::new();
         for inst in &cmd.batch.instances {
             let Some(inv) = invocations.get(&inst.instance_id) else {
@@ -71,12 +84,33 @@ pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, ta
                     status_detail: inv.status_details.clone(),
                 }),
                 InvocationOutcome::Failed { code, retryable } if retryable && cmd.batch.attempt < req.max_attempts => {
-                    tracing::info!(instance = inst.instance_id, attempt = cmd.batch.attempt, status = inv.status, detail = inv.status_details, "attempt failed; will retry");
+                    tracing::info!(
+                        instance = inst.instance_id,
+                        attempt = cmd.batch.attempt,
+                        status = inv.status,
+                        detail = inv.status_details,
+                        "attempt failed; will retry"
+                    );
                     let b = &cmd.batch;
                     let params = serde_json::to_string(&b.parameters).unwrap_or_default();
                     retry_groups
-                        .entry((b.route.clone(), b.document_name.clone(), b.document_version.clone(), params, b.attempt + 1))
-                        .or_insert_with(|| (Batch { attempt: b.attempt + 1, instances: Vec::new(), ..b.clone() }, Vec::new()))
+                        .entry((
+                            b.route.clone(),
+                            b.document_name.clone(),
+                            b.document_version.clone(),
+                            params,
+                            b.attempt + 1,
+                        ))
+                        .or_insert_with(|| {
+                            (
+                                Batch {
+                                    attempt: b.attempt + 1,
+                                    instances: Vec::new(),
+                                    ..b.clone()
+                                },
+                                Vec::new(),
+                            )
+                        })
                         .1
                         .push(inst.clone());
                     let _ = code;
@@ -86,13 +120,25 @@ pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, ta
                     command: cmd,
                     state: LedgerState::Failed,
                     code,
-                    reason: failure_reason(&inv.status, &inv.status_details, inv.response_code, cmd.batch.attempt, &inv.output),
+                    reason: failure_reason(
+                        &inv.status,
+                        &inv.status_details,
+                        inv.response_code,
+                        cmd.batch.attempt,
+                        &inv.output,
+                    ),
                     status_detail: inv.status_details.clone(),
                 }),
             }
         }
         if !running.is_empty() {
-            in_flight.push(SentCommand { batch: Batch { instances: running, ..cmd.batch.clone() }, ..cmd.clone() });
+            in_flight.push(SentCommand {
+                batch: Batch {
+                    instances: running,
+                    ..cmd.batch.clone()
+                },
+                ..cmd.clone()
+            });
         }
     }
     let now = ledger::now_rfc3339();
@@ -112,7 +158,11 @@ pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, ta
             if !f.status_detail.is_empty() {
                 fields.push(("statusDetail", s(&f.status_detail)));
             }
-            LedgerWrite { key: f.instance.instance_id.clone(), fields, guard: Guard::OwnedByExecution }
+            LedgerWrite {
+                key: f.instance.instance_id.clone(),
+                fields,
+                guard: Guard::OwnedByExecution,
+            }
         })
         .collect();
     let result = ledger::write_all(db, table, &req.execution, writes).await?;
@@ -130,7 +180,10 @@ pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, ta
     for (_, (template, mut instances)) in retry_groups {
         instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         for chunk in instances.chunks(MAX_BATCH) {
-            retry.push(Batch { instances: chunk.to_vec(), ..template.clone() });
+            retry.push(Batch {
+                instances: chunk.to_vec(),
+                ..template.clone()
+            });
         }
     }
     let finished = in_flight.is_empty() && retry.is_empty();
@@ -141,7 +194,12 @@ pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, ta
         still_running = in_flight.iter().map(|c| c.batch.instances.len()).sum::<usize>(),
         "checked command status"
     );
-    Ok(Response { in_flight, retry, summary, finished })
+    Ok(Response {
+        in_flight,
+        retry,
+        summary,
+        finished,
+    })
 }
 
 #[cfg(test)]
@@ -177,7 +235,13 @@ mod tests {
             .instance_id(id(n))
             .status(status)
             .status_details(details)
-            .command_plugins(CommandPlugin::builder().name("installAgent").response_code(code).output(out).build())
+            .command_plugins(
+                CommandPlugin::builder()
+                    .name("installAgent")
+                    .response_code(code)
+                    .output(out)
+                    .build(),
+            )
             .build()
     }
 
@@ -204,7 +268,13 @@ mod tests {
             .match_requests(|r| r.command_id() == Some("c3"))
             .then_output(|| {
                 ListCommandInvocationsOutput::builder()
-                    .command_invocations(inv(9, CommandInvocationStatus::TimedOut, "Execution Timed Out", -1, "still downloading"))
+                    .command_invocations(inv(
+                        9,
+                        CommandInvocationStatus::TimedOut,
+                        "Execution Timed Out",
+                        -1,
+                        "still downloading",
+                    ))
                     .build()
             });
         let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
@@ -212,7 +282,14 @@ mod tests {
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list, &last]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
-        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2, 3, 4, 5]), command("c3", 3, &[9])])).await.unwrap();
+        let r = handle(
+            &ssm,
+            &db,
+            "ledger",
+            input(vec![command("c1", 1, &[1, 2, 3, 4, 5]), command("c3", 3, &[9])]),
+        )
+        .await
+        .unwrap();
         // 1 installed, 4 access denied (final), 9 timed out on its last attempt (final)
         assert_eq!(r.summary.by_state["installed"], 1);
         assert_eq!(r.summary.by_state["failed"], 2);
@@ -233,11 +310,17 @@ mod tests {
     #[tokio::test]
     async fn invocation_does_not_exist_right_after_send_means_running() {
         let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_error(|| {
-            ListCommandInvocationsError::generic(aws_sdk_ssm::error::ErrorMetadata::builder().code("InvocationDoesNotExist").build())
+            ListCommandInvocationsError::generic(
+                aws_sdk_ssm::error::ErrorMetadata::builder()
+                    .code("InvocationDoesNotExist")
+                    .build(),
+            )
         });
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
         let db = mock_client!(aws_sdk_dynamodb, []);
-        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2])])).await.unwrap();
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2])]))
+            .await
+            .unwrap();
         assert_eq!(r.in_flight.len(), 1);
         assert_eq!(r.in_flight[0].batch.instances.len(), 2);
         assert!(!r.finished);
@@ -247,11 +330,17 @@ mod tests {
     #[tokio::test]
     async fn throttled_listing_is_throttled() {
         let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_error(|| {
-            ListCommandInvocationsError::generic(aws_sdk_ssm::error::ErrorMetadata::builder().code("ThrottlingException").build())
+            ListCommandInvocationsError::generic(
+                aws_sdk_ssm::error::ErrorMetadata::builder()
+                    .code("ThrottlingException")
+                    .build(),
+            )
         });
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
         let db = mock_client!(aws_sdk_dynamodb, []);
-        let err = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1])])).await.unwrap_err();
+        let err = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1])]))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
     }
 
@@ -261,7 +350,9 @@ mod tests {
         let db = mock_client!(aws_sdk_dynamodb, []);
         let r = handle(&ssm, &db, "ledger", input(vec![])).await.unwrap();
         assert!(r.finished);
-        let err = handle(&ssm, &db, "ledger", serde_json::json!({"commands": []})).await.unwrap_err();
+        let err = handle(&ssm, &db, "ledger", serde_json::json!({"commands": []}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
 }

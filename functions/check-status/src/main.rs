@@ -13,5 +13,8 @@ async fn main() -> Result<(), Error> {
     let aws = fleet_core::aws_config().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
-    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&ssm, &dynamodb, &table, event.payload))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&ssm, &dynamodb, &table, event.payload)
+    }))
+    .await
 }

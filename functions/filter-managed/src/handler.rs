@@ -13,7 +13,9 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, FleetError> {
-        Ok(Config { opt_out_tag: fleet_core::config::optional(get, "OPT_OUT_TAG_KEY", "fleet-install:opt-out") })
+        Ok(Config {
+            opt_out_tag: fleet_core::config::optional(get, "OPT_OUT_TAG_KEY", "fleet-install:opt-out"),
+        })
     }
 }
 
@@ -33,27 +35,66 @@ pub struct Response {
     pub skipped: Vec<InstanceNote>,
 }
 
-pub async fn handle(ec2: &aws_sdk_ec2::Client, ssm: &aws_sdk_ssm::Client, config: &Config, now: DateTime<Utc>, payload: Value) -> Result<Response, FleetError> {
-    let req: Request = serde_json::from_value(payload).map_err(|e| FleetError::invalid_input(format!("filter-managed expects {{instanceIds, registrationDeadlineSeconds}}: {e}")))?;
+pub async fn handle(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    config: &Config,
+    now: DateTime<Utc>,
+    payload: Value,
+) -> Result<Response, FleetError> {
+    let req: Request = serde_json::from_value(payload).map_err(|e| {
+        FleetError::invalid_input(format!(
+            "filter-managed expects {{instanceIds, registrationDeadlineSeconds}}: {e}"
+        ))
+    })?;
     if req.registration_deadline_seconds < 0 {
-        return Err(FleetError::invalid_input("registrationDeadlineSeconds must not be negative"));
+        return Err(FleetError::invalid_input(
+            "registrationDeadlineSeconds must not be negative",
+        ));
     }
     // Deduplicate, keep the first occurrence's order.
     let mut seen = BTreeSet::new();
-    let ids: Vec<String> = req.instance_ids.into_iter().filter(|id| seen.insert(id.clone())).collect();
-    let valid: Vec<String> = ids.iter().filter(|id| fleet_core::model::is_valid_instance_id(id)).cloned().collect();
-    let ec2_facts = if valid.is_empty() { Default::default() } else { fleet_core::adapters::describe_ec2(ec2, &valid, &config.opt_out_tag).await? };
+    let ids: Vec<String> = req
+        .instance_ids
+        .into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    let valid: Vec<String> = ids
+        .iter()
+        .filter(|id| fleet_core::model::is_valid_instance_id(id))
+        .cloned()
+        .collect();
+    let ec2_facts = if valid.is_empty() {
+        Default::default()
+    } else {
+        fleet_core::adapters::describe_ec2(ec2, &valid, &config.opt_out_tag).await?
+    };
     // Only ask SSM about instances that could be installed now.
     let candidates: Vec<String> = valid
         .iter()
-        .filter(|id| ec2_facts.get(*id).is_some_and(|f| matches!(f.state.as_str(), "running" | "pending") && !f.opted_out))
+        .filter(|id| {
+            ec2_facts
+                .get(*id)
+                .is_some_and(|f| matches!(f.state.as_str(), "running" | "pending") && !f.opted_out)
+        })
         .cloned()
         .collect();
-    let ssm_facts = if candidates.is_empty() { Default::default() } else { fleet_core::adapters::describe_ssm(ssm, &candidates).await? };
+    let ssm_facts = if candidates.is_empty() {
+        Default::default()
+    } else {
+        fleet_core::adapters::describe_ssm(ssm, &candidates).await?
+    };
     let deadline = Duration::seconds(req.registration_deadline_seconds);
     let mut resp = Response::default();
     for id in &ids {
-        match classify(id, ec2_facts.get(id), ssm_facts.get(id), now, deadline, &config.opt_out_tag) {
+        match classify(
+            id,
+            ec2_facts.get(id),
+            ssm_facts.get(id),
+            now,
+            deadline,
+            &config.opt_out_tag,
+        ) {
             Classification::Managed(m) => resp.managed.push(m),
             Classification::PendingRegistration => resp.pending.push(id.clone()),
             Classification::Unmanaged(n) => resp.unmanaged.push(n),
@@ -76,13 +117,17 @@ mod tests {
     use super::*;
     use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
     use aws_sdk_ec2::types::{IamInstanceProfile, Instance, InstanceState, InstanceStateName, Reservation, Tag};
-    use aws_sdk_ssm::operation::describe_instance_information::{DescribeInstanceInformationError, DescribeInstanceInformationOutput};
+    use aws_sdk_ssm::operation::describe_instance_information::{
+        DescribeInstanceInformationError, DescribeInstanceInformationOutput,
+    };
     use aws_sdk_ssm::types::{InstanceInformation, PingStatus, PlatformType};
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
     use fleet_core::model::ReasonCode;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn id(n: u32) -> String {
@@ -93,10 +138,16 @@ mod tests {
         let mut b = Instance::builder()
             .instance_id(id(n))
             .state(InstanceState::builder().name(state).build())
-            .launch_time(aws_sdk_ec2::primitives::DateTime::from_secs((now() - Duration::seconds(launched_ago)).timestamp()))
+            .launch_time(aws_sdk_ec2::primitives::DateTime::from_secs(
+                (now() - Duration::seconds(launched_ago)).timestamp(),
+            ))
             .platform_details("Linux/UNIX");
         if profile {
-            b = b.iam_instance_profile(IamInstanceProfile::builder().arn("arn:aws:iam::1:instance-profile/p").build());
+            b = b.iam_instance_profile(
+                IamInstanceProfile::builder()
+                    .arn("arn:aws:iam::1:instance-profile/p")
+                    .build(),
+            );
         }
         if opt_out {
             b = b.tags(Tag::builder().key("fleet-install:opt-out").value("true").build());
@@ -116,7 +167,9 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config { opt_out_tag: "fleet-install:opt-out".into() }
+        Config {
+            opt_out_tag: "fleet-install:opt-out".into(),
+        }
     }
 
     #[tokio::test]
@@ -140,7 +193,11 @@ mod tests {
                 let vals = r.filters()[0].values();
                 vals.len() == 3 && !vals.contains(&id(4)) && !vals.contains(&id(5))
             })
-            .then_output(|| DescribeInstanceInformationOutput::builder().instance_information_list(info(1, PingStatus::Online)).build());
+            .then_output(|| {
+                DescribeInstanceInformationOutput::builder()
+                    .instance_information_list(info(1, PingStatus::Online))
+                    .build()
+            });
         let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
         let ssm = mock_client!(aws_sdk_ssm, [&ssm_rule]);
         let payload = serde_json::json!({
@@ -153,7 +210,11 @@ mod tests {
         assert_eq!(r.pending, vec![id(2)]);
         assert_eq!(r.unmanaged.len(), 1);
         assert_eq!(r.unmanaged[0].reason_code, ReasonCode::NoInstanceProfile);
-        let skipped: Vec<_> = r.skipped.iter().map(|s| (s.instance_id.clone(), s.reason_code)).collect();
+        let skipped: Vec<_> = r
+            .skipped
+            .iter()
+            .map(|s| (s.instance_id.clone(), s.reason_code))
+            .collect();
         assert_eq!(
             skipped,
             vec![
@@ -184,7 +245,15 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&ec2_rule]);
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&ssm_rule]);
         let ids: Vec<String> = (1..=420).map(id).collect();
-        let r = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instanceIds": ids, "registrationDeadlineSeconds": 900})).await.unwrap();
+        let r = handle(
+            &ec2,
+            &ssm,
+            &config(),
+            now(),
+            serde_json::json!({"instanceIds": ids, "registrationDeadlineSeconds": 900}),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.pending.len(), 420);
         assert_eq!(ec2_rule.num_calls(), 3); // ceil(420/200)
         assert_eq!(ssm_rule.num_calls(), 9); // ceil(420/50)
@@ -194,32 +263,57 @@ mod tests {
     async fn throttling_is_reported_as_throttled() {
         let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
             DescribeInstancesOutput::builder()
-                .reservations(Reservation::builder().instances(instance(1, InstanceStateName::Running, 60, true, false)).build())
+                .reservations(
+                    Reservation::builder()
+                        .instances(instance(1, InstanceStateName::Running, 60, true, false))
+                        .build(),
+                )
                 .build()
         });
         let ssm_rule = mock!(aws_sdk_ssm::Client::describe_instance_information).then_error(|| {
             DescribeInstanceInformationError::generic(
-                aws_sdk_ssm::error::ErrorMetadata::builder().code("ThrottlingException").message("Rate exceeded").build(),
+                aws_sdk_ssm::error::ErrorMetadata::builder()
+                    .code("ThrottlingException")
+                    .message("Rate exceeded")
+                    .build(),
             )
         });
         let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
         let ssm = mock_client!(aws_sdk_ssm, [&ssm_rule]);
-        let err = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instanceIds": [id(1)], "registrationDeadlineSeconds": 900}))
-            .await
-            .unwrap_err();
+        let err = handle(
+            &ec2,
+            &ssm,
+            &config(),
+            now(),
+            serde_json::json!({"instanceIds": [id(1)], "registrationDeadlineSeconds": 900}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
     }
 
     #[tokio::test]
     async fn empty_and_malformed_input() {
-        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| DescribeInstancesOutput::builder().build());
-        let ssm_rule = mock!(aws_sdk_ssm::Client::describe_instance_information).then_output(|| DescribeInstanceInformationOutput::builder().build());
+        let ec2_rule =
+            mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| DescribeInstancesOutput::builder().build());
+        let ssm_rule = mock!(aws_sdk_ssm::Client::describe_instance_information)
+            .then_output(|| DescribeInstanceInformationOutput::builder().build());
         let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
         let ssm = mock_client!(aws_sdk_ssm, [&ssm_rule]);
-        let r = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instanceIds": [], "registrationDeadlineSeconds": 900})).await.unwrap();
+        let r = handle(
+            &ec2,
+            &ssm,
+            &config(),
+            now(),
+            serde_json::json!({"instanceIds": [], "registrationDeadlineSeconds": 900}),
+        )
+        .await
+        .unwrap();
         assert_eq!(r, Response::default());
         assert_eq!(ec2_rule.num_calls() + ssm_rule.num_calls(), 0);
-        let err = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instances": "i-1"})).await.unwrap_err();
+        let err = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instances": "i-1"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         assert!(err.to_string().contains("instanceIds"), "{err}");
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_ec2::types::Filter;
-use aws_sdk_ssm::types::{InstanceInformationStringFilter, CommandInvocation};
+use aws_sdk_ssm::types::{CommandInvocation, InstanceInformationStringFilter};
 use chrono::{DateTime, Utc};
 
 use crate::classify::{Ec2Facts, SsmFacts};
@@ -20,14 +20,23 @@ fn to_utc(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
 
 /// EC2's view of the given instances. Ids that EC2 does not know are absent from the map.
 /// Uses the `instance-id` filter (not InstanceIds) so one unknown id does not fail the call.
-pub async fn describe_ec2(client: &aws_sdk_ec2::Client, ids: &[String], opt_out_tag: &str) -> Result<HashMap<String, Ec2Facts>, FleetError> {
+pub async fn describe_ec2(
+    client: &aws_sdk_ec2::Client,
+    ids: &[String],
+    opt_out_tag: &str,
+) -> Result<HashMap<String, Ec2Facts>, FleetError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(EC2_FILTER_VALUES) {
         let mut token = None;
         loop {
             let resp = client
                 .describe_instances()
-                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
+                .filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
                 .max_results(1000)
                 .set_next_token(token.take())
                 .send()
@@ -43,7 +52,11 @@ pub async fn describe_ec2(client: &aws_sdk_ec2::Client, ids: &[String], opt_out_
                         id.to_string(),
                         Ec2Facts {
                             instance_id: id.to_string(),
-                            state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                            state: i
+                                .state()
+                                .and_then(|s| s.name())
+                                .map(|n| n.as_str().to_string())
+                                .unwrap_or_default(),
                             launch_time: to_utc(i.launch_time()),
                             has_instance_profile: i.iam_instance_profile().is_some(),
                             opted_out,
@@ -62,7 +75,10 @@ pub async fn describe_ec2(client: &aws_sdk_ec2::Client, ids: &[String], opt_out_
 }
 
 /// SSM's view of the given instances (those SSM has ever registered and still lists).
-pub async fn describe_ssm(client: &aws_sdk_ssm::Client, ids: &[String]) -> Result<HashMap<String, SsmFacts>, FleetError> {
+pub async fn describe_ssm(
+    client: &aws_sdk_ssm::Client,
+    ids: &[String],
+) -> Result<HashMap<String, SsmFacts>, FleetError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(SSM_INFO_BATCH) {
         let mut token = None;
@@ -146,7 +162,9 @@ pub async fn list_invocations(client: &aws_sdk_ssm::Client, command_id: &str) ->
             Ok(r) => r,
             Err(e) => {
                 use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError as E;
-                if matches!(e.as_service_error(), Some(E::InvalidCommandId(_))) || code_of(&e) == Some("InvocationDoesNotExist") {
+                if matches!(e.as_service_error(), Some(E::InvalidCommandId(_)))
+                    || code_of(&e) == Some("InvocationDoesNotExist")
+                {
                     return Ok(out);
                 }
                 return Err(FleetError::from_sdk("ssm", "ListCommandInvocations", &e));
@@ -186,7 +204,11 @@ pub enum SendError {
 }
 
 pub async fn send_command(client: &aws_sdk_ssm::Client, req: &SendRequest) -> Result<String, SendError> {
-    let params: HashMap<String, Vec<String>> = req.parameters.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
+    let params: HashMap<String, Vec<String>> = req
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), vec![v.clone()]))
+        .collect();
     let mut call = client
         .send_command()
         .document_name(&req.document_name)
@@ -210,11 +232,19 @@ pub async fn send_command(client: &aws_sdk_ssm::Client, req: &SendRequest) -> Re
             .command()
             .and_then(|c| c.command_id())
             .map(str::to_string)
-            .ok_or_else(|| SendError::Other(FleetError::Transient { service: "ssm:SendCommand".into(), message: "response without a command id".into() })),
+            .ok_or_else(|| {
+                SendError::Other(FleetError::Transient {
+                    service: "ssm:SendCommand".into(),
+                    message: "response without a command id".into(),
+                })
+            }),
         Err(e) => {
             use aws_sdk_ssm::operation::send_command::SendCommandError as E;
             match e.as_service_error() {
-                Some(E::InvalidInstanceId(inner)) => SendError::InvalidInstanceId(inner.message().unwrap_or("invalid instance id").to_string()).into_err(),
+                Some(E::InvalidInstanceId(inner)) => {
+                    SendError::InvalidInstanceId(inner.message().unwrap_or("invalid instance id").to_string())
+                        .into_err()
+                }
                 _ => Err(SendError::Other(FleetError::from_sdk("ssm", "SendCommand", &e))),
             }
         }
@@ -230,7 +260,12 @@ impl SendError {
 /// Find a command this system already sent for a batch (its comment carries the batch key),
 /// among the document's commands since `since`. Used when a previous attempt died between
 /// SendCommand and recording the command id.
-pub async fn find_command_by_comment(client: &aws_sdk_ssm::Client, document_name: &str, since: DateTime<Utc>, comment: &str) -> Result<Option<String>, FleetError> {
+pub async fn find_command_by_comment(
+    client: &aws_sdk_ssm::Client,
+    document_name: &str,
+    since: DateTime<Utc>,
+    comment: &str,
+) -> Result<Option<String>, FleetError> {
     let mut token = None;
     loop {
         let resp = client

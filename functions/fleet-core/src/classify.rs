@@ -75,7 +75,11 @@ pub fn classify(
         .or_else(|| ec2.platform_details.clone());
     match ec2.state.as_str() {
         "terminated" | "shutting-down" => {
-            return Classification::Skipped(note(ReasonCode::Terminated, format!("instance is {}", ec2.state), platform))
+            return Classification::Skipped(note(
+                ReasonCode::Terminated,
+                format!("instance is {}", ec2.state),
+                platform,
+            ))
         }
         "stopped" | "stopping" => {
             return Classification::Skipped(note(
@@ -161,7 +165,9 @@ mod tests {
     const ID: &str = "i-0123456789abcdef0";
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn ec2(state: &str, launched_secs_ago: i64) -> Ec2Facts {
@@ -211,13 +217,19 @@ mod tests {
 
     #[test]
     fn unregistered_inside_deadline_is_pending() {
-        assert_eq!(run(Some(&ec2("running", 60)), None), Classification::PendingRegistration);
+        assert_eq!(
+            run(Some(&ec2("running", 60)), None),
+            Classification::PendingRegistration
+        );
         assert_eq!(run(Some(&ec2("pending", 5)), None), Classification::PendingRegistration);
     }
 
     #[test]
     fn unregistered_after_deadline_is_unmanaged_with_actionable_reason() {
-        assert_eq!(code(run(Some(&ec2("running", 901)), None)), ReasonCode::AgentNotReporting);
+        assert_eq!(
+            code(run(Some(&ec2("running", 901)), None)),
+            ReasonCode::AgentNotReporting
+        );
         let mut no_profile = ec2("running", 901);
         no_profile.has_instance_profile = false;
         let c = run(Some(&no_profile), None);
@@ -226,18 +238,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(code(c), ReasonCode::NoInstanceProfile);
-        assert_eq!(code(run(Some(&ec2("running", 5000)), Some(&ssm("ConnectionLost")))), ReasonCode::ConnectionLost);
-        assert_eq!(code(run(Some(&ec2("running", 5000)), Some(&ssm("Inactive")))), ReasonCode::AgentInactive);
+        assert_eq!(
+            code(run(Some(&ec2("running", 5000)), Some(&ssm("ConnectionLost")))),
+            ReasonCode::ConnectionLost
+        );
+        assert_eq!(
+            code(run(Some(&ec2("running", 5000)), Some(&ssm("Inactive")))),
+            ReasonCode::AgentInactive
+        );
     }
 
     #[test]
     fn connection_lost_inside_deadline_waits() {
-        assert_eq!(run(Some(&ec2("running", 30)), Some(&ssm("ConnectionLost"))), Classification::PendingRegistration);
+        assert_eq!(
+            run(Some(&ec2("running", 30)), Some(&ssm("ConnectionLost"))),
+            Classification::PendingRegistration
+        );
     }
 
     #[test]
     fn skips_are_explained() {
-        assert_eq!(code(run(Some(&ec2("stopped", 10)), Some(&ssm("Online")))), ReasonCode::Stopped);
+        assert_eq!(
+            code(run(Some(&ec2("stopped", 10)), Some(&ssm("Online")))),
+            ReasonCode::Stopped
+        );
         assert_eq!(code(run(Some(&ec2("terminated", 10)), None)), ReasonCode::Terminated);
         assert_eq!(code(run(None, None)), ReasonCode::NotFound);
         let mut opted = ec2("running", 10);

@@ -9,17 +9,26 @@ use crate::routing::{RouteTable, RouteTarget};
 pub fn required(get: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String, FleetError> {
     match get(name) {
         Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-        _ => Err(FleetError::Configuration(format!("environment variable {name} is not set"))),
+        _ => Err(FleetError::Configuration(format!(
+            "environment variable {name} is not set"
+        ))),
     }
 }
 
 /// Read an optional variable, falling back to `default`.
 pub fn optional(get: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> String {
-    get(name).filter(|v| !v.trim().is_empty()).map(|v| v.trim().to_string()).unwrap_or_else(|| default.to_string())
+    get(name)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| default.to_string())
 }
 
 /// Read a number, with the variable's name in the error.
-pub fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> Result<T, FleetError> {
+pub fn number<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> Result<T, FleetError> {
     match get(name).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
         Some(v) => v
@@ -54,7 +63,12 @@ pub fn route_table(get: &impl Fn(&str) -> Option<String>) -> Result<RouteTable, 
                 p.insert(param.to_string(), required(get, var)?);
             }
             p.insert("ExecutionTimeoutSeconds".into(), timeout.clone());
-            Some(RouteTarget { route: "linux".into(), document_name, document_version: version.clone(), parameters: p })
+            Some(RouteTarget {
+                route: "linux".into(),
+                document_name,
+                document_version: version.clone(),
+                parameters: p,
+            })
         }
     };
     let windows = match get("WINDOWS_DOCUMENT_NAME").filter(|v| !v.is_empty()) {
@@ -69,7 +83,12 @@ pub fn route_table(get: &impl Fn(&str) -> Option<String>) -> Result<RouteTable, 
                 p.insert(param.to_string(), required(get, var)?);
             }
             p.insert("ExecutionTimeoutSeconds".into(), timeout);
-            Some(RouteTarget { route: "windows".into(), document_name, document_version: version, parameters: p })
+            Some(RouteTarget {
+                route: "windows".into(),
+                document_name,
+                document_version: version,
+                parameters: p,
+            })
         }
     };
     if linux.is_none() && windows.is_none() {

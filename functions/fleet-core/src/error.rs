@@ -77,9 +77,15 @@ impl FleetError {
                 classify_code(&service_op, code, message)
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                FleetError::Transient { service: service_op, message }
+                FleetError::Transient {
+                    service: service_op,
+                    message,
+                }
             }
-            _ => FleetError::AwsRejected { service: service_op, message },
+            _ => FleetError::AwsRejected {
+                service: service_op,
+                message,
+            },
         }
     }
 }
@@ -140,11 +146,20 @@ mod tests {
     #[test]
     fn every_variant_has_a_listed_error_type() {
         let all = [
-            FleetError::Throttled { service: "s".into(), message: "m".into() },
-            FleetError::Transient { service: "s".into(), message: "m".into() },
+            FleetError::Throttled {
+                service: "s".into(),
+                message: "m".into(),
+            },
+            FleetError::Transient {
+                service: "s".into(),
+                message: "m".into(),
+            },
             FleetError::InvalidInput("x".into()),
             FleetError::Configuration("x".into()),
-            FleetError::AwsRejected { service: "s".into(), message: "m".into() },
+            FleetError::AwsRejected {
+                service: "s".into(),
+                message: "m".into(),
+            },
             FleetError::WorkflowFailed("x".into()),
         ];
         assert_eq!(all.len(), ERROR_TYPES.len());
@@ -158,10 +173,20 @@ mod tests {
 
     #[test]
     fn throttling_codes_map_to_throttled() {
-        for code in ["ThrottlingException", "RequestLimitExceeded", "ProvisionedThroughputExceededException"] {
+        for code in [
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "ProvisionedThroughputExceededException",
+        ] {
             assert_eq!(classify_code("ssm", code, String::new()).error_type(), THROTTLED);
         }
-        assert_eq!(classify_code("ssm", "InternalServerError", String::new()).error_type(), TRANSIENT);
-        assert_eq!(classify_code("ssm", "AccessDeniedException", String::new()).error_type(), AWS_REJECTED);
+        assert_eq!(
+            classify_code("ssm", "InternalServerError", String::new()).error_type(),
+            TRANSIENT
+        );
+        assert_eq!(
+            classify_code("ssm", "AccessDeniedException", String::new()).error_type(),
+            AWS_REJECTED
+        );
     }
 }

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{classify_code, FleetError};
@@ -31,7 +29,11 @@ pub enum Guard {
     /// Claiming instances for a send: as above, and not while another run installs them
     /// (unless its claim is older than `stale_before`), and not when already installed with the
     /// same document and version.
-    Claim { document: String, document_version: String, stale_before: String },
+    Claim {
+        document: String,
+        document_version: String,
+        stale_before: String,
+    },
     /// Outcomes: only the execution that claimed the instance writes its outcome.
     OwnedByExecution,
     /// Batch lock: only when it does not exist.
@@ -84,7 +86,11 @@ pub fn note_write(note: &InstanceNote, state: LedgerState, exec: &Execution, now
     if let Some(p) = &note.platform {
         fields.push(("platform", s(p)));
     }
-    LedgerWrite { key: note.instance_id.clone(), fields, guard: Guard::NotNewerNorInstalled }
+    LedgerWrite {
+        key: note.instance_id.clone(),
+        fields,
+        guard: Guard::NotNewerNorInstalled,
+    }
 }
 
 fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, FleetError> {
@@ -114,7 +120,11 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
             "attribute_not_exists(#pk) OR (#started <= :started AND #state <> :installed)".to_string()
         }
-        Guard::Claim { document, document_version, stale_before } => {
+        Guard::Claim {
+            document,
+            document_version,
+            stale_before,
+        } => {
             names.insert("#started".into(), "executionStartedAt".into());
             names.insert("#state".into(), "state".into());
             names.insert("#exec".into(), "executionArn".into());
@@ -148,7 +158,12 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
 
 /// Apply conditional writes, at most 100 per transaction. Items whose condition fails are
 /// returned in `refused` with the item they met; everything else is written.
-pub async fn write_all(client: &Client, table: &str, exec: &Execution, writes: Vec<LedgerWrite>) -> Result<WriteResult, FleetError> {
+pub async fn write_all(
+    client: &Client,
+    table: &str,
+    exec: &Execution,
+    writes: Vec<LedgerWrite>,
+) -> Result<WriteResult, FleetError> {
     let mut result = WriteResult::default();
     for chunk in writes.chunks(MAX_TRANSACTION) {
         let r = write_transaction(client, table, exec, chunk.to_vec()).await?;
@@ -160,7 +175,12 @@ pub async fn write_all(client: &Client, table: &str, exec: &Execution, writes: V
 
 /// Apply up to 100 writes as one transaction, dropping refused items and retrying the rest.
 /// Writes that must succeed or fail together (a batch lock and its instances) use this directly.
-pub async fn write_transaction(client: &Client, table: &str, exec: &Execution, mut pending: Vec<LedgerWrite>) -> Result<WriteResult, FleetError> {
+pub async fn write_transaction(
+    client: &Client,
+    table: &str,
+    exec: &Execution,
+    mut pending: Vec<LedgerWrite>,
+) -> Result<WriteResult, FleetError> {
     let mut result = WriteResult::default();
     let mut conflicts = 0;
     while !pending.is_empty() {
@@ -168,7 +188,12 @@ pub async fn write_transaction(client: &Client, table: &str, exec: &Execution, m
             .iter()
             .map(|w| Ok(TransactWriteItem::builder().update(to_update(table, w, exec)?).build()))
             .collect::<Result<Vec<_>, FleetError>>()?;
-        match client.transact_write_items().set_transact_items(Some(items)).send().await {
+        match client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => {
                 result.written.extend(pending.drain(..).map(|w| w.key));
             }
@@ -184,9 +209,13 @@ pub async fn write_transaction(client: &Client, table: &str, exec: &Execution, m
                         match reason.and_then(|r| r.code()) {
                             Some("ConditionalCheckFailed") => {
                                 refused_any = true;
-                                result.refused.push((w.key, reason.and_then(|r| r.item()).cloned().unwrap_or_default()));
+                                result
+                                    .refused
+                                    .push((w.key, reason.and_then(|r| r.item()).cloned().unwrap_or_default()));
                             }
-                            Some("ThrottlingError") | Some("ProvisionedThroughputExceeded") | Some("RequestLimitExceeded") => {
+                            Some("ThrottlingError")
+                            | Some("ProvisionedThroughputExceeded")
+                            | Some("RequestLimitExceeded") => {
                                 throttled = true;
                                 keep.push(w);
                             }
@@ -206,18 +235,24 @@ pub async fn write_transaction(client: &Client, table: &str, exec: &Execution, m
                         if conflicts > 3 {
                             return Err(FleetError::Transient {
                                 service: "dynamodb:TransactWriteItems".into(),
-                                message: format!("transaction cancelled repeatedly: {:?}", reasons.iter().filter_map(|r| r.code()).collect::<Vec<_>>()),
+                                message: format!(
+                                    "transaction cancelled repeatedly: {:?}",
+                                    reasons.iter().filter_map(|r| r.code()).collect::<Vec<_>>()
+                                ),
                             });
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(50 * conflicts)).await;
                     }
-                }
-                else {
+                } else {
                     let code = err.code().unwrap_or("");
                     return Err(if code.is_empty() {
                         FleetError::from_sdk("dynamodb", "TransactWriteItems", &err)
                     } else {
-                        classify_code("dynamodb:TransactWriteItems", code, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)))
+                        classify_code(
+                            "dynamodb:TransactWriteItems",
+                            code,
+                            format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)),
+                        )
                     });
                 }
             }

@@ -26,7 +26,12 @@ pub const LINUX_PARAMETERS: &[&str] = &[
 ];
 
 /// Parameter names of the Windows install document (documents/install-agent-windows.yml).
-pub const WINDOWS_PARAMETERS: &[&str] = &["InstallerUrl", "InstallerSha256", "ServiceName", "ExecutionTimeoutSeconds"];
+pub const WINDOWS_PARAMETERS: &[&str] = &[
+    "InstallerUrl",
+    "InstallerSha256",
+    "ServiceName",
+    "ExecutionTimeoutSeconds",
+];
 
 /// A platform family the routing table knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,7 +94,9 @@ fn lookup(platform_type: &str, platform_name: &str) -> Option<(Family, DocumentK
     let name = platform_name.trim().to_ascii_lowercase();
     TABLE
         .iter()
-        .find(|(t, prefix, _, _)| t.eq_ignore_ascii_case(platform_type) && name.starts_with(&prefix.to_ascii_lowercase()))
+        .find(|(t, prefix, _, _)| {
+            t.eq_ignore_ascii_case(platform_type) && name.starts_with(&prefix.to_ascii_lowercase())
+        })
         .map(|(_, _, f, d)| (*f, *d))
 }
 
@@ -147,9 +154,15 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
                 .entry(target.route.clone())
                 .or_insert_with(|| (target, Vec::new()))
                 .1
-                .push(BatchInstance { instance_id: inst.instance_id.clone(), platform: family.label().to_string() }),
+                .push(BatchInstance {
+                    instance_id: inst.instance_id.clone(),
+                    platform: family.label().to_string(),
+                }),
             None => {
-                let what = format!("{} {} {}", inst.platform_type, inst.platform_name, inst.platform_version);
+                let what = format!(
+                    "{} {} {}",
+                    inst.platform_type, inst.platform_name, inst.platform_version
+                );
                 let reason = match found {
                     Some((_, kind)) => format!("no {kind:?} document is configured for {}", what.trim()),
                     None => format!("no install document for platform {}", what.trim()),
@@ -158,7 +171,10 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
                     instance_id: inst.instance_id.clone(),
                     reason_code: ReasonCode::NoRoute,
                     reason,
-                    platform: Some(crate::classify::platform_label(&inst.platform_type, &inst.platform_name)),
+                    platform: Some(crate::classify::platform_label(
+                        &inst.platform_type,
+                        &inst.platform_name,
+                    )),
                 });
             }
         }
@@ -225,7 +241,10 @@ mod tests {
             document_version: "1".into(),
             parameters: BTreeMap::from([("ServiceName".to_string(), "fleet-agent".to_string())]),
         };
-        RouteTable { linux: Some(t("linux", "LinuxDoc")), windows: Some(t("windows", "WinDoc")) }
+        RouteTable {
+            linux: Some(t("linux", "LinuxDoc")),
+            windows: Some(t("windows", "WinDoc")),
+        }
     }
 
     #[test]
@@ -238,7 +257,12 @@ mod tests {
             ("Linux", "Ubuntu", "LinuxDoc", "Ubuntu"),
             ("Linux", "Debian GNU/Linux", "LinuxDoc", "Debian"),
             ("Linux", "FreeBSD", "LinuxDoc", "FreeBSD"),
-            ("Windows", "Microsoft Windows Server 2022 Datacenter", "WinDoc", "Windows"),
+            (
+                "Windows",
+                "Microsoft Windows Server 2022 Datacenter",
+                "WinDoc",
+                "Windows",
+            ),
         ];
         for (i, (t, name, doc, label)) in cases.iter().enumerate() {
             let r = route(&[inst(i, t, name)], &table(), 1, 50);
@@ -262,7 +286,15 @@ mod tests {
     fn missing_windows_document_skips_windows_only() {
         let mut t = table();
         t.windows = None;
-        let r = route(&[inst(1, "Windows", "Microsoft Windows Server 2019"), inst(2, "Linux", "Ubuntu")], &t, 1, 50);
+        let r = route(
+            &[
+                inst(1, "Windows", "Microsoft Windows Server 2019"),
+                inst(2, "Linux", "Ubuntu"),
+            ],
+            &t,
+            1,
+            50,
+        );
         assert_eq!(r.batches.len(), 1);
         assert_eq!(r.skipped.len(), 1);
         assert!(r.skipped[0].reason.contains("Windows document"));
@@ -272,7 +304,11 @@ mod tests {
     fn batches_hold_at_most_fifty_and_cover_every_instance_once() {
         let mut all = Vec::new();
         for n in 0..237 {
-            all.push(inst(n, if n % 5 == 0 { "Windows" } else { "Linux" }, if n % 5 == 0 { "Windows" } else { "Ubuntu" }));
+            all.push(inst(
+                n,
+                if n % 5 == 0 { "Windows" } else { "Linux" },
+                if n % 5 == 0 { "Windows" } else { "Ubuntu" },
+            ));
         }
         all.push(inst(3, "Linux", "Ubuntu")); // duplicate id
         let r = route(&all, &table(), 2, 50);

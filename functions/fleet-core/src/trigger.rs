@@ -15,7 +15,11 @@ pub const STATE_CHANGE: &str = "EC2 Instance State-change Notification";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// An EC2 instance entered `running`.
-    Running { event_id: String, instance_id: String, time: String },
+    Running {
+        event_id: String,
+        instance_id: String,
+        time: String,
+    },
     /// A well-formed event that is not ours to act on: logged with the reason and dropped.
     Ignored { reason: String },
     /// Not an EventBridge event at all: reported as a batch item failure so that it ends in the DLQ.
@@ -37,24 +41,38 @@ struct Envelope {
 pub fn parse_message(body: &str) -> Message {
     let env: Envelope = match serde_json::from_str(body) {
         Ok(e) => e,
-        Err(e) => return Message::Malformed { reason: format!("body is not an EventBridge event: {e}") },
+        Err(e) => {
+            return Message::Malformed {
+                reason: format!("body is not an EventBridge event: {e}"),
+            }
+        }
     };
     let (Some(source), Some(detail_type), Some(detail)) = (env.source, env.detail_type, env.detail) else {
-        return Message::Malformed { reason: "body lacks source, detail-type or detail".into() };
+        return Message::Malformed {
+            reason: "body lacks source, detail-type or detail".into(),
+        };
     };
     if source != EC2_SOURCE || detail_type != STATE_CHANGE {
-        return Message::Ignored { reason: format!("foreign event: source {source:?}, detail-type {detail_type:?}") };
+        return Message::Ignored {
+            reason: format!("foreign event: source {source:?}, detail-type {detail_type:?}"),
+        };
     }
     let state = detail.get("state").and_then(|v| v.as_str()).unwrap_or("");
     let instance_id = detail.get("instance-id").and_then(|v| v.as_str()).unwrap_or("");
     if instance_id.is_empty() {
-        return Message::Malformed { reason: "EC2 state-change event without detail.instance-id".into() };
+        return Message::Malformed {
+            reason: "EC2 state-change event without detail.instance-id".into(),
+        };
     }
     if !is_valid_instance_id(instance_id) {
-        return Message::Malformed { reason: format!("EC2 state-change event with malformed instance id {instance_id:?}") };
+        return Message::Malformed {
+            reason: format!("EC2 state-change event with malformed instance id {instance_id:?}"),
+        };
     }
     if state != "running" {
-        return Message::Ignored { reason: format!("instance {instance_id} entered {state:?}, not running") };
+        return Message::Ignored {
+            reason: format!("instance {instance_id} entered {state:?}, not running"),
+        };
     }
     Message::Running {
         event_id: env.id.unwrap_or_default(),
@@ -80,8 +98,15 @@ pub fn plan_executions(running: &[(String, Message)], max_per_execution: usize, 
     // instance id -> (event ids, message ids, earliest time)
     let mut by_instance: BTreeMap<&str, (Vec<&str>, Vec<&str>, &str)> = BTreeMap::new();
     for (message_id, msg) in running {
-        if let Message::Running { event_id, instance_id, time } = msg {
-            let e = by_instance.entry(instance_id.as_str()).or_insert((Vec::new(), Vec::new(), time.as_str()));
+        if let Message::Running {
+            event_id,
+            instance_id,
+            time,
+        } = msg
+        {
+            let e = by_instance
+                .entry(instance_id.as_str())
+                .or_insert((Vec::new(), Vec::new(), time.as_str()));
             e.0.push(event_id.as_str());
             e.1.push(message_id.as_str());
             if time.as_str() < e.2 {
@@ -145,12 +170,22 @@ mod tests {
 
     #[test]
     fn accepts_running_and_explains_the_rest() {
-        assert!(matches!(parse_message(&event("e1", "i-0123456789abcdef0", "running")), Message::Running { .. }));
-        assert!(matches!(parse_message(&event("e1", "i-0123456789abcdef0", "stopped")), Message::Ignored { .. }));
+        assert!(matches!(
+            parse_message(&event("e1", "i-0123456789abcdef0", "running")),
+            Message::Running { .. }
+        ));
+        assert!(matches!(
+            parse_message(&event("e1", "i-0123456789abcdef0", "stopped")),
+            Message::Ignored { .. }
+        ));
         assert!(matches!(parse_message("not json"), Message::Malformed { .. }));
         assert!(matches!(parse_message("{}"), Message::Malformed { .. }));
-        assert!(matches!(parse_message(&event("e1", "i-BAD", "running")), Message::Malformed { .. }));
-        let foreign = serde_json::json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}).to_string();
+        assert!(matches!(
+            parse_message(&event("e1", "i-BAD", "running")),
+            Message::Malformed { .. }
+        ));
+        let foreign =
+            serde_json::json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}).to_string();
         match parse_message(&foreign) {
             Message::Ignored { reason } => assert!(reason.contains("aws.s3")),
             other => panic!("{other:?}"),

@@ -25,14 +25,25 @@ pub struct Response {
 }
 
 pub async fn handle(table: &RouteTable, payload: Value) -> Result<Response, FleetError> {
-    let req: Request = serde_json::from_value(payload)
-        .map_err(|e| FleetError::invalid_input(format!("group-by-platform expects {{managed: [{{instanceId, platformType, platformName}}]}}: {e}")))?;
+    let req: Request = serde_json::from_value(payload).map_err(|e| {
+        FleetError::invalid_input(format!(
+            "group-by-platform expects {{managed: [{{instanceId, platformType, platformName}}]}}: {e}"
+        ))
+    })?;
     if req.attempt == 0 {
         return Err(FleetError::invalid_input("attempt starts at 1"));
     }
     let routed = route(&req.managed, table, req.attempt, MAX_BATCH);
-    tracing::info!(managed = req.managed.len(), batches = routed.batches.len(), skipped = routed.skipped.len(), "routed instances");
-    Ok(Response { batches: routed.batches, skipped: routed.skipped })
+    tracing::info!(
+        managed = req.managed.len(),
+        batches = routed.batches.len(),
+        skipped = routed.skipped.len(),
+        "routed instances"
+    );
+    Ok(Response {
+        batches: routed.batches,
+        skipped: routed.skipped,
+    })
 }
 
 #[cfg(test)]
@@ -74,8 +85,18 @@ mod tests {
             })
             .collect();
         let r = handle(&table(), serde_json::json!({"managed": managed})).await.unwrap();
-        let linux: usize = r.batches.iter().filter(|b| b.document_name == "Linux-Doc").map(|b| b.instances.len()).sum();
-        let win: usize = r.batches.iter().filter(|b| b.document_name == "Win-Doc").map(|b| b.instances.len()).sum();
+        let linux: usize = r
+            .batches
+            .iter()
+            .filter(|b| b.document_name == "Linux-Doc")
+            .map(|b| b.instances.len())
+            .sum();
+        let win: usize = r
+            .batches
+            .iter()
+            .filter(|b| b.document_name == "Win-Doc")
+            .map(|b| b.instances.len())
+            .sum();
         assert_eq!((linux, win, r.skipped.len()), (72, 24, 24));
         assert!(r.batches.iter().all(|b| b.instances.len() <= 50 && b.attempt == 1));
         assert_eq!(r.batches.len(), 3); // 72 Linux -> 50 + 22, 24 Windows -> 1
@@ -86,9 +107,13 @@ mod tests {
     async fn empty_and_malformed_input() {
         let r = handle(&table(), serde_json::json!({"managed": []})).await.unwrap();
         assert!(r.batches.is_empty() && r.skipped.is_empty());
-        let err = handle(&table(), serde_json::json!({"managed": [{"instanceId": 3}]})).await.unwrap_err();
+        let err = handle(&table(), serde_json::json!({"managed": [{"instanceId": 3}]}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
-        let err = handle(&table(), serde_json::json!({"managed": [], "attempt": 0})).await.unwrap_err();
+        let err = handle(&table(), serde_json::json!({"managed": [], "attempt": 0}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
 }

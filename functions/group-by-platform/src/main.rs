@@ -10,5 +10,8 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let table = fleet_core::config::route_table(&fleet_core::config::env)?;
-    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&table, event.payload))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&table, event.payload)
+    }))
+    .await
 }

@@ -56,10 +56,18 @@ pub struct Response {
 
 pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Value) -> Result<Response, FleetError> {
     let req: Request = serde_json::from_value(payload).map_err(|e| {
-        FleetError::invalid_input(format!("record-unmanaged expects mode \"record\" or \"workflowFailure\": {e}"))
+        FleetError::invalid_input(format!(
+            "record-unmanaged expects mode \"record\" or \"workflowFailure\": {e}"
+        ))
     })?;
     match req {
-        Request::Record { execution, unmanaged, skipped, unrouted, mut summary } => {
+        Request::Record {
+            execution,
+            unmanaged,
+            skipped,
+            unrouted,
+            mut summary,
+        } => {
             let now = ledger::now_rfc3339();
             let mut notes: Vec<(&InstanceNote, LedgerState)> = Vec::new();
             notes.extend(unmanaged.iter().map(|n| (n, LedgerState::Unmanaged)));
@@ -86,25 +94,61 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
                     summary.add(st.as_str(), n.platform.as_deref(), n.reason_code);
                 }
             }
-            tracing::info!(recorded = result.written.len(), refused = result.refused.len(), "recorded unmanaged and skipped instances");
-            Ok(Response { summary: Some(summary), recorded: result.written.len(), refused: result.refused.len(), resume: false })
+            tracing::info!(
+                recorded = result.written.len(),
+                refused = result.refused.len(),
+                "recorded unmanaged and skipped instances"
+            );
+            Ok(Response {
+                summary: Some(summary),
+                recorded: result.written.len(),
+                refused: result.refused.len(),
+                resume: false,
+            })
         }
-        Request::WorkflowFailure { execution, failure, failed_state, failed_at_redrive, redrive_count, pending, commands, retry } => {
+        Request::WorkflowFailure {
+            execution,
+            failure,
+            failed_state,
+            failed_at_redrive,
+            redrive_count,
+            pending,
+            commands,
+            retry,
+        } => {
             if redrive_count > failed_at_redrive {
-                tracing::info!(failed_state, redrive_count, "execution was redriven: resuming the workflow");
-                return Ok(Response { summary: None, recorded: 0, refused: 0, resume: true });
+                tracing::info!(
+                    failed_state,
+                    redrive_count,
+                    "execution was redriven: resuming the workflow"
+                );
+                return Ok(Response {
+                    summary: None,
+                    recorded: 0,
+                    refused: 0,
+                    resume: true,
+                });
             }
-            let error = failure.get("Error").and_then(|v| v.as_str()).unwrap_or("States.TaskFailed");
+            let error = failure
+                .get("Error")
+                .and_then(|v| v.as_str())
+                .unwrap_or("States.TaskFailed");
             let cause = failure.get("Cause").and_then(|v| v.as_str()).unwrap_or("");
             let cause_short: String = cause.chars().take(400).collect();
-            let reason = format!("workflow failed in \"{failed_state}\": {error}: {cause_short} (redrive the execution to resume)");
+            let reason = format!(
+                "workflow failed in \"{failed_state}\": {error}: {cause_short} (redrive the execution to resume)"
+            );
             let now = ledger::now_rfc3339();
             let mut writes = Vec::new();
             let mut fields = |id: &str, guard: Guard| {
                 let mut f = ledger::base_fields(LedgerState::Failed, &execution, &now);
                 f.push(("reasonCode", s(ReasonCode::WorkflowError.as_str())));
                 f.push(("reason", s(&reason)));
-                writes.push(LedgerWrite { key: id.to_string(), fields: f, guard });
+                writes.push(LedgerWrite {
+                    key: id.to_string(),
+                    fields: f,
+                    guard,
+                });
             };
             for id in pending.iter().filter(|id| fleet_core::model::is_valid_instance_id(id)) {
                 fields(id, Guard::NotNewerNorInstalled);
@@ -120,7 +164,12 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
                 }
             }
             let result = ledger::write_all(client, table, &execution, writes).await?;
-            tracing::error!(failed_state, error, recorded = result.written.len(), "workflow failed; instances recorded as failed");
+            tracing::error!(
+                failed_state,
+                error,
+                recorded = result.written.len(),
+                "workflow failed; instances recorded as failed"
+            );
             Err(FleetError::WorkflowFailed(format!(
                 "{failed_state} failed with {error}; {} instance(s) recorded as failed in the ledger. Cause: {cause_short}",
                 result.written.len()
@@ -133,8 +182,8 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
 mod tests {
     use super::*;
     use aws_sdk_dynamodb::operation::transact_write_items::{TransactWriteItemsError, TransactWriteItemsOutput};
-    use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason};
     use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+    use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason};
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     fn id(n: u32) -> String {
@@ -161,23 +210,32 @@ mod tests {
             .match_requests(|r| r.transact_items().len() == 100)
             .sequence()
             .error(|| {
-                let mut reasons: Vec<CancellationReason> = (0..100).map(|_| CancellationReason::builder().code("None").build()).collect();
+                let mut reasons: Vec<CancellationReason> = (0..100)
+                    .map(|_| CancellationReason::builder().code("None").build())
+                    .collect();
                 reasons[7] = CancellationReason::builder()
                     .code("ConditionalCheckFailed")
                     .item("state", AttributeValue::S("installed".into()))
                     .build();
                 TransactWriteItemsError::TransactionCanceledException(
-                    TransactionCanceledException::builder().set_cancellation_reasons(Some(reasons)).build(),
+                    TransactionCanceledException::builder()
+                        .set_cancellation_reasons(Some(reasons))
+                        .build(),
                 )
             })
             .build();
-        let rest = mock!(aws_sdk_dynamodb::Client::transact_write_items).then_output(|| TransactWriteItemsOutput::builder().build());
+        let rest = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
         let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&first, &rest]);
         let unmanaged: Vec<Value> = (0..120).map(|n| note(n, "NoInstanceProfile")).collect();
         let skipped = vec![note(500, "OptedOut")];
-        let r = handle(&client, "ledger", with_exec(serde_json::json!({"mode": "record", "unmanaged": unmanaged, "skipped": skipped})))
-            .await
-            .unwrap();
+        let r = handle(
+            &client,
+            "ledger",
+            with_exec(serde_json::json!({"mode": "record", "unmanaged": unmanaged, "skipped": skipped})),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.recorded, 120);
         assert_eq!(r.refused, 1);
         let s = r.summary.unwrap();
@@ -193,13 +251,19 @@ mod tests {
     async fn throttled_transaction_is_throttled_error() {
         let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items).then_error(|| {
             TransactWriteItemsError::generic(
-                aws_sdk_dynamodb::error::ErrorMetadata::builder().code("ProvisionedThroughputExceededException").build(),
+                aws_sdk_dynamodb::error::ErrorMetadata::builder()
+                    .code("ProvisionedThroughputExceededException")
+                    .build(),
             )
         });
         let client = mock_client!(aws_sdk_dynamodb, [&rule]);
-        let err = handle(&client, "ledger", with_exec(serde_json::json!({"mode": "record", "unmanaged": [note(1, "AgentNotReporting")]})))
-            .await
-            .unwrap_err();
+        let err = handle(
+            &client,
+            "ledger",
+            with_exec(serde_json::json!({"mode": "record", "unmanaged": [note(1, "AgentNotReporting")]})),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
     }
 
@@ -233,9 +297,13 @@ mod tests {
     #[tokio::test]
     async fn malformed_input_is_invalid_input() {
         let client = mock_client!(aws_sdk_dynamodb, []);
-        let err = handle(&client, "ledger", serde_json::json!({"mode": "nonsense"})).await.unwrap_err();
+        let err = handle(&client, "ledger", serde_json::json!({"mode": "nonsense"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
-        let err = handle(&client, "ledger", serde_json::json!({"mode": "record"})).await.unwrap_err();
+        let err = handle(&client, "ledger", serde_json::json!({"mode": "record"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
 }

@@ -12,5 +12,8 @@ async fn main() -> Result<(), Error> {
     let table = fleet_core::config::required(&fleet_core::config::env, "LEDGER_TABLE")?;
     let aws = fleet_core::aws_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
-    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&dynamodb, &table, event.payload))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&dynamodb, &table, event.payload)
+    }))
+    .await
 }

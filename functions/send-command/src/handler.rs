@@ -71,25 +71,46 @@ fn comment(key: &str, execution_id: &str) -> String {
     c
 }
 
-pub async fn handle(ssm: &aws_sdk_ssm::Client, db: &aws_sdk_dynamodb::Client, config: &Config, payload: Value) -> Result<Response, FleetError> {
-    let mut req: Request = serde_json::from_value(payload)
-        .map_err(|e| FleetError::invalid_input(format!("send-command expects {{executionId, executionStartTime, batches}}: {e}")))?;
+pub async fn handle(
+    ssm: &aws_sdk_ssm::Client,
+    db: &aws_sdk_dynamodb::Client,
+    config: &Config,
+    payload: Value,
+) -> Result<Response, FleetError> {
+    let mut req: Request = serde_json::from_value(payload).map_err(|e| {
+        FleetError::invalid_input(format!(
+            "send-command expects {{executionId, executionStartTime, batches}}: {e}"
+        ))
+    })?;
     if req.execution.execution_id.is_empty() {
         return Err(FleetError::invalid_input("executionId is empty"));
     }
-    let mut resp = Response { in_flight: std::mem::take(&mut req.in_flight), summary: req.summary.clone(), sent: 0, reused: 0 };
+    let mut resp = Response {
+        in_flight: std::mem::take(&mut req.in_flight),
+        summary: req.summary.clone(),
+        sent: 0,
+        reused: 0,
+    };
     for batch in &req.batches {
         if batch.instances.is_empty() {
             continue;
         }
         if batch.instances.len() > fleet_core::routing::MAX_BATCH {
-            return Err(FleetError::invalid_input(format!("a batch holds {} instances; SendCommand takes at most 50", batch.instances.len())));
+            return Err(FleetError::invalid_input(format!(
+                "a batch holds {} instances; SendCommand takes at most 50",
+                batch.instances.len()
+            )));
         }
         if let Some(cmd) = send_batch(ssm, db, config, &req.execution, batch, &mut resp).await? {
             resp.in_flight.push(cmd);
         }
     }
-    tracing::info!(sent = resp.sent, reused = resp.reused, in_flight = resp.in_flight.len(), "batches sent");
+    tracing::info!(
+        sent = resp.sent,
+        reused = resp.reused,
+        in_flight = resp.in_flight.len(),
+        "batches sent"
+    );
     Ok(resp)
 }
 
@@ -103,7 +124,8 @@ async fn send_batch(
 ) -> Result<Option<SentCommand>, FleetError> {
     let key = batch_key(&exec.execution_id, batch);
     let now = ledger::now_rfc3339();
-    let stale_before = (Utc::now() - Duration::seconds(config.stale_claim_seconds)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let stale_before = (Utc::now() - Duration::seconds(config.stale_claim_seconds))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut writes = vec![LedgerWrite {
         key: lock_key(&key),
         fields: vec![
@@ -125,7 +147,10 @@ async fn send_batch(
             ("attempts", n(batch.attempt)),
             ("batchKey", s(&key)),
             ("reasonCode", s("Installing")),
-            ("reason", s(format!("attempt {} sent with {}", batch.attempt, batch.document_name))),
+            (
+                "reason",
+                s(format!("attempt {} sent with {}", batch.attempt, batch.document_name)),
+            ),
         ]);
         writes.push(LedgerWrite {
             key: i.instance_id.clone(),
@@ -145,35 +170,63 @@ async fn send_batch(
         if k == lock {
             existing_lock = Some(item);
         } else {
-            let platform = batch.instances.iter().find(|i| i.instance_id == k).map(|i| i.platform.clone());
+            let platform = batch
+                .instances
+                .iter()
+                .find(|i| i.instance_id == k)
+                .map(|i| i.platform.clone());
             let code = match get_s(&item, "state") {
                 Some("installed") => ReasonCode::AlreadyInstalled,
                 Some("installing") => ReasonCode::InProgressElsewhere,
                 _ => ReasonCode::SupersededByNewerRun,
             };
-            tracing::info!(instance = k, reason = code.as_str(), by = get_s(&item, "executionArn"), "instance not claimed");
+            tracing::info!(
+                instance = k,
+                reason = code.as_str(),
+                by = get_s(&item, "executionArn"),
+                "instance not claimed"
+            );
             resp.summary.add(DUPLICATE, platform.as_deref(), code);
             refused_instances.insert(k);
         }
     }
-    let claimed: Vec<BatchInstance> = batch.instances.iter().filter(|i| !refused_instances.contains(&i.instance_id)).cloned().collect();
-    let claimed_batch = Batch { instances: claimed, ..batch.clone() };
+    let claimed: Vec<BatchInstance> = batch
+        .instances
+        .iter()
+        .filter(|i| !refused_instances.contains(&i.instance_id))
+        .cloned()
+        .collect();
+    let claimed_batch = Batch {
+        instances: claimed,
+        ..batch.clone()
+    };
 
     if let Some(lock_item) = &existing_lock {
         if let Some(command_id) = get_s(lock_item, "commandId") {
             resp.reused += 1;
             tracing::info!(batch_key = key, command_id, "batch already sent: reusing its command");
-            return Ok(Some(SentCommand { command_id: command_id.to_string(), batch_key: key, batch: claimed_batch }));
+            return Ok(Some(SentCommand {
+                command_id: command_id.to_string(),
+                batch_key: key,
+                batch: claimed_batch,
+            }));
         }
         let since = get_s(lock_item, "updatedAt")
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc) - Duration::seconds(60))
             .unwrap_or_else(|| Utc::now() - Duration::hours(24));
-        if let Some(command_id) = adapters::find_command_by_comment(ssm, &batch.document_name, since, &comment(&key, &exec.execution_id)).await? {
+        if let Some(command_id) =
+            adapters::find_command_by_comment(ssm, &batch.document_name, since, &comment(&key, &exec.execution_id))
+                .await?
+        {
             record_command_id(db, config, exec, &lock, &command_id).await?;
             resp.reused += 1;
             tracing::info!(batch_key = key, command_id, "found the command an earlier attempt sent");
-            return Ok(Some(SentCommand { command_id, batch_key: key, batch: claimed_batch }));
+            return Ok(Some(SentCommand {
+                command_id,
+                batch_key: key,
+                batch: claimed_batch,
+            }));
         }
     }
     if claimed_batch.instances.is_empty() {
@@ -195,7 +248,11 @@ async fn send_batch(
             Ok(command_id) => {
                 record_command_id(db, config, exec, &lock, &command_id).await?;
                 resp.sent += 1;
-                return Ok(Some(SentCommand { command_id, batch_key: key, batch: to_send }));
+                return Ok(Some(SentCommand {
+                    command_id,
+                    batch_key: key,
+                    batch: to_send,
+                }));
             }
             Err(SendError::InvalidInstanceId(message)) if !rejected_once => {
                 // SSM rejects the whole call when one id is not a managed, online instance:
@@ -208,12 +265,19 @@ async fn send_batch(
                     .cloned()
                     .partition(|i| facts.get(&i.instance_id).is_some_and(|f| f.ping_status == "Online"));
                 let bad = if bad.is_empty() { to_send.instances.clone() } else { bad };
-                let ok = if ok.len() == to_send.instances.len() { Vec::new() } else { ok };
+                let ok = if ok.len() == to_send.instances.len() {
+                    Vec::new()
+                } else {
+                    ok
+                };
                 record_rejected(db, config, exec, &bad, &message, &mut resp.summary).await?;
                 if ok.is_empty() {
                     return Ok(None);
                 }
-                to_send = Batch { instances: ok, ..to_send };
+                to_send = Batch {
+                    instances: ok,
+                    ..to_send
+                };
             }
             Err(SendError::InvalidInstanceId(message)) => {
                 record_rejected(db, config, exec, &to_send.instances, &message, &mut resp.summary).await?;
@@ -224,7 +288,13 @@ async fn send_batch(
     }
 }
 
-async fn record_command_id(db: &aws_sdk_dynamodb::Client, config: &Config, exec: &Execution, lock: &str, command_id: &str) -> Result<(), FleetError> {
+async fn record_command_id(
+    db: &aws_sdk_dynamodb::Client,
+    config: &Config,
+    exec: &Execution,
+    lock: &str,
+    command_id: &str,
+) -> Result<(), FleetError> {
     let write = LedgerWrite {
         key: lock.to_string(),
         fields: vec![("commandId", s(command_id)), ("updatedAt", s(ledger::now_rfc3339()))],
@@ -250,12 +320,20 @@ async fn record_rejected(
             let mut f = ledger::base_fields(LedgerState::Failed, exec, &now);
             f.push(("reasonCode", s(ReasonCode::RejectedBySsm.as_str())));
             f.push(("reason", s(&reason)));
-            LedgerWrite { key: i.instance_id.clone(), fields: f, guard: Guard::OwnedByExecution }
+            LedgerWrite {
+                key: i.instance_id.clone(),
+                fields: f,
+                guard: Guard::OwnedByExecution,
+            }
         })
         .collect();
     ledger::write_all(db, &config.table, exec, writes).await?;
     for i in instances {
-        summary.add(LedgerState::Failed.as_str(), Some(&i.platform), ReasonCode::RejectedBySsm);
+        summary.add(
+            LedgerState::Failed.as_str(),
+            Some(&i.platform),
+            ReasonCode::RejectedBySsm,
+        );
     }
     tracing::warn!(count = instances.len(), "instances rejected by SSM recorded as failed");
     Ok(())
@@ -278,7 +356,12 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config { table: "ledger".into(), output_log_group: Some("/fleet/out".into()), delivery_timeout_seconds: 600, stale_claim_seconds: 3600 }
+        Config {
+            table: "ledger".into(),
+            output_log_group: Some("/fleet/out".into()),
+            delivery_timeout_seconds: 600,
+            stale_claim_seconds: 3600,
+        }
     }
 
     fn batch(ids: &[u32]) -> Value {
@@ -298,7 +381,8 @@ mod tests {
     }
 
     fn ok_tx() -> aws_smithy_mocks::Rule {
-        mock!(aws_sdk_dynamodb::Client::transact_write_items).then_output(|| TransactWriteItemsOutput::builder().build())
+        mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .then_output(|| TransactWriteItemsOutput::builder().build())
     }
 
     fn cancelled(codes: Vec<(&'static str, Option<Item>)>) -> TransactWriteItemsError {
@@ -306,7 +390,11 @@ mod tests {
             .into_iter()
             .map(|(c, item)| CancellationReason::builder().code(c).set_item(item).build())
             .collect();
-        TransactWriteItemsError::TransactionCanceledException(TransactionCanceledException::builder().set_cancellation_reasons(Some(reasons)).build())
+        TransactWriteItemsError::TransactionCanceledException(
+            TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(reasons))
+                .build(),
+        )
     }
 
     #[tokio::test]
@@ -315,16 +403,25 @@ mod tests {
         let send = mock!(aws_sdk_ssm::Client::send_command)
             .match_requests(|r| {
                 r.document_version() == Some("1")
-                    && r.comment().is_some_and(|c| c.starts_with("fleet-install ") && c.ends_with("launch-1"))
+                    && r.comment()
+                        .is_some_and(|c| c.starts_with("fleet-install ") && c.ends_with("launch-1"))
                     && r.max_errors() == Some("100%")
-                    && r.cloud_watch_output_config().and_then(|c| c.cloud_watch_log_group_name()) == Some("/fleet/out")
+                    && r.cloud_watch_output_config()
+                        .and_then(|c| c.cloud_watch_log_group_name())
+                        == Some("/fleet/out")
                     && r.instance_ids().len() <= 50
             })
-            .then_output(|| SendCommandOutput::builder().command(Command::builder().command_id("cmd-1").build()).build());
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-1").build())
+                    .build()
+            });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
         let ids: Vec<u32> = (0..50).collect();
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&ids), batch(&[60, 61])])).await.unwrap();
+        let r = handle(&ssm, &db, &config(), input(vec![batch(&ids), batch(&[60, 61])]))
+            .await
+            .unwrap();
         assert_eq!(r.sent, 2);
         assert_eq!(r.in_flight.len(), 2);
         assert_eq!(r.in_flight[0].command_id, "cmd-1");
@@ -340,7 +437,11 @@ mod tests {
             .then_error(|| {
                 let mut lock = Item::new();
                 lock.insert("commandId".into(), AttributeValue::S("cmd-earlier".into()));
-                cancelled(vec![("ConditionalCheckFailed", Some(lock)), ("None", None), ("None", None)])
+                cancelled(vec![
+                    ("ConditionalCheckFailed", Some(lock)),
+                    ("None", None),
+                    ("None", None),
+                ])
             });
         let rest = ok_tx();
         let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
@@ -364,8 +465,24 @@ mod tests {
         let rest = ok_tx();
         let list = mock!(aws_sdk_ssm::Client::list_commands).then_compute_output(|_| {
             ListCommandsOutput::builder()
-                .commands(Command::builder().command_id("cmd-other").comment("fleet-install otherkey x").build())
-                .commands(Command::builder().command_id("cmd-found").comment(comment(&batch_key("arn:aws:states:us-east-1:1:execution:install:launch-1", &serde_json::from_value(batch(&[1])).unwrap()), "arn:aws:states:us-east-1:1:execution:install:launch-1")).build())
+                .commands(
+                    Command::builder()
+                        .command_id("cmd-other")
+                        .comment("fleet-install otherkey x")
+                        .build(),
+                )
+                .commands(
+                    Command::builder()
+                        .command_id("cmd-found")
+                        .comment(comment(
+                            &batch_key(
+                                "arn:aws:states:us-east-1:1:execution:install:launch-1",
+                                &serde_json::from_value(batch(&[1])).unwrap(),
+                            ),
+                            "arn:aws:states:us-east-1:1:execution:install:launch-1",
+                        ))
+                        .build(),
+                )
                 .build()
         });
         let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
@@ -383,12 +500,20 @@ mod tests {
             .then_error(|| {
                 let mut installed = Item::new();
                 installed.insert("state".into(), AttributeValue::S("installed".into()));
-                cancelled(vec![("None", None), ("ConditionalCheckFailed", Some(installed)), ("None", None)])
+                cancelled(vec![
+                    ("None", None),
+                    ("ConditionalCheckFailed", Some(installed)),
+                    ("None", None),
+                ])
             });
         let rest = ok_tx();
         let send = mock!(aws_sdk_ssm::Client::send_command)
             .match_requests(|r| r.instance_ids() == [id(2)])
-            .then_output(|| SendCommandOutput::builder().command(Command::builder().command_id("cmd-2").build()).build());
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-2").build())
+                    .build()
+            });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &rest]);
         let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
@@ -403,12 +528,27 @@ mod tests {
         let tx = ok_tx();
         let send = mock!(aws_sdk_ssm::Client::send_command)
             .sequence()
-            .error(|| SendCommandError::InvalidInstanceId(aws_sdk_ssm::types::error::InvalidInstanceId::builder().message("Instances [[i-1]] not in a valid state").build()))
-            .output(|| SendCommandOutput::builder().command(Command::builder().command_id("cmd-ok").build()).build())
+            .error(|| {
+                SendCommandError::InvalidInstanceId(
+                    aws_sdk_ssm::types::error::InvalidInstanceId::builder()
+                        .message("Instances [[i-1]] not in a valid state")
+                        .build(),
+                )
+            })
+            .output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-ok").build())
+                    .build()
+            })
             .build();
         let describe = mock!(aws_sdk_ssm::Client::describe_instance_information).then_output(|| {
             DescribeInstanceInformationOutput::builder()
-                .instance_information_list(InstanceInformation::builder().instance_id(id(2)).ping_status(PingStatus::Online).build())
+                .instance_information_list(
+                    InstanceInformation::builder()
+                        .instance_id(id(2))
+                        .ping_status(PingStatus::Online)
+                        .build(),
+                )
                 .build()
         });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send, &describe]);
@@ -425,11 +565,18 @@ mod tests {
     async fn throttling_fails_with_throttled_so_the_workflow_backs_off() {
         let tx = ok_tx();
         let send = mock!(aws_sdk_ssm::Client::send_command).then_error(|| {
-            SendCommandError::generic(aws_sdk_ssm::error::ErrorMetadata::builder().code("ThrottlingException").message("Rate exceeded").build())
+            SendCommandError::generic(
+                aws_sdk_ssm::error::ErrorMetadata::builder()
+                    .code("ThrottlingException")
+                    .message("Rate exceeded")
+                    .build(),
+            )
         });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
-        let err = handle(&ssm, &db, &config(), input(vec![batch(&[1])])).await.unwrap_err();
+        let err = handle(&ssm, &db, &config(), input(vec![batch(&[1])]))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
     }
 
@@ -439,10 +586,14 @@ mod tests {
         let db = mock_client!(aws_sdk_dynamodb, []);
         let r = handle(&ssm, &db, &config(), input(vec![])).await.unwrap();
         assert!(r.in_flight.is_empty());
-        let err = handle(&ssm, &db, &config(), serde_json::json!({"batches": "x"})).await.unwrap_err();
+        let err = handle(&ssm, &db, &config(), serde_json::json!({"batches": "x"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         let big: Vec<u32> = (0..51).collect();
-        let err = handle(&ssm, &db, &config(), input(vec![batch(&big)])).await.unwrap_err();
+        let err = handle(&ssm, &db, &config(), input(vec![batch(&big)]))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
 }

@@ -13,9 +13,14 @@ impl Config {
         use fleet_core::config::{number, required};
         let max: usize = number(get, "MAX_INSTANCES_PER_EXECUTION", 1000)?;
         if max == 0 {
-            return Err(FleetError::Configuration("MAX_INSTANCES_PER_EXECUTION must be at least 1".into()));
+            return Err(FleetError::Configuration(
+                "MAX_INSTANCES_PER_EXECUTION must be at least 1".into(),
+            ));
         }
-        Ok(Config { state_machine_arn: required(get, "STATE_MACHINE_ARN")?, max_per_execution: max })
+        Ok(Config {
+            state_machine_arn: required(get, "STATE_MACHINE_ARN")?,
+            max_per_execution: max,
+        })
     }
 }
 
@@ -25,8 +30,13 @@ fn failure(id: &str) -> BatchItemFailure {
     f
 }
 
-pub async fn handle(sfn: &aws_sdk_sfn::Client, config: &Config, payload: Value) -> Result<SqsBatchResponse, FleetError> {
-    let event: SqsEvent = serde_json::from_value(payload).map_err(|e| FleetError::invalid_input(format!("not an SQS event: {e}")))?;
+pub async fn handle(
+    sfn: &aws_sdk_sfn::Client,
+    config: &Config,
+    payload: Value,
+) -> Result<SqsBatchResponse, FleetError> {
+    let event: SqsEvent =
+        serde_json::from_value(payload).map_err(|e| FleetError::invalid_input(format!("not an SQS event: {e}")))?;
     let mut response = SqsBatchResponse::default();
     let mut running = Vec::new();
     for record in &event.records {
@@ -34,7 +44,11 @@ pub async fn handle(sfn: &aws_sdk_sfn::Client, config: &Config, payload: Value) 
         match parse_message(record.body.as_deref().unwrap_or("")) {
             Message::Malformed { reason } => {
                 // Left on the queue: after maxReceiveCount SQS moves it to the dead-letter queue.
-                tracing::error!(message_id, reason, "malformed message: reported as failed so that it reaches the DLQ");
+                tracing::error!(
+                    message_id,
+                    reason,
+                    "malformed message: reported as failed so that it reaches the DLQ"
+                );
                 if !message_id.is_empty() {
                     response.batch_item_failures.push(failure(&message_id));
                 }
@@ -59,7 +73,11 @@ pub async fn handle(sfn: &aws_sdk_sfn::Client, config: &Config, payload: Value) 
         match result {
             Ok(out) => {
                 started += 1;
-                tracing::info!(execution = out.execution_arn(), instances = plan.instance_ids.len(), "started install workflow");
+                tracing::info!(
+                    execution = out.execution_arn(),
+                    instances = plan.instance_ids.len(),
+                    "started install workflow"
+                );
             }
             Err(e) => {
                 use aws_sdk_sfn::operation::start_execution::StartExecutionError as E;
@@ -77,7 +95,13 @@ pub async fn handle(sfn: &aws_sdk_sfn::Client, config: &Config, payload: Value) 
             }
         }
     }
-    tracing::info!(records = event.records.len(), running = running.len(), started, failed = response.batch_item_failures.len(), "batch handled");
+    tracing::info!(
+        records = event.records.len(),
+        running = running.len(),
+        started,
+        failed = response.batch_item_failures.len(),
+        "batch handled"
+    );
     Ok(response)
 }
 
@@ -88,7 +112,10 @@ mod tests {
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     fn config() -> Config {
-        Config { state_machine_arn: "arn:aws:states:us-east-1:1:stateMachine:install".into(), max_per_execution: 2 }
+        Config {
+            state_machine_arn: "arn:aws:states:us-east-1:1:stateMachine:install".into(),
+            max_per_execution: 2,
+        }
     }
 
     fn running(instance: &str, event_id: &str) -> String {
@@ -124,11 +151,18 @@ mod tests {
             ("m3", running("i-0000000000000000a", "e3")),
             ("m4", running("i-0000000000000000c", "e4")),
             ("m5", "garbage".to_string()),
-            ("m6", serde_json::json!({"source": "aws.s3", "detail-type": "x", "detail": {}}).to_string()),
+            (
+                "m6",
+                serde_json::json!({"source": "aws.s3", "detail-type": "x", "detail": {}}).to_string(),
+            ),
         ]);
         let r = handle(&sfn, &config(), event).await.unwrap();
         assert_eq!(start.num_calls(), 2); // 3 distinct instances, 2 per execution
-        let failed: Vec<_> = r.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        let failed: Vec<_> = r
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
         assert_eq!(failed, vec!["m5"]);
     }
 
@@ -136,8 +170,18 @@ mod tests {
     async fn redelivery_is_not_an_error_and_throttling_returns_the_messages() {
         let start = mock!(aws_sdk_sfn::Client::start_execution)
             .sequence()
-            .error(|| StartExecutionError::ExecutionAlreadyExists(aws_sdk_sfn::types::error::ExecutionAlreadyExists::builder().build()))
-            .error(|| StartExecutionError::generic(aws_sdk_sfn::error::ErrorMetadata::builder().code("ThrottlingException").build()))
+            .error(|| {
+                StartExecutionError::ExecutionAlreadyExists(
+                    aws_sdk_sfn::types::error::ExecutionAlreadyExists::builder().build(),
+                )
+            })
+            .error(|| {
+                StartExecutionError::generic(
+                    aws_sdk_sfn::error::ErrorMetadata::builder()
+                        .code("ThrottlingException")
+                        .build(),
+                )
+            })
             .build();
         let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&start]);
         let event = sqs(&[
@@ -146,16 +190,24 @@ mod tests {
             ("m3", running("i-0000000000000000c", "e3")),
         ]);
         let r = handle(&sfn, &config(), event).await.unwrap();
-        let failed: Vec<_> = r.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        let failed: Vec<_> = r
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
         assert_eq!(failed, vec!["m3"]);
     }
 
     #[tokio::test]
     async fn empty_and_malformed_events() {
         let sfn = mock_client!(aws_sdk_sfn, []);
-        let r = handle(&sfn, &config(), serde_json::json!({"Records": []})).await.unwrap();
+        let r = handle(&sfn, &config(), serde_json::json!({"Records": []}))
+            .await
+            .unwrap();
         assert!(r.batch_item_failures.is_empty());
-        let err = handle(&sfn, &config(), serde_json::json!({"Records": "nope"})).await.unwrap_err();
+        let err = handle(&sfn, &config(), serde_json::json!({"Records": "nope"}))
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         assert!(Config::from_env(&|_: &str| None).is_err());
     }

@@ -12,5 +12,8 @@ async fn main() -> Result<(), Error> {
     let config = handler::Config::from_env(&fleet_core::config::env)?;
     let aws = fleet_core::aws_config().await;
     let sfn = aws_sdk_sfn::Client::new(&aws);
-    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&sfn, &config, event.payload))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&sfn, &config, event.payload)
+    }))
+    .await
 }

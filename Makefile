@@ -1,0 +1,55 @@
+# fleet-install: `make demo` and `make test` set everything up themselves on a fresh machine
+# with the Rust toolchain, Python 3.11 and Node 20.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help setup test lint unit contract e2e demo bench sam-build clean
+
+help:
+	@echo "make demo   - the whole system on the local stack: a simulated fleet, live progress, a report"
+	@echo "make test   - every test: static checks, unit, contract and end-to-end"
+	@echo "make bench  - API calls, state transitions, time and memory figures"
+	@echo "make sam-build - build the deployable artifacts (sam build --no-cached)"
+
+$(VENV_STAMP): local-stack/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r local-stack/requirements.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+setup: $(VENV_STAMP) $(NODE_STAMP)
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	cfn-lint template.yaml
+	npx --no-install asl-validator --json-path statemachine/install.asl.json
+	sam validate --lint --template-file template.yaml
+
+unit:
+	cargo test --workspace --quiet
+
+contract: setup
+	$(VPY) -m pytest tests -q -m "not e2e"
+
+test: lint unit contract
+
+sam-build: setup
+	rustup target add aarch64-unknown-linux-gnu
+	sam build --no-cached
+
+clean:
+	rm -rf target .aws-sam

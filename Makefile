@@ -36,7 +36,7 @@ lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cfn-lint template.yaml
-	npx --no-install asl-validator --json-path statemachine/install.asl.json
+	npx --no-install asl-validator $(addprefix --json-path ,$(wildcard statemachine/*.asl.json))
 	sam validate --lint --template-file template.yaml
 
 unit:

@@ -9,12 +9,15 @@ use serde_json::Value;
 
 pub struct Config {
     pub opt_out_tag: String,
+    /// The ledger, where a rollout keeps each chunk's targets.
+    pub ledger_table: String,
 }
 
 impl Config {
     pub fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, FleetError> {
         Ok(Config {
             opt_out_tag: fleet_core::config::optional(get, "OPT_OUT_TAG_KEY", "fleet-install:opt-out"),
+            ledger_table: fleet_core::config::required(get, "LEDGER_TABLE")?,
         })
     }
 }
@@ -22,7 +25,11 @@ impl Config {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Request {
+    #[serde(default)]
     pub instance_ids: Vec<String>,
+    /// A rollout chunk: the instance ids are kept in the ledger under this key, not in the payload.
+    #[serde(default)]
+    pub targets_key: Option<String>,
     pub registration_deadline_seconds: i64,
 }
 
@@ -38,6 +45,7 @@ pub struct Response {
 pub async fn handle(
     ec2: &aws_sdk_ec2::Client,
     ssm: &aws_sdk_ssm::Client,
+    db: &aws_sdk_dynamodb::Client,
     config: &Config,
     now: DateTime<Utc>,
     payload: Value,
@@ -52,13 +60,13 @@ pub async fn handle(
             "registrationDeadlineSeconds must not be negative",
         ));
     }
+    let mut requested = req.instance_ids;
+    if let Some(key) = req.targets_key.filter(|k| !k.is_empty()) {
+        requested.extend(fleet_core::ledger::load_target_chunk(db, &config.ledger_table, &key).await?);
+    }
     // Deduplicate, keep the first occurrence's order.
     let mut seen = BTreeSet::new();
-    let ids: Vec<String> = req
-        .instance_ids
-        .into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect();
+    let ids: Vec<String> = requested.into_iter().filter(|id| seen.insert(id.clone())).collect();
     let valid: Vec<String> = ids
         .iter()
         .filter(|id| fleet_core::model::is_valid_instance_id(id))
@@ -169,7 +177,12 @@ mod tests {
     fn config() -> Config {
         Config {
             opt_out_tag: "fleet-install:opt-out".into(),
+            ledger_table: "ledger".into(),
         }
+    }
+
+    fn no_db() -> aws_sdk_dynamodb::Client {
+        mock_client!(aws_sdk_dynamodb, [])
     }
 
     #[tokio::test]
@@ -204,7 +217,7 @@ mod tests {
             "instanceIds": [id(1), id(2), id(3), id(4), id(5), id(6), "not-an-id", id(1)],
             "registrationDeadlineSeconds": 900
         });
-        let r = handle(&ec2, &ssm, &config(), now(), payload).await.unwrap();
+        let r = handle(&ec2, &ssm, &no_db(), &config(), now(), payload).await.unwrap();
         assert_eq!(r.managed.len(), 1);
         assert_eq!(r.managed[0].instance_id, id(1));
         assert_eq!(r.pending, vec![id(2)]);
@@ -248,6 +261,7 @@ mod tests {
         let r = handle(
             &ec2,
             &ssm,
+            &no_db(),
             &config(),
             now(),
             serde_json::json!({"instanceIds": ids, "registrationDeadlineSeconds": 900}),
@@ -283,6 +297,7 @@ mod tests {
         let err = handle(
             &ec2,
             &ssm,
+            &no_db(),
             &config(),
             now(),
             serde_json::json!({"instanceIds": [id(1)], "registrationDeadlineSeconds": 900}),
@@ -303,6 +318,7 @@ mod tests {
         let r = handle(
             &ec2,
             &ssm,
+            &no_db(),
             &config(),
             now(),
             serde_json::json!({"instanceIds": [], "registrationDeadlineSeconds": 900}),
@@ -311,10 +327,66 @@ mod tests {
         .unwrap();
         assert_eq!(r, Response::default());
         assert_eq!(ec2_rule.num_calls() + ssm_rule.num_calls(), 0);
-        let err = handle(&ec2, &ssm, &config(), now(), serde_json::json!({"instances": "i-1"}))
-            .await
-            .unwrap_err();
+        let err = handle(
+            &ec2,
+            &ssm,
+            &no_db(),
+            &config(),
+            now(),
+            serde_json::json!({"instances": "i-1"}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         assert!(err.to_string().contains("instanceIds"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn loads_a_rollout_chunk_from_the_ledger() {
+        use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let get = mock!(aws_sdk_dynamodb::Client::get_item)
+            .match_requests(|r| {
+                r.key().and_then(|k| k.get("instanceId")) == Some(&AttributeValue::S("rollout#r#w0#c0".into()))
+            })
+            .then_output(|| {
+                GetItemOutput::builder()
+                    .item(
+                        "instanceIds",
+                        AttributeValue::L(vec![AttributeValue::S(id(1)), AttributeValue::S(id(2))]),
+                    )
+                    .build()
+            });
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters()[0].values().len() == 2)
+            .then_output(|| DescribeInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let db = mock_client!(aws_sdk_dynamodb, [&get]);
+        let r = handle(
+            &ec2,
+            &ssm,
+            &db,
+            &config(),
+            now(),
+            serde_json::json!({"targetsKey": "rollout#r#w0#c0", "registrationDeadlineSeconds": 900}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.skipped.len(), 2); // EC2 does not know them
+        assert_eq!(get.num_calls(), 1);
+        let missing = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| GetItemOutput::builder().build());
+        let db = mock_client!(aws_sdk_dynamodb, [&missing]);
+        let err = handle(
+            &ec2,
+            &ssm,
+            &db,
+            &config(),
+            now(),
+            serde_json::json!({"targetsKey": "nope", "registrationDeadlineSeconds": 1}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
 }

@@ -12,8 +12,9 @@ async fn main() -> Result<(), Error> {
     let aws = fleet_core::aws_config().await;
     let ec2 = aws_sdk_ec2::Client::new(&aws);
     let ssm = aws_sdk_ssm::Client::new(&aws);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&ec2, &ssm, &config, chrono::Utc::now(), event.payload)
+        handler::handle(&ec2, &ssm, &dynamodb, &config, chrono::Utc::now(), event.payload)
     }))
     .await
 }

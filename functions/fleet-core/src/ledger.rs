@@ -265,3 +265,78 @@ pub async fn write_transaction(
 pub fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name).and_then(|v| v.as_s().ok()).map(|s| s.as_str())
 }
+
+/// Store rollout chunks (instance id lists) with BatchWriteItem, 25 items a call, retrying
+/// unprocessed items with backoff.
+pub async fn put_target_chunks(
+    client: &Client,
+    table: &str,
+    chunks: &[(String, Vec<String>)],
+    rollout_id: &str,
+) -> Result<(), FleetError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let now = now_rfc3339();
+    for group in chunks.chunks(25) {
+        let mut requests: Vec<WriteRequest> = group
+            .iter()
+            .map(|(key, ids)| {
+                let mut item = Item::new();
+                item.insert("instanceId".into(), s(key));
+                item.insert("kind".into(), s("rolloutTargets"));
+                item.insert("rolloutId".into(), s(rollout_id));
+                item.insert("instanceIds".into(), AttributeValue::L(ids.iter().map(s).collect()));
+                item.insert("createdAt".into(), s(&now));
+                let put = PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(|e| FleetError::invalid_input(e.to_string()))?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<_, FleetError>>()?;
+        let mut tries = 0;
+        while !requests.is_empty() {
+            let resp = client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .map_err(|e| FleetError::from_sdk("dynamodb", "BatchWriteItem", &e))?;
+            requests = resp
+                .unprocessed_items()
+                .and_then(|u| u.get(table))
+                .cloned()
+                .unwrap_or_default();
+            if !requests.is_empty() {
+                tries += 1;
+                if tries > 8 {
+                    return Err(FleetError::Throttled {
+                        service: "dynamodb:BatchWriteItem".into(),
+                        message: format!("{} items still unprocessed after {tries} tries", requests.len()),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Load a rollout chunk's instance ids.
+pub async fn load_target_chunk(client: &Client, table: &str, key: &str) -> Result<Vec<String>, FleetError> {
+    let resp = client
+        .get_item()
+        .table_name(table)
+        .key("instanceId", s(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| FleetError::from_sdk("dynamodb", "GetItem", &e))?;
+    let item = resp
+        .item()
+        .ok_or_else(|| FleetError::invalid_input(format!("no rollout targets stored under {key}")))?;
+    let list = item
+        .get("instanceIds")
+        .and_then(|v| v.as_l().ok())
+        .ok_or_else(|| FleetError::invalid_input(format!("{key} holds no instanceIds list")))?;
+    Ok(list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod ledger;
 pub mod model;
+pub mod rollout;
 pub mod routing;
 pub mod status;
 pub mod trigger;

@@ -36,6 +36,8 @@ pub enum Guard {
     },
     /// Outcomes: only the execution that claimed the instance writes its outcome.
     OwnedByExecution,
+    /// A failed run's instances: those it has not finished and no newer run or install owns.
+    Unfinished,
     /// Batch lock: only when it does not exist.
     NotExists,
 }
@@ -105,15 +107,33 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
     names.insert("#created".into(), "createdAt".into());
     values.insert(":now".into(), s(now_rfc3339()));
     sets.push("#created = if_not_exists(#created, :now)".into());
-    names.insert("#pk".into(), "instanceId".into());
     let condition = match &w.guard {
-        Guard::NotExists => "attribute_not_exists(#pk)".to_string(),
+        Guard::NotExists => {
+            names.insert("#pk".into(), "instanceId".into());
+            "attribute_not_exists(#pk)".to_string()
+        }
         Guard::OwnedByExecution => {
             names.insert("#exec".into(), "executionArn".into());
             values.insert(":exec".into(), s(&exec.execution_id));
             "#exec = :exec".to_string()
         }
+        Guard::Unfinished => {
+            names.insert("#pk".into(), "instanceId".into());
+            names.insert("#started".into(), "executionStartedAt".into());
+            names.insert("#state".into(), "state".into());
+            names.insert("#exec".into(), "executionArn".into());
+            values.insert(":started".into(), s(&exec.execution_start_time));
+            values.insert(":exec".into(), s(&exec.execution_id));
+            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
+            values.insert(":unmanaged".into(), s(LedgerState::Unmanaged.as_str()));
+            values.insert(":skipped".into(), s(LedgerState::Skipped.as_str()));
+            values.insert(":failed".into(), s(LedgerState::Failed.as_str()));
+            "attribute_not_exists(#pk) OR (#started <= :started AND #state <> :installed \
+             AND NOT (#exec = :exec AND #state IN (:unmanaged, :skipped, :failed)))"
+                .to_string()
+        }
         Guard::NotNewerNorInstalled => {
+            names.insert("#pk".into(), "instanceId".into());
             names.insert("#started".into(), "executionStartedAt".into());
             names.insert("#state".into(), "state".into());
             values.insert(":started".into(), s(&exec.execution_start_time));
@@ -125,6 +145,7 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             document_version,
             stale_before,
         } => {
+            names.insert("#pk".into(), "instanceId".into());
             names.insert("#started".into(), "executionStartedAt".into());
             names.insert("#state".into(), "state".into());
             names.insert("#exec".into(), "executionArn".into());
@@ -339,4 +360,47 @@ pub async fn load_target_chunk(client: &Client, table: &str, key: &str) -> Resul
         .and_then(|v| v.as_l().ok())
         .ok_or_else(|| FleetError::invalid_input(format!("{key} holds no instanceIds list")))?;
     Ok(list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec() -> Execution {
+        Execution {
+            execution_id: "arn:e".into(),
+            execution_start_time: "2026-11-25T12:00:00.000Z".into(),
+        }
+    }
+
+    /// DynamoDB rejects names or values that the expressions do not use: every guard must use all it declares.
+    #[test]
+    fn every_declared_name_and_value_is_used() {
+        let guards = [
+            Guard::NotExists,
+            Guard::OwnedByExecution,
+            Guard::Unfinished,
+            Guard::NotNewerNorInstalled,
+            Guard::Claim {
+                document: "D".into(),
+                document_version: "1".into(),
+                stale_before: "t".into(),
+            },
+        ];
+        for guard in guards {
+            let w = LedgerWrite {
+                key: "i-1".into(),
+                fields: vec![("state", s("failed"))],
+                guard: guard.clone(),
+            };
+            let u = to_update("t", &w, &exec()).unwrap();
+            let text = format!("{} {}", u.update_expression(), u.condition_expression().unwrap_or(""));
+            for k in u.expression_attribute_names().unwrap().keys() {
+                assert!(text.contains(k.as_str()), "{guard:?}: name {k} unused in {text}");
+            }
+            for k in u.expression_attribute_values().unwrap().keys() {
+                assert!(text.contains(k.as_str()), "{guard:?}: value {k} unused in {text}");
+            }
+        }
+    }
 }

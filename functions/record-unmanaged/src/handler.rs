@@ -1,5 +1,5 @@
 use fleet_core::ledger::{self, note_write, s, Guard, LedgerWrite};
-use fleet_core::model::{Batch, Execution, InstanceNote, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE};
+use fleet_core::model::{Execution, InstanceNote, LedgerState, ReasonCode, Summary, DUPLICATE};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,9 +22,9 @@ pub enum Request {
         #[serde(default)]
         summary: Summary,
     },
-    /// A state failed after its retries: record every instance the run still held as failed
-    /// with the error, then fail the execution here. When the execution is redriven this state
-    /// runs again with a higher redrive count and lets the workflow resume instead.
+    /// A state failed after its retries: record every instance of the run that it has not
+    /// finished as failed with the error, then fail the execution here. When the execution is
+    /// redriven this state runs again with a higher redrive count and lets the workflow resume.
     #[serde(rename_all = "camelCase")]
     WorkflowFailure {
         #[serde(flatten)]
@@ -35,13 +35,18 @@ pub enum Request {
         failed_at_redrive: u32,
         #[serde(default)]
         redrive_count: u32,
-        #[serde(default)]
-        pending: Vec<String>,
-        #[serde(default)]
-        commands: Vec<SentCommand>,
-        #[serde(default)]
-        retry: Vec<Batch>,
+        /// The execution's input: its instance ids, or the ledger key of a rollout chunk.
+        input: RunInput,
     },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInput {
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    #[serde(default)]
+    pub targets_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -112,9 +117,7 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
             failed_state,
             failed_at_redrive,
             redrive_count,
-            pending,
-            commands,
-            retry,
+            input,
         } => {
             if redrive_count > failed_at_redrive {
                 tracing::info!(
@@ -138,31 +141,27 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
             let reason = format!(
                 "workflow failed in \"{failed_state}\": {error}: {cause_short} (redrive the execution to resume)"
             );
+            let mut ids = input.instance_ids;
+            if let Some(key) = input.targets_key.filter(|k| !k.is_empty()) {
+                ids.extend(ledger::load_target_chunk(client, table, &key).await?);
+            }
+            ids.sort();
+            ids.dedup();
             let now = ledger::now_rfc3339();
-            let mut writes = Vec::new();
-            let mut fields = |id: &str, guard: Guard| {
-                let mut f = ledger::base_fields(LedgerState::Failed, &execution, &now);
-                f.push(("reasonCode", s(ReasonCode::WorkflowError.as_str())));
-                f.push(("reason", s(&reason)));
-                writes.push(LedgerWrite {
-                    key: id.to_string(),
-                    fields: f,
-                    guard,
-                });
-            };
-            for id in pending.iter().filter(|id| fleet_core::model::is_valid_instance_id(id)) {
-                fields(id, Guard::NotNewerNorInstalled);
-            }
-            for c in &commands {
-                for i in &c.batch.instances {
-                    fields(&i.instance_id, Guard::OwnedByExecution);
-                }
-            }
-            for b in &retry {
-                for i in &b.instances {
-                    fields(&i.instance_id, Guard::OwnedByExecution);
-                }
-            }
+            let writes: Vec<LedgerWrite> = ids
+                .iter()
+                .filter(|id| fleet_core::model::is_valid_instance_id(id))
+                .map(|id| {
+                    let mut f = ledger::base_fields(LedgerState::Failed, &execution, &now);
+                    f.push(("reasonCode", s(ReasonCode::WorkflowError.as_str())));
+                    f.push(("reason", s(&reason)));
+                    LedgerWrite {
+                        key: id.clone(),
+                        fields: f,
+                        guard: Guard::Unfinished,
+                    }
+                })
+                .collect();
             let result = ledger::write_all(client, table, &execution, writes).await?;
             tracing::error!(
                 failed_state,
@@ -280,9 +279,7 @@ mod tests {
                 "failedState": "Send Install Commands",
                 "failedAtRedrive": 0,
                 "redriveCount": redrive,
-                "pending": [id(1)],
-                "commands": [{"commandId": "c1", "batchKey": "k", "route": "linux", "documentName": "D", "documentVersion": "1",
-                              "parameters": {}, "attempt": 1, "instances": [{"instanceId": id(2), "platform": "Ubuntu"}]}]
+                "input": {"instanceIds": [id(1), id(2), "junk"], "source": "ec2-running"}
             }))
         };
         let err = handle(&client, "ledger", input(0)).await.unwrap_err();

@@ -1,0 +1,23 @@
+"""fleet-install extensions to moto 5.2.5 (see local-stack/README.md).
+
+Import order matters: MOTO_PORT must be set before moto is imported (server.py does it), and install() must run
+before the server handles a request.
+"""
+
+from . import sim_tags  # noqa: F401  (re-exported constants)
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    from . import counter, ec2_ext, redrive, sfn, ssm_agent
+
+    sfn.install()
+    redrive.install()
+    ssm_agent.install()
+    ec2_ext.install()
+    counter.install()
+    _installed = True

@@ -1,0 +1,755 @@
+"""Simulated SSM agents and Run Command for moto 5.2.5.
+
+moto registers no instance with SSM, has no DescribeInstanceInformation worth the name, no ListCommandInvocations
+and no CancelCommand, and its SendCommand runs on every instance at once with instant success. This module
+replaces those operations (on moto's SimpleSystemManagerResponse, so the HTTP API and the Step Functions SDK
+integrations both see them) with a simulation driven by EC2 instance tags (see sim_tags).
+
+State lives on the SSM backend object (attribute ``_fleet_sim``), so ``POST /moto-api/reset`` clears it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import heapq
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.ssm.exceptions import SSMException
+from moto.ssm.responses import SimpleSystemManagerResponse as _Resp
+
+from . import sim_tags as T
+
+AGENT_VERSION = "3.3.1142.0"
+
+
+# --------------------------------------------------------------------------------------------- errors
+class _Err(SSMException):
+    def __init__(self, code: str, message: str):
+        super().__init__(code, message)
+
+
+# moto finds the error model through the exception's module name ("moto.<service>..."); ours is "moto_ext...".
+_Err.__module__ = "moto.ssm.exceptions"
+
+
+def invalid_instance_id(ids: list[str], account: str) -> _Err:
+    return _Err("InvalidInstanceId", f"Instances [[{', '.join(ids)}]] not in a valid state for account {account}")
+
+
+def validation(message: str) -> _Err:
+    return _Err("ValidationException", message)
+
+
+def _max_results(value: Any, low: int, high: int, default: int, field_name: str = "maxResults") -> int:
+    if value is None:
+        return default
+    n = int(value)
+    if n < low:
+        raise validation(f"1 validation error detected: Value '{n}' at '{field_name}' failed to satisfy constraint: "
+                         f"Member must have value greater than or equal to {low}")
+    if n > high:
+        raise validation(f"1 validation error detected: Value '{n}' at '{field_name}' failed to satisfy constraint: "
+                         f"Member must have value less than or equal to {high}")
+    return n
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def _decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return int(json.loads(base64.urlsafe_b64decode(token.encode()))["o"])
+    except Exception:  # noqa: BLE001
+        raise _Err("InvalidNextToken", "The specified token isn't valid.")
+
+
+def _page(items: list, token: str | None, size: int) -> tuple[list, str | None]:
+    start = _decode_token(token)
+    page = items[start:start + size]
+    return page, (_encode_token(start + size) if start + size < len(items) else None)
+
+
+def _dt(epoch: float) -> datetime.datetime:
+    """Naive UTC datetime, like moto's own utcnow()."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _epoch(dt: datetime.datetime) -> float:
+    return dt.replace(tzinfo=datetime.timezone.utc).timestamp() if dt.tzinfo is None else dt.timestamp()
+
+
+def _parse_time(value: str) -> float:
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    v = value.replace("Z", "+00:00")
+    d = datetime.datetime.fromisoformat(v)
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.timezone.utc)
+    return d.timestamp()
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclass
+class Invocation:
+    instance_id: str
+    platform: tuple[str, str, str]
+    send_number: int
+    start: float          # seconds after RequestedDateTime when it leaves Pending
+    end: float            # seconds after RequestedDateTime when it reaches its final status
+    status: str           # final Status
+    details: str          # final StatusDetails
+    response_code: int
+    output: str
+    plugins: list[str]
+    skipped_plugins: list[str]
+    cancelled_at: float | None = None  # seconds after RequestedDateTime
+
+
+@dataclass
+class Command:
+    command_id: str
+    requested: float
+    document_name: str
+    document_version: str
+    comment: str
+    parameters: dict
+    instance_ids: list[str]
+    targets: list
+    timeout_seconds: int
+    max_concurrency: str
+    max_errors: str
+    cloudwatch: dict | None
+    output_s3: dict
+    service_role: str
+    notification: dict | None
+    invocations: dict[str, Invocation] = field(default_factory=dict)
+
+
+class SimState:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.registered_at: dict[str, float] = {}
+        self.last_ping: dict[str, float] = {}
+        self.sends: dict[str, int] = {}
+        self.installed: set[str] = set()
+        self.commands: list[Command] = []
+        self.by_id: dict[str, Command] = {}
+
+
+def sim_state(ssm_backend) -> SimState:
+    st = ssm_backend.__dict__.get("_fleet_sim")
+    if st is None:
+        st = ssm_backend.__dict__.setdefault("_fleet_sim", SimState())
+    return st
+
+
+def _ec2(ssm_backend):
+    return ec2_backends[ssm_backend.account_id][ssm_backend.region_name]
+
+
+def launch_epoch(instance) -> float:
+    """First launch time of the instance (set by the RunInstances wrapper; moto's launch_time otherwise)."""
+    return getattr(instance, "_fleet_launched", None) or _epoch(instance.launch_time)
+
+
+def has_instance_profile(ec2_backend, instance) -> bool:
+    return instance.id in getattr(ec2_backend, "iam_instance_profile_associations", {})
+
+
+# ----------------------------------------------------------------------------------- registration
+def registration(ssm_backend, instance, now: float) -> str | None:
+    """None when SSM does not list the instance, else its PingStatus (Online or ConnectionLost)."""
+    st = sim_state(ssm_backend)
+    state = instance.state
+    if state in ("terminated", "shutting-down"):
+        return None
+    tags = T.tags_of(instance)
+    if not T.is_managed(tags) or not has_instance_profile(_ec2(ssm_backend), instance):
+        # no agent, or no role: real SSM never hears from it (an earlier registration goes stale)
+        return "ConnectionLost" if instance.id in st.registered_at else None
+    with st.lock:
+        if instance.id not in st.registered_at:
+            if state != "running" or now < launch_epoch(instance) + T.register_delay(tags):
+                return None
+            st.registered_at[instance.id] = launch_epoch(instance) + T.register_delay(tags)
+        if state == "running":
+            st.last_ping[instance.id] = now
+            return "Online"
+        return "ConnectionLost"
+
+
+def instance_information(ssm_backend, instance, ping: str, now: float) -> dict:
+    st = sim_state(ssm_backend)
+    ptype, pname, pversion = T.platform(T.tags_of(instance), getattr(instance, "platform", None))
+    ip = instance.private_ip or "10.0.0.1"
+    info = {
+        "InstanceId": instance.id,
+        "PingStatus": ping,
+        "LastPingDateTime": _dt(st.last_ping.get(instance.id, now)),
+        "AgentVersion": AGENT_VERSION,
+        "IsLatestVersion": True,
+        "PlatformType": ptype,
+        "PlatformName": pname,
+        "PlatformVersion": pversion,
+        "ResourceType": "EC2Instance",
+        "IPAddress": ip,
+        "ComputerName": ("EC2AMAZ-" + instance.id[-7:].upper()) if ptype == "Windows"
+        else f"ip-{ip.replace('.', '-')}.ec2.internal",
+        "AssociationStatus": "Success",
+        "SourceId": instance.id,
+        "SourceType": "AWS::EC2::Instance",
+    }
+    return info
+
+
+_INFO_FILTER_FIELDS = {
+    "InstanceIds": "InstanceId", "PlatformTypes": "PlatformType", "PingStatus": "PingStatus",
+    "ResourceType": "ResourceType", "AgentVersion": "AgentVersion", "AssociationStatus": "AssociationStatus",
+}
+
+
+def describe_instance_information(self):  # SimpleSystemManagerResponse method
+    backend = self.ssm_backend
+    size = _max_results(self._get_param("MaxResults"), 5, 50, 50)
+    filters = [(f.get("Key"), f.get("Values") or []) for f in (self._get_param("Filters") or [])]
+    legacy = [(f.get("key"), f.get("valueSet") or []) for f in (self._get_param("InstanceInformationFilterList") or [])]
+    if filters and legacy:
+        raise validation("You can't specify both Filters and InstanceInformationFilterList.")
+    filters += [({"InstanceIds": "InstanceIds", "PlatformTypes": "PlatformTypes", "PingStatus": "PingStatus",
+                  "ResourceType": "ResourceType", "AgentVersion": "AgentVersion", "IamRole": "IamRole",
+                  "ActivationIds": "ActivationIds", "AssociationStatus": "AssociationStatus"}.get(k, k), v)
+                for k, v in legacy]
+    for key, values in filters:
+        if not values:
+            raise _Err("InvalidInstanceInformationFilterValue", f"Filter {key} needs at least one value.")
+        if len(values) > 100:
+            raise _Err("InvalidInstanceInformationFilterValue", f"Filter {key} has more than 100 values.")
+        if key == "InstanceIds" and len(values) > 50:
+            raise _Err("InvalidInstanceInformationFilterValue",
+                       "The InstanceIds filter accepts at most 50 values.")
+        if not (key in _INFO_FILTER_FIELDS or key.startswith("tag:") or key == "tag-key"):
+            raise _Err("InvalidFilterKey", f"The filter key {key} is not valid.")
+    now = time.time()
+    ec2 = _ec2(backend)
+    rows = []
+    for inst in sorted(ec2.all_instances(), key=lambda i: (launch_epoch(i), i.id)):
+        ping = registration(backend, inst, now)
+        if ping is None:
+            continue
+        info = instance_information(backend, inst, ping, now)
+        tags = T.tags_of(inst)
+        ok = True
+        for key, values in filters:
+            if key.startswith("tag:"):
+                ok = tags.get(key[4:]) in values
+            elif key == "tag-key":
+                ok = any(v in tags for v in values)
+            else:
+                ok = info[_INFO_FILTER_FIELDS[key]] in values
+            if not ok:
+                break
+        if ok:
+            rows.append(info)
+    page, token = _page(rows, self._get_param("NextToken"), size)
+    out: dict[str, Any] = {"InstanceInformationList": page}
+    if token:
+        out["NextToken"] = token
+    return ActionResult(out)
+
+
+# ------------------------------------------------------------------------------------ SendCommand
+def _find_document(backend, name: str, version: str | None):
+    if not name:
+        raise validation("DocumentName is required.")
+    if name.startswith("arn:"):
+        name = name.split(":document/", 1)[-1]
+    documents = backend._documents.get(name)
+    if not documents:
+        raise _Err("InvalidDocument", f"Document with name {name} does not exist.")
+    if version in (None, "", "$DEFAULT"):
+        doc = documents.get_default_version()
+    elif version == "$LATEST":
+        doc = documents.get_latest_version()
+    else:
+        doc = documents.find_by_version(version)
+    if doc is None:
+        raise _Err("InvalidDocumentVersion", f"Document {name} has no version {version}.")
+    return name, doc
+
+
+def _pattern_matches(pattern: str, value: str) -> bool:
+    # AWS evaluates allowedPattern as a Java regex; Python's "$" also matches before a final newline.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    try:
+        return re.search(pattern, value) is not None
+    except re.error:
+        return True
+
+
+def validate_parameters(doc, parameters: dict) -> dict:
+    declared = (doc.content_json or {}).get("parameters") or {}
+    for key, values in parameters.items():
+        if key not in declared:
+            raise _Err("InvalidParameters", f"Parameter \"{key}\" is not declared in document {doc.name}.")
+        if not isinstance(values, list):
+            values = [values]
+        pattern = declared[key].get("allowedPattern")
+        allowed = declared[key].get("allowedValues")
+        for v in values:
+            if not isinstance(v, str):
+                v = json.dumps(v)
+            if pattern and not _pattern_matches(pattern, v):
+                raise _Err("InvalidParameters",
+                           f"Parameter \"{key}\" \"{v}\" failed to satisfy constraint: "
+                           f"Member must satisfy regular expression pattern: {pattern}")
+            if allowed and v not in [str(a) for a in allowed]:
+                raise _Err("InvalidParameters", f"Parameter \"{key}\" \"{v}\" is not one of the allowed values.")
+    missing = [k for k, d in declared.items() if "default" not in d and k not in parameters]
+    if missing:
+        raise _Err("InvalidParameters", f"Document {doc.name} requires parameter(s) {', '.join(missing)}.")
+    return parameters
+
+
+def _limit(value: str | None, count: int, default: int) -> int:
+    if value in (None, ""):
+        return default
+    value = str(value).strip()
+    if value.endswith("%"):
+        return max(1, math.ceil(count * float(value[:-1]) / 100.0)) if count else 0
+    return int(value)
+
+
+def _error_limit(value: str | None, count: int) -> int:
+    if value in (None, ""):
+        return 0
+    value = str(value).strip()
+    if value.endswith("%"):
+        return math.floor(count * float(value[:-1]) / 100.0)
+    return int(value)
+
+
+def _doc_steps(doc) -> list[tuple[str, str | None]]:
+    """(step name, platformType precondition or None) for each mainSteps entry (schema 2.x) or runtimeConfig."""
+    content = doc.content_json or {}
+    steps = []
+    for s in content.get("mainSteps") or []:
+        pre = ((s.get("precondition") or {}).get("StringEquals") or [None, None])
+        plat = pre[1] if len(pre) == 2 and pre[0] == "platformType" else None
+        steps.append((s.get("name") or s.get("action", "step"), plat))
+    for name in (content.get("runtimeConfig") or {}):
+        steps.append((name, None))
+    return steps or [("aws:runShellScript", None)]
+
+
+def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]) -> Invocation:
+    tags = T.tags_of(instance)
+    iid = instance.id
+    st.sends[iid] = st.sends.get(iid, 0) + 1
+    n = st.sends[iid]
+    steps = _doc_steps(doc)
+    run = [name for name, plat in steps if plat in (None, platform[0])]
+    skipped = [name for name, plat in steps if plat not in (None, platform[0])]
+    service = "fleet-agent"
+    dur = T.install_seconds(tags)
+    if not run:
+        return Invocation(iid, platform, n, 0, 0, "Failed", "Failed", -1,
+                          f"Step execution skipped due to unsatisfied preconditions: platformType is {platform[0]}. "
+                          f"No step of document {doc.name} applies to this instance.", [], skipped)
+    if T.already_installed(tags) or iid in st.installed:
+        return Invocation(iid, platform, n, 0, 0.2, "Success", "Success", 0,
+                          f"{service} is already installed and running; nothing to do.", run, skipped)
+    outcome = "Failed" if n <= T.fail_attempts(tags) else T.outcome(tags)
+    if outcome == "Success":
+        return Invocation(iid, platform, n, 0, dur, "Success", "Success", 0,
+                          f"Downloaded installer, checksum verified.\n{service}: agent installed and running.", run, skipped)
+    if outcome == "Failed":
+        return Invocation(iid, platform, n, 0, dur, "Failed", "Failed", 1,
+                          f"install failed: simulated failure (send {n} to {iid})\n"
+                          f"failed to run commands: exit status 1", run, skipped)
+    if outcome == "TimedOut":
+        return Invocation(iid, platform, n, 0, dur, "TimedOut", "Execution Timed Out", -1,
+                          "install did not finish within the execution timeout; the agent stopped the script.",
+                          run, skipped)
+    return Invocation(iid, platform, n, 0, dur, "Failed", "Undeliverable", -1, "", run, skipped)
+
+
+def _resolve_targets(backend, targets: list, now: float) -> list[str]:
+    ec2 = _ec2(backend)
+    ids: list[str] = []
+    for t in targets or []:
+        key, values = t.get("Key"), t.get("Values") or []
+        if key == "InstanceIds":
+            ids += values
+        elif key and (key.startswith("tag:") or key == "tag-key"):
+            for inst in ec2.all_instances():
+                tags = T.tags_of(inst)
+                hit = tags.get(key[4:]) in values if key.startswith("tag:") else any(v in tags for v in values)
+                if hit and registration(backend, inst, now) == "Online":
+                    ids.append(inst.id)
+        else:
+            raise validation(f"Target key {key} is not supported by the local simulation.")
+    return ids
+
+
+def send_command_impl(backend, req: dict) -> Command:
+    now = time.time()
+    st = sim_state(backend)
+    ec2 = _ec2(backend)
+    instance_ids = req.get("InstanceIds") or []
+    targets = req.get("Targets") or []
+    if instance_ids and targets:
+        raise validation("You can specify either InstanceIds or Targets, not both.")
+    if not instance_ids and not targets:
+        raise validation("You must specify either InstanceIds or Targets.")
+    if len(instance_ids) > 50:
+        raise validation("1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: "
+                         "Member must have length less than or equal to 50")
+    timeout = req.get("TimeoutSeconds")
+    if timeout is not None and not 30 <= int(timeout) <= 2592000:
+        raise validation("TimeoutSeconds must be between 30 and 2592000.")
+    name, doc = _find_document(backend, req.get("DocumentName"), req.get("DocumentVersion"))
+    parameters = validate_parameters(doc, req.get("Parameters") or {})
+    if instance_ids:
+        ids = list(dict.fromkeys(instance_ids))
+        bad = []
+        for iid in ids:
+            try:
+                inst = ec2.get_instance_by_id(iid)
+            except Exception:  # noqa: BLE001
+                inst = None
+            if inst is None or registration(backend, inst, now) != "Online":
+                bad.append(iid)
+        if bad:
+            raise invalid_instance_id(bad, backend.account_id)
+    else:
+        ids = list(dict.fromkeys(_resolve_targets(backend, targets, now)))
+    cmd = Command(
+        command_id=str(uuid.uuid4()), requested=now, document_name=name,
+        document_version=str(req.get("DocumentVersion") or "$DEFAULT"), comment=req.get("Comment") or "",
+        parameters=parameters, instance_ids=ids, targets=targets, timeout_seconds=int(timeout or 3600),
+        max_concurrency=str(req.get("MaxConcurrency") or "50"), max_errors=str(req.get("MaxErrors") or "0"),
+        cloudwatch=req.get("CloudWatchOutputConfig"),
+        output_s3={k: req.get(k, "") for k in ("OutputS3Region", "OutputS3BucketName", "OutputS3KeyPrefix")},
+        service_role=req.get("ServiceRoleArn") or "", notification=req.get("NotificationConfig"),
+    )
+    with st.lock:
+        plans = []
+        for iid in ids:
+            inst = ec2.get_instance_by_id(iid)
+            plans.append(_plan_invocation(st, doc, inst, T.platform(T.tags_of(inst), getattr(inst, "platform", None))))
+        # MaxConcurrency: an invocation leaves Pending when a slot is free
+        slots = max(1, _limit(cmd.max_concurrency, len(ids), 50))
+        busy: list[float] = []
+        for inv in plans:
+            begin = T.INVISIBLE_SECONDS
+            if len(busy) >= slots:
+                begin = max(begin, heapq.heappop(busy))
+            inv.start = begin
+            inv.end = begin + inv.end
+            heapq.heappush(busy, inv.end)
+            cmd.invocations[inv.instance_id] = inv
+        st.commands.append(cmd)
+        st.by_id[cmd.command_id] = cmd
+    return cmd
+
+
+# --------------------------------------------------------------------------------- status views
+ACTIVE = ("Pending", "InProgress", "Delayed", "Cancelling")
+
+
+def inv_status(cmd: Command, inv: Invocation, now: float) -> tuple[str, str]:
+    t = now - cmd.requested
+    if inv.cancelled_at is not None and inv.cancelled_at < inv.end and t >= inv.cancelled_at:
+        return "Cancelled", "Cancelled"
+    if t >= inv.end:
+        return inv.status, inv.details
+    if t < inv.start or inv.details == "Undeliverable":
+        return "Pending", "Pending"
+    return "InProgress", "In Progress"
+
+
+def visible(cmd: Command, now: float) -> bool:
+    return now - cmd.requested >= T.INVISIBLE_SECONDS
+
+
+def command_view(st: SimState, cmd: Command, now: float, fresh: bool = False) -> dict:
+    statuses = [inv_status(cmd, inv, now) for inv in cmd.invocations.values()]
+    completed = sum(s not in ACTIVE for s, _ in statuses)
+    delivery_timed_out = sum(d == "Delivery Timed Out" for _, d in statuses)
+    errors = sum(s in ("Failed", "TimedOut") for s, _ in statuses) - delivery_timed_out
+    if fresh:
+        status, completed, errors = "Pending", 0, 0
+    elif any(s in ACTIVE for s, _ in statuses):
+        status = "InProgress"
+    elif statuses and all(s == "Cancelled" for s, _ in statuses):
+        status = "Cancelled"
+    elif errors + delivery_timed_out > _error_limit(cmd.max_errors, len(statuses)):
+        status = "TimedOut" if any(s == "TimedOut" for s, _ in statuses) and not any(
+            s == "Failed" for s, _ in statuses) else "Failed"
+    elif not statuses:
+        status = "Success"
+    else:
+        status = "Success"
+    view = {
+        "CommandId": cmd.command_id,
+        "DocumentName": cmd.document_name,
+        "DocumentVersion": cmd.document_version,
+        "Comment": cmd.comment,
+        "ExpiresAfter": _dt(cmd.requested + cmd.timeout_seconds),
+        "Parameters": cmd.parameters,
+        "InstanceIds": cmd.instance_ids if not cmd.targets else [],
+        "Targets": cmd.targets,
+        "RequestedDateTime": _dt(cmd.requested),
+        "Status": status,
+        "StatusDetails": {"InProgress": "In Progress"}.get(status, status),
+        "MaxConcurrency": cmd.max_concurrency,
+        "MaxErrors": cmd.max_errors,
+        "TargetCount": len(statuses) if not fresh else 0,
+        "CompletedCount": completed,
+        "ErrorCount": errors,
+        "DeliveryTimedOutCount": delivery_timed_out,
+        "ServiceRole": cmd.service_role,
+        "TimeoutSeconds": cmd.timeout_seconds,
+        **cmd.output_s3,
+    }
+    if cmd.notification:
+        view["NotificationConfig"] = cmd.notification
+    if cmd.cloudwatch:
+        view["CloudWatchOutputConfig"] = cmd.cloudwatch
+    return view
+
+
+def _plugin_views(cmd: Command, inv: Invocation, now: float) -> list[dict]:
+    status, details = inv_status(cmd, inv, now)
+    final = status not in ACTIVE
+    out = []
+    for name in inv.plugins:
+        p = {"Name": name, "Status": status, "StatusDetails": details,
+             "ResponseCode": inv.response_code if final else -1,
+             "Output": inv.output[-2500:] if final and status != "Cancelled" else "",
+             "StandardOutputUrl": "", "StandardErrorUrl": "",
+             "OutputS3Region": cmd.output_s3.get("OutputS3Region") or "us-east-1",
+             "OutputS3BucketName": cmd.output_s3.get("OutputS3BucketName") or "",
+             "OutputS3KeyPrefix": cmd.output_s3.get("OutputS3KeyPrefix") or ""}
+        if status not in ("Pending",):
+            p["ResponseStartDateTime"] = _dt(cmd.requested + inv.start)
+        if final:
+            p["ResponseFinishDateTime"] = _dt(cmd.requested + min(inv.end, inv.cancelled_at or inv.end))
+        out.append(p)
+    for name in inv.skipped_plugins:
+        out.append({"Name": name, "Status": "Success", "StatusDetails": "Success", "ResponseCode": 0,
+                    "Output": "Step execution skipped due to unsatisfied preconditions: platformType did not match."})
+    if not out:
+        out.append({"Name": "aws:runShellScript", "Status": status, "StatusDetails": details,
+                    "ResponseCode": inv.response_code if final else -1, "Output": inv.output if final else ""})
+    return out
+
+
+def invocation_view(cmd: Command, inv: Invocation, now: float, details: bool) -> dict:
+    status, status_details = inv_status(cmd, inv, now)
+    view = {
+        "CommandId": cmd.command_id, "InstanceId": inv.instance_id,
+        "InstanceName": "", "Comment": cmd.comment, "DocumentName": cmd.document_name,
+        "DocumentVersion": cmd.document_version, "RequestedDateTime": _dt(cmd.requested),
+        "Status": status, "StatusDetails": status_details, "TraceOutput": "",
+        "StandardOutputUrl": "", "StandardErrorUrl": "", "ServiceRole": cmd.service_role,
+    }
+    if cmd.notification:
+        view["NotificationConfig"] = cmd.notification
+    if cmd.cloudwatch:
+        view["CloudWatchOutputConfig"] = cmd.cloudwatch
+    view["CommandPlugins"] = _plugin_views(cmd, inv, now) if details else []
+    return view
+
+
+def _command(st: SimState, command_id: str | None) -> Command:
+    cmd = st.by_id.get(command_id or "")
+    if cmd is None:
+        raise _Err("InvalidCommandId", "")
+    return cmd
+
+
+def _time_filters(filters: list[dict]) -> list[tuple[str, str]]:
+    allowed = ("InvokedAfter", "InvokedBefore", "Status", "ExecutionStage", "DocumentName")
+    out = []
+    for f in filters or []:
+        key, value = f.get("key") or f.get("Key"), f.get("value") or f.get("Value")
+        if key not in allowed:
+            raise _Err("InvalidFilterKey", f"The filter key {key} is not valid.")
+        out.append((key, value))
+    return out
+
+
+def _command_matches(cmd: Command, status: str, filters: list[tuple[str, str]]) -> bool:
+    for key, value in filters:
+        if key == "InvokedAfter" and cmd.requested < _parse_time(value):
+            return False
+        if key == "InvokedBefore" and cmd.requested > _parse_time(value):
+            return False
+        if key == "DocumentName" and cmd.document_name != value:
+            return False
+        if key == "Status" and status != value:
+            return False
+        if key == "ExecutionStage" and (status in ACTIVE) != (value == "Executing"):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------- response-method overrides
+def send_command(self):
+    req = {k: self._get_param(k) for k in (
+        "InstanceIds", "Targets", "DocumentName", "DocumentVersion", "DocumentHash", "DocumentHashType",
+        "TimeoutSeconds", "Comment", "Parameters", "OutputS3Region", "OutputS3BucketName", "OutputS3KeyPrefix",
+        "MaxConcurrency", "MaxErrors", "ServiceRoleArn", "NotificationConfig", "CloudWatchOutputConfig",
+        "AlarmConfiguration")}
+    cmd = send_command_impl(self.ssm_backend, req)
+    st = sim_state(self.ssm_backend)
+    return ActionResult({"Command": command_view(st, cmd, time.time(), fresh=True)})
+
+
+def list_commands(self):
+    st = sim_state(self.ssm_backend)
+    now = time.time()
+    size = _max_results(self._get_param("MaxResults"), 1, 50, 50)
+    command_id, instance_id = self._get_param("CommandId"), self._get_param("InstanceId")
+    filters = _time_filters(self._get_param("Filters") or [])
+    with st.lock:
+        if command_id:
+            cmds = [_command(st, command_id)]
+        else:
+            cmds = list(reversed(st.commands))   # newest first, like SSM
+        rows = []
+        for cmd in cmds:
+            if instance_id and instance_id not in cmd.invocations:
+                continue
+            view = command_view(st, cmd, now, fresh=not visible(cmd, now))
+            if _command_matches(cmd, view["Status"], filters):
+                rows.append(view)
+    page, token = _page(rows, self._get_param("NextToken"), size)
+    out: dict[str, Any] = {"Commands": page}
+    if token:
+        out["NextToken"] = token
+    return ActionResult(out)
+
+
+def list_command_invocations(self):
+    st = sim_state(self.ssm_backend)
+    now = time.time()
+    size = _max_results(self._get_param("MaxResults"), 1, 50, 50)
+    command_id, instance_id = self._get_param("CommandId"), self._get_param("InstanceId")
+    details = bool(self._get_param("Details", False))
+    filters = _time_filters(self._get_param("Filters") or [])
+    with st.lock:
+        cmds = [_command(st, command_id)] if command_id else list(reversed(st.commands))
+        rows = []
+        for cmd in cmds:
+            if not visible(cmd, now):
+                continue   # SSM has not fanned the command out yet
+            for iid, inv in cmd.invocations.items():
+                if instance_id and iid != instance_id:
+                    continue
+                view = invocation_view(cmd, inv, now, details)
+                if _command_matches(cmd, view["Status"], filters):
+                    rows.append(view)
+    page, token = _page(rows, self._get_param("NextToken"), size)
+    out: dict[str, Any] = {"CommandInvocations": page}
+    if token:
+        out["NextToken"] = token
+    return ActionResult(out)
+
+
+def get_command_invocation(self):
+    st = sim_state(self.ssm_backend)
+    now = time.time()
+    command_id, instance_id = self._get_param("CommandId"), self._get_param("InstanceId")
+    plugin_name = self._get_param("PluginName")
+    with st.lock:
+        cmd = st.by_id.get(command_id or "")
+        inv = cmd.invocations.get(instance_id or "") if cmd else None
+        if cmd is None or inv is None or not visible(cmd, now):
+            raise _Err("InvocationDoesNotExist", "")
+        plugins = _plugin_views(cmd, inv, now)
+        if plugin_name:
+            plugins = [p for p in plugins if p["Name"] == plugin_name]
+            if not plugins:
+                raise _Err("InvalidPluginName", f"Plugin {plugin_name} is not in document {cmd.document_name}.")
+        p = plugins[0]
+        status, details = inv_status(cmd, inv, now)
+        elapsed = max(0.0, min(now - cmd.requested, inv.end) - inv.start)
+        out = {
+            "CommandId": cmd.command_id, "InstanceId": instance_id, "Comment": cmd.comment,
+            "DocumentName": cmd.document_name, "DocumentVersion": cmd.document_version,
+            "PluginName": p["Name"], "ResponseCode": p["ResponseCode"],
+            "ExecutionStartDateTime": _dt(cmd.requested + inv.start).isoformat() + "Z" if status != "Pending" else "",
+            "ExecutionElapsedTime": f"PT{elapsed:.3f}S",
+            "ExecutionEndDateTime": _dt(cmd.requested + inv.end).isoformat() + "Z" if status not in ACTIVE else "",
+            "Status": status, "StatusDetails": details,
+            "StandardOutputContent": inv.output[-24000:] if status not in ACTIVE and status != "Cancelled" else "",
+            "StandardOutputUrl": "", "StandardErrorContent": "" if status != "Failed" or not inv.response_code > 0
+            else "failed to run commands: exit status 1", "StandardErrorUrl": "",
+        }
+        if cmd.cloudwatch:
+            out["CloudWatchOutputConfig"] = cmd.cloudwatch
+    return ActionResult(out)
+
+
+def cancel_command(self):
+    st = sim_state(self.ssm_backend)
+    now = time.time()
+    command_id = self._get_param("CommandId")
+    ids = self._get_param("InstanceIds") or []
+    with st.lock:
+        cmd = _command(st, command_id)
+        for iid in ids or list(cmd.invocations):
+            inv = cmd.invocations.get(iid)
+            if inv is None:
+                continue
+            if inv_status(cmd, inv, now)[0] in ACTIVE and inv.cancelled_at is None:
+                inv.cancelled_at = now - cmd.requested
+    return ActionResult({})
+
+
+def successful_install_hook(st: SimState, cmd: Command, now: float) -> None:
+    """Remember installs that succeeded, so that a later send reports "already installed"."""
+    for iid, inv in cmd.invocations.items():
+        if inv_status(cmd, inv, now)[0] == "Success" and inv.plugins:
+            st.installed.add(iid)
+
+
+def _mark_installed(fn):
+    def wrapper(self, *a, **kw):
+        st = sim_state(self.ssm_backend)
+        now = time.time()
+        with st.lock:
+            for cmd in st.commands[-500:]:
+                successful_install_hook(st, cmd, now)
+        return fn(self, *a, **kw)
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def install() -> None:
+    # Mark installs before any send decides "already installed".
+    _Resp.describe_instance_information = describe_instance_information
+    _Resp.send_command = _mark_installed(send_command)
+    _Resp.list_commands = list_commands
+    _Resp.list_command_invocations = list_command_invocations
+    _Resp.get_command_invocation = get_command_invocation
+    _Resp.cancel_command = cancel_command

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Start, stop and inspect the local stack: moto (extended), the resources from template.yaml,
+cargo lambda watch serving the Rust functions, and the SQS poller.
+
+    .venv/bin/python local-stack/run.py up [--no-fast] [--build] [--param Key=Value ...]
+    .venv/bin/python local-stack/run.py status
+    .venv/bin/python local-stack/run.py down
+
+Ports (all on 127.0.0.1): MOTO_PORT (default 5055), WATCH_PORT (default 9099).
+State in target/local-stack/: pids (JSON), outputs.json, env.json, stack.json, watch.env, *.log.
+FLEET_WATCH_CMD replaces the cargo lambda watch command line (used by the local stack's own tests, e.g.
+"python /tmp/research/fake_watch.py {port}").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+STATE = os.path.join(ROOT, "target", "local-stack")
+PIDS = os.path.join(STATE, "pids")
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+PY = os.path.join(VENV_BIN, "python") if os.path.exists(os.path.join(VENV_BIN, "python")) else sys.executable
+
+sys.path.insert(0, HERE)
+
+
+def ports() -> tuple[int, int]:
+    return int(os.environ.get("MOTO_PORT", "5055")), int(os.environ.get("WATCH_PORT", "9099"))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(pred, what: str, timeout: float, proc: subprocess.Popen | None = None, log: str | None = None) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if proc is not None and proc.poll() is not None:
+            tail = open(log).read()[-3000:] if log and os.path.exists(log) else ""
+            raise SystemExit(f"{what} exited with {proc.returncode}\n{tail}")
+        if time.time() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _spawn(name: str, argv: list[str], env: dict | None = None, cwd: str = ROOT) -> subprocess.Popen:
+    log = os.path.join(STATE, f"{name}.log")
+    with open(log, "ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                start_new_session=True)   # own process group: `down` stops the whole tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _read_pids() -> dict:
+    try:
+        with open(PIDS) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_pids(pids: dict) -> None:
+    os.makedirs(STATE, exist_ok=True)
+    with open(PIDS, "w") as f:
+        json.dump(pids, f, indent=2)
+
+
+def _stop_group(pid: int, name: str, timeout: float = 15) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        print(f"{name} ({pid}) ignored SIGTERM; killing its process group")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # the group may still have members (cargo run children): wait for them too
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def watch_command(port: int) -> list[str]:
+    custom = os.environ.get("FLEET_WATCH_CMD")
+    if custom:
+        return shlex.split(custom.format(port=port))
+    env_file = os.path.join(STATE, "watch.env")
+    return ["cargo", "lambda", "watch", "-A", "127.0.0.1", "-P", str(port), "--ignore-changes",
+            "--concurrency", os.environ.get("WATCH_CONCURRENCY", "4"), "--env-file", env_file]
+
+
+def up(args) -> None:
+    moto_port, watch_port = ports()
+    existing = {k: v for k, v in _read_pids().items() if isinstance(v, int) and _alive(v)}
+    if existing:
+        raise SystemExit(f"the local stack is already up ({existing}); run `down` first")
+    for p, what in ((moto_port, "MOTO_PORT"), (watch_port, "WATCH_PORT")):
+        if _port_open(p):
+            raise SystemExit(f"127.0.0.1:{p} ({what}) is already in use")
+    os.makedirs(STATE, exist_ok=True)
+    moto_url, lambda_url = f"http://127.0.0.1:{moto_port}", f"http://127.0.0.1:{watch_port}"
+    pids: dict = {"motoPort": moto_port, "watchPort": watch_port}
+    base_env = dict(os.environ)
+    base_env["PATH"] = VENV_BIN + os.pathsep + base_env.get("PATH", "")
+    try:
+        if args.build and not os.environ.get("FLEET_WATCH_CMD"):
+            print("cargo build --workspace --bins (watch then reuses target/debug) ...")
+            subprocess.run(["cargo", "build", "--workspace", "--bins"], cwd=ROOT, check=True, env=base_env)
+
+        moto = _spawn("moto", [PY, os.path.join(HERE, "server.py"), "--port", str(moto_port),
+                               "--lambda-endpoint", lambda_url], env=base_env)
+        pids["moto"] = moto.pid
+        _write_pids(pids)
+        _wait(lambda: _health(moto_url), "moto server", 60, moto, os.path.join(STATE, "moto.log"))
+
+        import stack as stack_mod
+        overrides = dict(p.split("=", 1) for p in args.param)
+        info = stack_mod.build(moto_url, lambda_url, fast=not args.no_fast, overrides=overrides,
+                               require_asl=args.require_asl)
+        watch_env = dict(base_env)
+        fn_env = dict(info["envUnion"])
+        fn_env.update({
+            "AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": stack_mod.REGION, "AWS_DEFAULT_REGION": stack_mod.REGION,
+        })
+        watch_env.update(fn_env)
+        with open(os.path.join(STATE, "watch.env"), "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in sorted(fn_env.items()))
+
+        watch = _spawn("watch", watch_command(watch_port), env=watch_env)
+        pids["watch"] = watch.pid
+        _write_pids(pids)
+        _wait(lambda: _port_open(watch_port), "cargo lambda watch", 120, watch, os.path.join(STATE, "watch.log"))
+
+        poll_argv = [PY, os.path.join(HERE, "poller.py"), "--stack", os.path.join(STATE, "stack.json")]
+        if not args.no_fast:
+            poll_argv += ["--failure-visibility", "2"]
+        poller = _spawn("poller", poll_argv, env=base_env)
+        pids["poller"] = poller.pid
+        _write_pids(pids)
+        time.sleep(0.5)
+        if poller.poll() is not None:
+            raise SystemExit(f"poller exited: see {os.path.join(STATE, 'poller.log')}")
+    except BaseException:
+        print("start failed; stopping what was started", file=sys.stderr)
+        down(None)
+        raise
+    print(json.dumps({"moto": moto_url, "lambda": lambda_url, "pids": pids,
+                      "outputs": os.path.join(STATE, "outputs.json")}, indent=2))
+
+
+def _health(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/_fleet/health", timeout=1).read()
+        return True
+    except OSError:
+        return False
+
+
+def down(args) -> None:
+    pids = _read_pids()
+    for name in ("poller", "watch", "moto"):   # reverse start order
+        pid = pids.get(name)
+        if isinstance(pid, int):
+            _stop_group(pid, name)
+            print(f"stopped {name} ({pid})")
+    if os.path.exists(PIDS):
+        os.remove(PIDS)
+
+
+def status(args) -> None:
+    pids = _read_pids()
+    if not pids:
+        print("the local stack is down")
+        sys.exit(1)
+    ok = True
+    for name in ("moto", "watch", "poller"):
+        pid = pids.get(name)
+        alive = isinstance(pid, int) and _alive(pid)
+        ok &= alive
+        print(f"{name:7} pid {pid}: {'running' if alive else 'NOT RUNNING'}")
+    moto_port, watch_port = pids.get("motoPort"), pids.get("watchPort")
+    print(f"moto    http://127.0.0.1:{moto_port}: {'healthy' if _health(f'http://127.0.0.1:{moto_port}') else 'DOWN'}")
+    print(f"watch   http://127.0.0.1:{watch_port}: {'listening' if _port_open(watch_port) else 'DOWN'}")
+    out = os.path.join(STATE, "outputs.json")
+    if os.path.exists(out):
+        print(open(out).read())
+    sys.exit(0 if ok else 1)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("up", help="start everything")
+    u.add_argument("--no-fast", action="store_true", help="keep the template's production waits")
+    u.add_argument("--build", action="store_true", help="cargo build --workspace --bins first")
+    u.add_argument("--require-asl", action="store_true")
+    u.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    u.set_defaults(fn=up)
+    sub.add_parser("down", help="stop everything").set_defaults(fn=down)
+    sub.add_parser("status", help="show what runs").set_defaults(fn=status)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,11 @@ unit:
 contract: setup
 	$(VPY) -m pytest tests -q -m "not e2e"
 
-test: lint unit contract
+# The local stack: moto (extended) on 127.0.0.1, the Rust functions under cargo lambda watch.
+e2e: setup
+	$(VPY) -m pytest tests/e2e local-stack/tests -q
+
+test: lint unit contract e2e
 
 sam-build: setup
 	rustup target add aarch64-unknown-linux-gnu

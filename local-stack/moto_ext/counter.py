@@ -74,6 +74,16 @@ def install() -> None:
                     body, status = json.dumps(snapshot(), sort_keys=True).encode(), "200 OK"
                 except (ValueError, AttributeError) as ex:
                     body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif path == "/_fleet/faults" and method in ("GET", "POST", "DELETE"):
+                from . import sfn
+
+                with sfn._FAULTS_LOCK:
+                    if method == "POST":
+                        size = int(environ.get("CONTENT_LENGTH") or 0)
+                        sfn.FAULTS.append(json.loads(environ["wsgi.input"].read(size) or b"{}"))
+                    elif method == "DELETE":
+                        sfn.FAULTS.clear()
+                    body, status = json.dumps(sfn.FAULTS).encode(), "200 OK"
             elif path == "/_fleet/health":
                 body, status = b'{"ok": true}', "200 OK"
             else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
 import os
 import uuid
 
@@ -36,7 +37,39 @@ def function_name(function: str) -> str:
     return function.split(":", 1)[0]      # name or name:qualifier
 
 
+# Fault injection for end-to-end tests: POST /_fleet/faults {"function": "send-command", "errorType": "...",
+# "times": 1, "after": true}. "after": the function runs (its side effects happen), then the task fails as if
+# the response were lost: the hardest case for idempotency.
+FAULTS: list[dict] = []
+_FAULTS_LOCK = threading.Lock()
+
+
+def take_fault(name: str):
+    with _FAULTS_LOCK:
+        for f in FAULTS:
+            if f.get("function") == name and f.get("times", 1) > 0:
+                f["times"] = f.get("times", 1) - 1
+                return dict(f)
+    return None
+
+
+def _fault_response(fault: dict) -> dict:
+    return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+            "Payload": {"errorType": fault.get("errorType", "FleetInstall.AwsRejected"),
+                        "errorMessage": fault.get("errorMessage", "local stack: injected fault")}}
+
+
 def invoke(parameters: dict, region: str = "us-east-1", state_credentials=None) -> dict:
+    fault = take_fault(function_name(str(parameters["FunctionName"])))
+    if fault and not fault.get("after"):
+        return _fault_response(fault)
+    resp = _invoke(parameters, region, state_credentials)
+    if fault:
+        return _fault_response(fault)
+    return resp
+
+
+def _invoke(parameters: dict, region: str = "us-east-1", state_credentials=None) -> dict:
     name = function_name(str(parameters["FunctionName"]))
     payload = parameters.get("Payload")
     if payload is None:

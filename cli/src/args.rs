@@ -1,0 +1,221 @@
+//! Argument parsing and validation that clap cannot express: tags, wave sizes, execution
+//! names, timestamps.
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use fleet_core::rollout::WaveSize;
+use serde::{Deserialize, Serialize};
+
+/// One `--tag KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagPair {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parse `KEY=VALUE` (split at the first `=`; the value may contain `=`; `*` and `?` are EC2
+/// filter wildcards).
+pub fn parse_tag(s: &str) -> Result<TagPair, String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got {s:?}"));
+    };
+    if key.trim().is_empty() {
+        return Err(format!("the tag key is empty in {s:?}"));
+    }
+    if value.is_empty() {
+        return Err(format!(
+            "the tag value is empty in {s:?} (use {key}=* to match any value)"
+        ));
+    }
+    if key.chars().count() > 128 || value.chars().count() > 256 {
+        return Err("EC2 tag keys are at most 128 characters and values at most 256".to_string());
+    }
+    Ok(TagPair {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// A tag filter as the rollout workflow takes it: instances match when they carry the key with
+/// any of the values; all filters must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagFilter {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// Group repeated keys into one filter (values ORed), keeping the order in which keys and
+/// values were first given and dropping duplicate values.
+pub fn group_tags(tags: &[TagPair]) -> Vec<TagFilter> {
+    let mut out: Vec<TagFilter> = Vec::new();
+    for t in tags {
+        match out.iter_mut().find(|f| f.key == t.key) {
+            Some(f) => {
+                if !f.values.contains(&t.value) {
+                    f.values.push(t.value.clone());
+                }
+            }
+            None => out.push(TagFilter {
+                key: t.key.clone(),
+                values: vec![t.value.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// `key=v1|v2, key2=v3`: for messages and tables.
+pub fn describe_tags(filters: &[TagFilter]) -> String {
+    filters
+        .iter()
+        .map(|f| format!("{}={}", f.key, f.values.join("|")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The default when neither `--wave-size` nor `--wave-percent` is given.
+pub const DEFAULT_WAVE_PERCENT: f64 = 10.0;
+
+/// `--wave-size N` or `--wave-percent P` (clap makes them exclusive), validated.
+pub fn wave_size(size: Option<usize>, percent: Option<f64>) -> Result<WaveSize> {
+    match (size, percent) {
+        (Some(_), Some(_)) => bail!("give either --wave-size or --wave-percent, not both"),
+        (Some(0), None) => bail!("--wave-size must be at least 1"),
+        (Some(n), None) => Ok(WaveSize::Count(n)),
+        (None, Some(p)) if p.is_finite() && p > 0.0 && p <= 100.0 => Ok(WaveSize::Percent(p)),
+        (None, Some(p)) => bail!("--wave-percent must be greater than 0 and at most 100, got {p}"),
+        (None, None) => Ok(WaveSize::Percent(DEFAULT_WAVE_PERCENT)),
+    }
+}
+
+/// `--max-failure-ratio`: a ratio of failed to attempted installs, 0 to 1.
+pub fn failure_ratio(f: f64) -> Result<f64> {
+    if f.is_finite() && (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        bail!("--max-failure-ratio must be between 0 and 1 (0.05 = 5%), got {f}")
+    }
+}
+
+/// Step Functions execution names: 1-80 characters, no whitespace, none of `<>{}[]?*"#%\^|~`$&,;:/`
+/// and no control characters.
+pub fn execution_name(name: &str) -> Result<String> {
+    const FORBIDDEN: &str = "<>{}[]?*\"#%\\^|~`$&,;:/";
+    if name.is_empty() || name.chars().count() > 80 {
+        bail!(
+            "an execution name has 1 to 80 characters, {name:?} has {}",
+            name.chars().count()
+        );
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || FORBIDDEN.contains(*c))
+    {
+        bail!("an execution name cannot contain {c:?}: {name:?}");
+    }
+    Ok(name.to_string())
+}
+
+/// The UTC timestamp used in generated names: yyyymmddThhmmss.
+pub fn name_timestamp(now: DateTime<Utc>) -> String {
+    now.format("%Y%m%dT%H%M%S").to_string()
+}
+
+/// Parse an RFC 3339 time and normalise it to the ledger's format (UTC, milliseconds, `Z`), so
+/// that string comparison with `updatedAt` is time comparison.
+pub fn since(s: &str) -> Result<String> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time (e.g. 2026-11-25T18:00:00Z)"))?;
+    Ok(t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(k: &str, v: &str) -> TagPair {
+        TagPair {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn tags_parse_at_the_first_equals_sign() {
+        assert_eq!(parse_tag("env=prod").unwrap(), tag("env", "prod"));
+        assert_eq!(parse_tag("query=a=b").unwrap(), tag("query", "a=b"));
+        assert_eq!(
+            parse_tag("aws:cloudformation:stack-name=web").unwrap().key,
+            "aws:cloudformation:stack-name"
+        );
+        assert_eq!(parse_tag("team=*").unwrap().value, "*");
+    }
+
+    #[test]
+    fn bad_tags_are_explained() {
+        assert!(parse_tag("env").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_tag("=prod").unwrap_err().contains("key is empty"));
+        assert!(parse_tag("env=").unwrap_err().contains("env=*"));
+        assert!(parse_tag(&format!("{}=x", "k".repeat(129))).is_err());
+    }
+
+    #[test]
+    fn repeated_keys_are_grouped_in_order() {
+        let g = group_tags(&[
+            tag("env", "prod"),
+            tag("team", "web"),
+            tag("env", "staging"),
+            tag("env", "prod"),
+        ]);
+        assert_eq!(
+            g,
+            vec![
+                TagFilter {
+                    key: "env".into(),
+                    values: vec!["prod".into(), "staging".into()]
+                },
+                TagFilter {
+                    key: "team".into(),
+                    values: vec!["web".into()]
+                },
+            ]
+        );
+        assert_eq!(describe_tags(&g), "env=prod|staging, team=web");
+        assert_eq!(
+            serde_json::to_value(&g[1]).unwrap(),
+            serde_json::json!({"key": "team", "values": ["web"]})
+        );
+    }
+
+    #[test]
+    fn wave_size_arguments() {
+        assert_eq!(wave_size(None, None).unwrap(), WaveSize::Percent(10.0));
+        assert_eq!(wave_size(Some(50), None).unwrap(), WaveSize::Count(50));
+        assert_eq!(wave_size(None, Some(25.0)).unwrap(), WaveSize::Percent(25.0));
+        assert_eq!(wave_size(None, Some(100.0)).unwrap(), WaveSize::Percent(100.0));
+        assert!(wave_size(Some(0), None).is_err());
+        for p in [0.0, -1.0, 100.5, f64::NAN, f64::INFINITY] {
+            assert!(wave_size(None, Some(p)).is_err(), "{p}");
+        }
+        assert!(wave_size(Some(1), Some(1.0)).is_err());
+        assert!(failure_ratio(0.05).is_ok());
+        assert!(failure_ratio(1.0).is_ok());
+        assert!(failure_ratio(1.5).is_err());
+        assert!(failure_ratio(-0.1).is_err());
+    }
+
+    #[test]
+    fn execution_names_and_times() {
+        assert!(execution_name("rollout-20261125T180000").is_ok());
+        assert!(execution_name("").is_err());
+        assert!(execution_name("has space").is_err());
+        assert!(execution_name("a:b").is_err());
+        assert!(execution_name(&"x".repeat(81)).is_err());
+        let t = DateTime::parse_from_rfc3339("2026-11-25T18:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(name_timestamp(t), "20261125T180405");
+        assert_eq!(since("2026-11-25T19:00:00+01:00").unwrap(), "2026-11-25T18:00:00.000Z");
+        assert!(since("yesterday").unwrap_err().to_string().contains("RFC 3339"));
+    }
+}

@@ -1,0 +1,233 @@
+//! The command line: global flags and one subcommand each for prereq, preview, rollout,
+//! status, unmanaged and replay.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::args::{parse_tag, TagPair};
+
+pub const DEFAULT_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-install",
+    version,
+    about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay.",
+    long_about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay.\n\n\
+        Reads the deployed stack's outputs (ledger table, state machines, documents, opt-out tag) with \
+        CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
+        progress goes to stderr when it is a terminal.",
+    after_help = "Exit status: 0 on success; 1 on errors; 2 when the command ran but reports a failure \
+        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not change a role, \
+        `replay` could not redrive or start an execution)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// The CloudFormation stack whose outputs name the ledger, state machines and documents.
+    #[arg(long, global = true, default_value = "fleet-install", value_name = "NAME")]
+    pub stack_name: String,
+    /// Read the stack outputs from a JSON file ({"OutputKey": "value", ...}) instead of
+    /// CloudFormation, e.g. the local stack's target/local-stack/outputs.json.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub outputs_file: Option<PathBuf>,
+    /// Use a named profile from the AWS config and credentials files.
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// The AWS region (default: from the profile or the environment).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Send every AWS call to this endpoint (e.g. the local stack, http://127.0.0.1:5055).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Output format of the results on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned plain-text tables.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the SSM managed policy to every IAM role EC2 can assume; list running instances
+    /// that have no instance profile at all.
+    Prereq(PrereqArgs),
+    /// Show the rollout that would run for these tags, without running it.
+    Preview(PreviewArgs),
+    /// Start a rollout: a canary wave, then waves, stopping when a wave fails too often.
+    Rollout(RolloutArgs),
+    /// Show a rollout or install execution: waves or summary, failures from the ledger.
+    Status(StatusArgs),
+    /// List instances the ledger records as unmanaged or skipped, with the reason.
+    Unmanaged(UnmanagedArgs),
+    /// Re-run failures: redrive failed executions, or re-install the instances that failed.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrereqArgs {
+    /// Show what would be attached without attaching anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The managed policy every EC2-assumable role needs.
+    #[arg(long, value_name = "ARN", default_value = DEFAULT_POLICY_ARN)]
+    pub policy_arn: String,
+}
+
+/// Targets and wave sizes, shared by preview and rollout.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Target running instances with this tag (repeat a key to allow several values; all keys
+    /// must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE", required = true, value_parser = parse_tag)]
+    pub tags: Vec<TagPair>,
+    /// Instances in the canary wave (0: no canary).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub canary: usize,
+    /// Instances per wave after the canary.
+    #[arg(long, value_name = "N", conflicts_with = "wave_percent")]
+    pub wave_size: Option<usize>,
+    /// Percent of all targets per wave after the canary [default: 10].
+    #[arg(long, value_name = "P")]
+    pub wave_percent: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// Stop the rollout when a wave's failed / (installed + failed) is above this.
+    #[arg(long, value_name = "F", default_value_t = 0.05)]
+    pub max_failure_ratio: f64,
+    /// Seconds to wait between waves.
+    #[arg(long = "pause", value_name = "SECONDS", default_value_t = 300)]
+    pub pause_seconds: u32,
+    /// Execution name [default: rollout-<UTC yyyymmddThhmmss>].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Wait for the rollout to end, then show its status.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// An execution ARN, or the name of a rollout or install execution.
+    #[arg(value_name = "EXECUTION_ARN_OR_NAME")]
+    pub execution: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmanagedArgs {
+    /// Only instances whose ledger entry changed at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Redrive failed install and rollout executions (stopped within the last 14 days) instead
+    /// of starting new installs for failed instances.
+    #[arg(long)]
+    pub redrive: bool,
+    /// Only failures recorded (or executions stopped) at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub failed_since: Option<String>,
+    /// Show what would be started or redriven without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = Cli::command().render_help().to_string();
+        for c in ["prereq", "preview", "rollout", "status", "unmanaged", "replay"] {
+            assert!(help.contains(c), "{c} missing from\n{help}");
+        }
+    }
+
+    #[test]
+    fn rollout_arguments_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "fleet-install",
+            "--output",
+            "json",
+            "rollout",
+            "--tag",
+            "env=prod",
+            "--tag",
+            "env=staging",
+            "--wave-size",
+            "50",
+            "--region",
+            "eu-west-1",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(cli.global.stack_name, "fleet-install");
+        let Command::Rollout(r) = cli.command else { panic!() };
+        assert_eq!(r.targets.tags.len(), 2);
+        assert_eq!(r.targets.canary, 10);
+        assert_eq!(r.targets.wave_size, Some(50));
+        assert_eq!(r.max_failure_ratio, 0.05);
+        assert_eq!(r.pause_seconds, 300);
+        assert!(!r.wait);
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        for bad in [
+            vec!["fleet-install", "rollout"],
+            vec!["fleet-install", "rollout", "--tag", "novalue"],
+            vec![
+                "fleet-install",
+                "preview",
+                "--tag",
+                "a=b",
+                "--wave-size",
+                "5",
+                "--wave-percent",
+                "5",
+            ],
+            vec!["fleet-install", "--output", "yaml", "unmanaged"],
+            vec!["fleet-install", "status"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["fleet-install", "prereq", "--dry-run"]).unwrap();
+        let Command::Prereq(p) = cli.command else { panic!() };
+        assert_eq!(p.policy_arn, DEFAULT_POLICY_ARN);
+        assert!(p.dry_run);
+    }
+}

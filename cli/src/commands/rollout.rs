@@ -1,0 +1,295 @@
+//! `rollout`: start the rollout workflow for some tags; with --wait, follow it to the end and
+//! show its status.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use chrono::{DateTime, Utc};
+use fleet_core::rollout::WaveSize;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::args::{describe_tags, execution_name, failure_ratio, group_tags, name_timestamp, wave_size, TagFilter};
+use crate::cli::RolloutArgs;
+use crate::commands::status::{self, Ev, StatusReport};
+use crate::context::{Context, Progress, Report};
+use crate::table::key_values;
+
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The rollout workflow's input (statemachine/rollout.asl.json, plan-rollout).
+pub fn rollout_input(
+    tags: &[TagFilter],
+    canary: usize,
+    size: WaveSize,
+    max_failure_ratio: f64,
+    pause_seconds: u32,
+) -> Value {
+    let (wave_size, wave_percent) = match size {
+        WaveSize::Count(n) => (n, 0.0),
+        WaveSize::Percent(p) => (0, p),
+    };
+    json!({
+        "tags": tags,
+        "canary": canary,
+        "waveSize": wave_size,
+        "wavePercent": wave_percent,
+        "maxFailureRatio": max_failure_ratio,
+        "pauseSeconds": pause_seconds,
+    })
+}
+
+pub fn default_name(now: DateTime<Utc>) -> String {
+    format!("rollout-{}", name_timestamp(now))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    pub name: String,
+    pub execution_arn: String,
+    pub input: Value,
+}
+
+impl Report for Started {
+    fn to_table(&self) -> String {
+        let tags: Vec<TagFilter> = serde_json::from_value(self.input["tags"].clone()).unwrap_or_default();
+        let waves = match (self.input["waveSize"].as_u64(), self.input["wavePercent"].as_f64()) {
+            (Some(n), _) if n > 0 => format!("{n} instances"),
+            (_, Some(p)) => format!("{p}% of the targets"),
+            _ => String::new(),
+        };
+        key_values(&[
+            ("Started", self.name.clone()),
+            ("Execution", self.execution_arn.clone()),
+            ("Tags", describe_tags(&tags)),
+            (
+                "Plan",
+                format!(
+                    "canary {}, then waves of {waves}; stop above failure ratio {}; pause {} s",
+                    self.input["canary"], self.input["maxFailureRatio"], self.input["pauseSeconds"]
+                ),
+            ),
+            ("Follow", format!("fleet-install status {}", self.name)),
+        ])
+    }
+}
+
+/// What `rollout` prints: the start, or with --wait the final status.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RolloutOutcome {
+    Started(Started),
+    Finished(Box<StatusReport>),
+}
+
+impl Report for RolloutOutcome {
+    fn to_table(&self) -> String {
+        match self {
+            RolloutOutcome::Started(s) => s.to_table(),
+            RolloutOutcome::Finished(r) => r.to_table(),
+        }
+    }
+}
+
+impl RolloutOutcome {
+    /// False when --wait saw the rollout end in anything but SUCCEEDED.
+    pub fn ok(&self) -> bool {
+        match self {
+            RolloutOutcome::Started(_) => true,
+            RolloutOutcome::Finished(r) => r.succeeded(),
+        }
+    }
+}
+
+pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
+    let t = &args.targets;
+    let size = wave_size(t.wave_size, t.wave_percent)?;
+    let ratio = failure_ratio(args.max_failure_ratio)?;
+    let name = execution_name(&args.name.clone().unwrap_or_else(|| default_name(Utc::now())))?;
+    let input = rollout_input(&group_tags(&t.tags), t.canary, size, ratio, args.pause_seconds);
+    let outputs = ctx.outputs().await?;
+    let sfn = ctx.sfn();
+    let started = start(&sfn, outputs.rollout_state_machine()?, &name, input).await?;
+    if !args.wait {
+        return Ok(RolloutOutcome::Started(started));
+    }
+    if !ctx.progress.enabled() {
+        eprintln!("started {}", started.execution_arn);
+    }
+    let desc = wait(&sfn, &started.execution_arn, ctx.progress).await?;
+    let report = status::report(&sfn, &ctx.dynamodb(), &outputs, &desc).await?;
+    if !report.succeeded() {
+        eprintln!(
+            "rollout {} {}: {}",
+            report.name,
+            report.status,
+            report
+                .cause
+                .as_deref()
+                .or(report.error.as_deref())
+                .unwrap_or("no cause recorded")
+        );
+    }
+    Ok(RolloutOutcome::Finished(Box::new(report)))
+}
+
+pub async fn start(sfn: &aws_sdk_sfn::Client, state_machine_arn: &str, name: &str, input: Value) -> Result<Started> {
+    let resp = sfn
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(name)
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(|e| anyhow!(crate::aws::message(&e)))
+        .with_context(|| format!("cannot start rollout {name} on {state_machine_arn}"))?;
+    Ok(Started {
+        name: name.to_string(),
+        execution_arn: resp.execution_arn().to_string(),
+        input,
+    })
+}
+
+/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, show its status
+/// and the waves evaluated so far.
+pub async fn wait(
+    sfn: &aws_sdk_sfn::Client,
+    execution_arn: &str,
+    progress: Progress,
+) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput> {
+    let began = Instant::now();
+    loop {
+        let desc = sfn
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| anyhow!(crate::aws::message(&e)))
+            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
+        if desc.status().as_str() != "RUNNING" && desc.status().as_str() != "PENDING_REDRIVE" {
+            progress.clear();
+            return Ok(desc);
+        }
+        if progress.enabled() {
+            let line = match status::history(sfn, execution_arn).await {
+                Ok(events) => {
+                    let events: Vec<Ev> = events.iter().map(Ev::from).collect();
+                    progress_line(
+                        desc.status().as_str(),
+                        began.elapsed(),
+                        &status::rollout_progress(&events),
+                    )
+                }
+                Err(e) => format!("{} ({e:#})", desc.status().as_str()),
+            };
+            progress.update(line);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+pub fn progress_line(status: &str, elapsed: Duration, p: &status::RolloutProgress) -> String {
+    let secs = elapsed.as_secs();
+    let mut line = format!("rollout {status} {}m{:02}s", secs / 60, secs % 60);
+    if let Some(t) = p.targets {
+        line.push_str(&format!(", {t} targets"));
+    }
+    let planned = p.waves_planned.map(|n| format!("/{n}")).unwrap_or_default();
+    line.push_str(&format!(", {}{planned} waves evaluated", p.waves.len()));
+    if let Some(w) = p.waves.last() {
+        line.push_str(&format!(
+            "; {}: {} installed, {} failed, ratio {:.3}",
+            w.label, w.installed, w.failed, w.failure_ratio
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::TagPair;
+    use aws_sdk_sfn::operation::start_execution::StartExecutionOutput;
+    use aws_smithy_mocks::{mock, mock_client};
+
+    #[test]
+    fn input_groups_tags_and_zeroes_the_unused_size() {
+        let tags = group_tags(&[
+            TagPair {
+                key: "env".into(),
+                value: "prod".into(),
+            },
+            TagPair {
+                key: "env".into(),
+                value: "staging".into(),
+            },
+            TagPair {
+                key: "team".into(),
+                value: "web".into(),
+            },
+        ]);
+        assert_eq!(
+            rollout_input(&tags, 10, WaveSize::Percent(10.0), 0.05, 300),
+            json!({"tags": [{"key": "env", "values": ["prod", "staging"]}, {"key": "team", "values": ["web"]}],
+                   "canary": 10, "waveSize": 0, "wavePercent": 10.0, "maxFailureRatio": 0.05, "pauseSeconds": 300})
+        );
+        let v = rollout_input(&tags, 0, WaveSize::Count(50), 0.0, 0);
+        assert_eq!(
+            (v["waveSize"].as_u64(), v["wavePercent"].as_f64()),
+            (Some(50), Some(0.0))
+        );
+        let t = DateTime::parse_from_rfc3339("2026-11-25T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(default_name(t), "rollout-20261125T180000");
+    }
+
+    #[tokio::test]
+    async fn start_sends_name_and_input() {
+        let rule = mock!(aws_sdk_sfn::Client::start_execution)
+            .match_requests(|r| {
+                r.name() == Some("rollout-1")
+                    && r.state_machine_arn() == Some("arn:aws:states:r:1:stateMachine:Rollout")
+                    && r.input().is_some_and(|i| i.contains("\"canary\":2"))
+            })
+            .then_output(|| {
+                StartExecutionOutput::builder()
+                    .execution_arn("arn:aws:states:r:1:execution:Rollout:rollout-1")
+                    .start_date(aws_smithy_types::DateTime::from_secs(0))
+                    .build()
+                    .unwrap()
+            });
+        let sfn = mock_client!(aws_sdk_sfn, [&rule]);
+        let input = rollout_input(&[], 2, WaveSize::Count(5), 0.1, 60);
+        let s = start(&sfn, "arn:aws:states:r:1:stateMachine:Rollout", "rollout-1", input)
+            .await
+            .unwrap();
+        assert_eq!(s.execution_arn, "arn:aws:states:r:1:execution:Rollout:rollout-1");
+        let text = s.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("Plan       canary 2, then waves of 5 instances; stop above failure ratio 0.1; pause 60 s")
+        );
+        assert!(RolloutOutcome::Started(s).ok());
+    }
+
+    #[test]
+    fn progress_lines() {
+        let p = status::RolloutProgress {
+            targets: Some(118),
+            waves_planned: Some(11),
+            waves: vec![fleet_core::rollout::WaveResult {
+                wave: 0,
+                label: "canary".into(),
+                instances: 10,
+                installed: 10,
+                ..Default::default()
+            }],
+        };
+        assert_eq!(
+            progress_line("RUNNING", Duration::from_secs(192), &p),
+            "rollout RUNNING 3m12s, 118 targets, 1/11 waves evaluated; canary: 10 installed, 0 failed, ratio 0.000"
+        );
+    }
+}

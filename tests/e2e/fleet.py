@@ -1,0 +1,119 @@
+"""Helpers for end-to-end runs on the local stack: clients, a simulated fleet, waiting, the ledger."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import boto3
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUTPUTS = ROOT / "target" / "local-stack" / "outputs.json"
+
+
+class Stack:
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        self.ec2 = boto3.client("ec2", **kw)
+        self.ssm = boto3.client("ssm", **kw)
+        self.sfn = boto3.client("stepfunctions", **kw)
+        self.ddb = boto3.client("dynamodb", **kw)
+        self.sqs = boto3.client("sqs", **kw)
+        self.events = boto3.client("events", **kw)
+        self.outputs = json.loads(OUTPUTS.read_text())
+        self._ami = None
+
+    # --- fleet ---------------------------------------------------------------------------
+    @property
+    def ami(self) -> str:
+        if self._ami is None:
+            images = self.ec2.describe_images()["Images"]
+            self._ami = next(i["ImageId"] for i in images if "windows" not in (i.get("Platform") or "").lower())
+        return self._ami
+
+    def launch(self, count: int, tags: dict[str, str] | None = None, profile: bool = True) -> list[str]:
+        args = dict(ImageId=self.ami, MinCount=count, MaxCount=count, InstanceType="t3.micro")
+        if tags:
+            args["TagSpecifications"] = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        if profile:
+            args["IamInstanceProfile"] = {"Name": self.outputs["SimInstanceProfileName"]}
+        return [i["InstanceId"] for i in self.ec2.run_instances(**args)["Instances"]]
+
+    def running_event(self, instance_id: str) -> None:
+        """Put an EC2 "running" event on the default bus, as EC2 does on every start."""
+        self.events.put_events(Entries=[{
+            "Source": "aws.ec2",
+            "DetailType": "EC2 Instance State-change Notification",
+            "Detail": json.dumps({"instance-id": instance_id, "state": "running"}),
+            "Resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
+        }])
+
+    # --- workflow --------------------------------------------------------------------------
+    def executions(self, key: str = "InstallStateMachineArn") -> list[dict]:
+        out, token = [], None
+        while True:
+            kw = {"stateMachineArn": self.outputs[key], "maxResults": 1000}
+            if token:
+                kw["nextToken"] = token
+            page = self.sfn.list_executions(**kw)
+            out += page["executions"]
+            token = page.get("nextToken")
+            if not token:
+                return out
+
+    def wait_for_executions(self, at_least: int, timeout: float, key: str = "InstallStateMachineArn", since: float = 0) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            ex = [e for e in self.executions(key) if e["startDate"].timestamp() >= since]
+            if len(ex) >= at_least and all(e["status"] != "RUNNING" for e in ex):
+                return ex
+            time.sleep(1)
+        raise AssertionError(f"executions not finished after {timeout}s: {[(e['name'], e['status']) for e in self.executions(key)]}")
+
+    def wait_for_execution(self, arn: str, timeout: float) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            d = self.sfn.describe_execution(executionArn=arn)
+            if d["status"] != "RUNNING":
+                return d
+            time.sleep(0.5)
+        raise AssertionError(f"{arn} still running after {timeout}s")
+
+    # --- ledger ----------------------------------------------------------------------------
+    def ledger(self) -> dict[str, dict]:
+        items, kw = {}, {"TableName": self.outputs["LedgerTableName"]}
+        while True:
+            page = self.ddb.scan(**kw)
+            for it in page["Items"]:
+                key = it["instanceId"]["S"]
+                if key.startswith(("batch#", "rollout#")):
+                    continue
+                items[key] = {k: next(iter(v.values())) for k, v in it.items()}
+            if "LastEvaluatedKey" not in page:
+                return items
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def batch_locks(self) -> list[dict]:
+        page = self.ddb.scan(TableName=self.outputs["LedgerTableName"])
+        return [{k: next(iter(v.values())) for k, v in it.items()} for it in page["Items"] if it["instanceId"]["S"].startswith("batch#")]
+
+    def commands_for(self, instance_id: str) -> list[dict]:
+        return self.ssm.list_commands(InstanceId=instance_id)["Commands"]
+
+    # --- local stack controls ---------------------------------------------------------------
+    def api_calls(self, reset: bool = False) -> dict[str, int]:
+        r = requests.request("DELETE" if reset else "GET", f"{self.endpoint}/_fleet/api-calls", timeout=10)
+        return r.json()
+
+    def inject_fault(self, **fault) -> None:
+        requests.post(f"{self.endpoint}/_fleet/faults", json=fault, timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        requests.delete(f"{self.endpoint}/_fleet/faults", timeout=10)
+
+
+def moto_endpoint() -> str:
+    return f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5055')}"

@@ -1,0 +1,135 @@
+"""End to end on the local stack: real ASL in moto's engine, real Rust functions under cargo lambda
+watch, simulated SSM agents. Each test launches its own instances and checks the ledger."""
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MAX_ATTEMPTS = 3  # the template's default, unchanged by the local stack
+
+# name -> (count, tags, profile, expected state, expected reason code, expected attempts or None)
+SCENARIO = {
+    "amazon-linux": (4, {}, True, "installed", "Installed", 1),
+    "ubuntu": (2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"}, True, "installed", "Installed", 1),
+    "rhel": (1, {"fleet-sim:platform": "Linux|Red Hat Enterprise Linux Server|8.9"}, True, "installed", "Installed", 1),
+    "centos": (1, {"fleet-sim:platform": "Linux|CentOS Linux|7.9"}, True, "installed", "Installed", 1),
+    "fedora": (1, {"fleet-sim:platform": "Linux|Fedora|39"}, True, "installed", "Installed", 1),
+    "freebsd": (1, {"fleet-sim:platform": "Linux|FreeBSD|14.1"}, True, "installed", "Installed", 1),
+    "windows": (2, {"fleet-sim:platform": "Windows|Microsoft Windows Server 2022 Datacenter|10.0.20348"}, True, "installed", "Installed", 1),
+    "already-installed": (1, {"fleet-sim:installed": "true"}, True, "installed", "Installed", 1),
+    "slow-registration": (2, {"fleet-sim:register-delay": "8"}, True, "installed", "Installed", 1),
+    "fails-once": (1, {"fleet-sim:fail-attempts": "1"}, True, "installed", "Installed", 2),
+    "install-fails": (2, {"fleet-sim:outcome": "Failed"}, True, "failed", "CommandFailed", MAX_ATTEMPTS),
+    "times-out": (1, {"fleet-sim:outcome": "TimedOut"}, True, "failed", "ExecutionTimedOut", MAX_ATTEMPTS),
+    "undeliverable": (1, {"fleet-sim:outcome": "Undeliverable"}, True, "failed", "Undeliverable", MAX_ATTEMPTS),
+    "no-profile": (2, {}, False, "unmanaged", "NoInstanceProfile", None),
+    "agent-missing": (1, {"fleet-sim:managed": "false"}, True, "unmanaged", "AgentNotReporting", None),
+    "opted-out": (1, {"fleet-install:opt-out": "true"}, True, "skipped", "OptedOut", None),
+    "macos": (1, {"fleet-sim:platform": "MacOS|macOS|14.2"}, True, "skipped", "NoRoute", None),
+}
+
+
+def test_launch_burst_every_instance_ends_in_the_ledger_as_its_agent_implies(stack):
+    since = time.time() - 1
+    expected = {}
+    for name, (count, tags, profile, state, code, attempts) in SCENARIO.items():
+        for iid in stack.launch(count, tags, profile):
+            expected[iid] = (name, state, code, attempts)
+    # one more that is terminated before its event is processed
+    (gone,) = stack.launch(1)
+    stack.ec2.terminate_instances(InstanceIds=[gone])
+    expected[gone] = ("terminated", "skipped", "Terminated", None)
+
+    executions = stack.wait_for_executions(at_least=1, timeout=240, since=since)
+    assert all(e["status"] == "SUCCEEDED" for e in executions), executions
+    ledger = stack.ledger()
+    problems = []
+    for iid, (name, state, code, attempts) in expected.items():
+        item = ledger.get(iid)
+        if item is None:
+            problems.append(f"{name} {iid}: not in the ledger")
+            continue
+        got = (item.get("state"), item.get("reasonCode"))
+        if got != (state, code):
+            problems.append(f"{name} {iid}: {got} != {(state, code)}: {item.get('reason')}")
+        if attempts is not None and int(item.get("attempts", 0)) != attempts:
+            problems.append(f"{name} {iid}: attempts {item.get('attempts')} != {attempts}")
+        if not item.get("reason"):
+            problems.append(f"{name} {iid}: no reason")
+    assert not problems, "\n".join(problems)
+    # failures carry the status detail
+    failed = [ledger[i] for i, e in expected.items() if e[1] == "failed"]
+    assert all(f.get("statusDetail") and f.get("commandId") for f in failed), failed
+    # the workflows' summaries account for every instance
+    total = 0
+    for e in executions:
+        out = stack.sfn.describe_execution(executionArn=e["executionArn"])["output"]
+        import json
+
+        total += sum(json.loads(out)["summary"]["byState"].values())
+    assert total == len(expected)
+
+
+def test_a_duplicate_running_event_installs_once(stack):
+    since = time.time() - 1
+    (iid,) = stack.launch(1, {"fleet-sim:platform": "Linux|Ubuntu|24.04"})
+    stack.running_event(iid)  # EventBridge fires again (redelivery, or a second start)
+    stack.wait_for_executions(at_least=1, timeout=120, since=since)
+    # ... and once more after the install finished
+    again = time.time()
+    stack.running_event(iid)
+    ex = stack.wait_for_executions(at_least=1, timeout=120, since=again)
+    assert all(e["status"] == "SUCCEEDED" for e in ex)
+    item = stack.ledger()[iid]
+    assert (item["state"], item["reasonCode"]) == ("installed", "Installed")
+    commands = stack.commands_for(iid)
+    assert len(commands) == 1, f"sent {len(commands)} commands to {iid}"
+
+
+def test_malformed_and_foreign_messages_are_reported_and_nothing_is_lost(stack):
+    queue, dlq = stack.outputs["InstallQueueUrl"], stack.outputs["InstallDeadLetterQueueUrl"]
+    garbage = "this is not an EventBridge event"
+    foreign = '{"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {"name": "b"}}}'
+    stack.sqs.send_message(QueueUrl=queue, MessageBody=garbage)
+    stack.sqs.send_message(QueueUrl=queue, MessageBody=foreign)
+    deadline = time.time() + 120
+    dead = []
+    while time.time() < deadline:
+        msgs = stack.sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        dead = [m["Body"] for m in msgs]
+        attrs = stack.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+        in_queue = int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        if garbage in dead and in_queue == 0:
+            break
+        time.sleep(1)
+    assert garbage in dead, "the unparseable message did not reach the DLQ"
+    assert foreign not in dead, "a well-formed foreign event is dropped with a log line, not dead-lettered"
+    assert in_queue == 0
+
+
+def test_a_run_that_fails_midway_is_redriven_without_sending_any_batch_twice(stack):
+    since = time.time() - 1
+    # send-command runs (its batch is sent) and then its response is lost: the worst case.
+    stack.inject_fault(function="send-command", after=True, times=1, errorType="FleetInstall.AwsRejected",
+                       errorMessage="injected: response lost after the send")
+    try:
+        ids = stack.launch(3, {"fleet-sim:platform": "Linux|Ubuntu|22.04", "fleet-sim:install-seconds": "2"})
+        (failed,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
+    finally:
+        stack.clear_faults()
+    assert failed["status"] == "FAILED"
+    d = stack.sfn.describe_execution(executionArn=failed["executionArn"])
+    assert d["error"] == "FleetInstall.WorkflowFailed", d
+    ledger = stack.ledger()
+    assert {ledger[i]["reasonCode"] for i in ids} == {"WorkflowError"}, [ledger[i] for i in ids]
+    sent_before = {i: len(stack.commands_for(i)) for i in ids}
+    assert sent_before == {i: 1 for i in ids}
+
+    stack.sfn.redrive_execution(executionArn=failed["executionArn"])
+    d = stack.wait_for_execution(failed["executionArn"], timeout=120)
+    assert d["status"] == "SUCCEEDED", d
+    assert d.get("redriveCount") == 1
+    ledger = stack.ledger()
+    assert {ledger[i]["state"] for i in ids} == {"installed"}
+    assert {i: len(stack.commands_for(i)) for i in ids} == sent_before, "a batch was sent twice"

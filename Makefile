@@ -51,6 +51,9 @@ e2e: setup
 
 test: lint unit contract e2e
 
+demo: setup
+	$(VPY) local-stack/demo.py
+
 sam-build: setup
 	rustup target add aarch64-unknown-linux-gnu
 	sam build --no-cached

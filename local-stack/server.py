@@ -26,6 +26,8 @@ def main(argv=None) -> None:
     if args.lambda_endpoint:
         os.environ["LAMBDA_ENDPOINT"] = args.lambda_endpoint
     os.environ.setdefault("LAMBDA_ENDPOINT", "http://127.0.0.1:9099")
+    # AWS managed policies (AmazonSSMManagedInstanceCore) exist only with this: `fleet-install prereq` attaches it.
+    os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
     sys.path.insert(0, HERE)
     import moto_ext
 

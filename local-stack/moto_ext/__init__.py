@@ -13,11 +13,12 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import counter, ec2_ext, redrive, sfn, ssm_agent
+    from . import counter, dynamodb_ext, ec2_ext, redrive, sfn, ssm_agent
 
     sfn.install()
     redrive.install()
     ssm_agent.install()
     ec2_ext.install()
     counter.install()
+    dynamodb_ext.install()
     _installed = True

@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import datetime as _dt
 import time
+
+from . import sim_tags
 
 from moto.ec2.models.instances import InstanceBackend
 
@@ -46,8 +49,15 @@ _orig_start = InstanceBackend.start_instances
 def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
     reservation = _orig_run(self, image_id, count, user_data, security_group_names, **kwargs)
     now = time.time()
+    quiet = []
     for inst in reservation.instances:
         inst._fleet_launched = now
+        tags = {t["key"]: t["value"] for t in inst.get_tags()} if hasattr(inst, "get_tags") else {}
+        if tags.get(sim_tags.EXISTING, "").lower() == "true":
+            week_ago = now - 7 * 86400
+            inst._fleet_launched = week_ago
+            inst.launch_time = _dt.datetime.fromtimestamp(week_ago, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            quiet.append(inst.id)
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
     if name or arn:
         # The RunInstances response handler associates instances[0] itself after this returns.
@@ -55,7 +65,7 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
             self.associate_iam_instance_profile(
                 instance_id=inst.id, iam_instance_profile_name=name if not arn else None,
                 iam_instance_profile_arn=arn)
-    emit_state_change(self, [i.id for i in reservation.instances])
+    emit_state_change(self, [i.id for i in reservation.instances if i.id not in quiet])
     return reservation
 
 

@@ -22,7 +22,10 @@ FAIL_ATTEMPTS = PREFIX + "fail-attempts"
 #: "true": the agent is already installed and running; every install succeeds at once and says so.
 INSTALLED = PREFIX + "installed"
 
-ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED)
+# "true": the instance was running long before fleet-install was deployed (the fleet a rollout covers):
+# RunInstances emits no "running" event for it and its launch time lies a week back.
+EXISTING = PREFIX + "existing"
+ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED, EXISTING)
 
 DEFAULT_LINUX_PLATFORM = ("Linux", "Amazon Linux", "2023")
 DEFAULT_WINDOWS_PLATFORM = ("Windows", "Microsoft Windows Server 2022 Datacenter", "10.0.20348")

@@ -389,4 +389,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
     }
+
+    #[tokio::test]
+    async fn an_unparseable_server_error_is_transient() {
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(500).unwrap(),
+                aws_smithy_types::body::SdkBody::from("<html>Internal Server Error</html>"),
+            )
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let err = handle(
+            &ec2,
+            &ssm,
+            &no_db(),
+            &config(),
+            now(),
+            serde_json::json!({"instanceIds": [id(1)], "registrationDeadlineSeconds": 9}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::TRANSIENT, "{err}");
+    }
 }

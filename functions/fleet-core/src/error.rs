@@ -63,18 +63,32 @@ impl FleetError {
     }
 
     /// Classify an AWS SDK error by its error code and HTTP status.
-    pub fn from_sdk<E, R>(service: &str, operation: &str, err: &aws_smithy_types_error::SdkError<E, R>) -> Self
+    pub fn from_sdk<E>(service: &str, operation: &str, err: &aws_smithy_types_error::SdkError<E, HttpResponse>) -> Self
     where
         E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         use aws_smithy_types_error::SdkError;
         let service_op = format!("{service}:{operation}");
         let message = format!("{}", aws_smithy_types::error::display::DisplayErrorContext(err));
         match err {
             SdkError::ServiceError(ctx) => {
-                let code = ctx.err().code().unwrap_or("Unknown");
-                classify_code(&service_op, code, message)
+                let status = ctx.raw().status().as_u16();
+                match ctx.err().code() {
+                    Some(code) => classify_code(&service_op, code, message),
+                    // No modelled error code: judge by the HTTP status.
+                    None if status == 429 => FleetError::Throttled {
+                        service: service_op,
+                        message,
+                    },
+                    None if status >= 500 => FleetError::Transient {
+                        service: service_op,
+                        message,
+                    },
+                    None => FleetError::AwsRejected {
+                        service: service_op,
+                        message,
+                    },
+                }
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
                 FleetError::Transient {
@@ -138,6 +152,8 @@ impl From<FleetError> for Diagnostic {
 pub(crate) mod aws_smithy_types_error {
     pub use aws_sdk_ssm::error::SdkError;
 }
+
+use aws_sdk_ssm::config::http::HttpResponse;
 
 #[cfg(test)]
 mod tests {

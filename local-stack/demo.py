@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""`make demo`: fleet-install on the local stack, end to end.
+
+1. brings the local stack up (moto extended, the Rust functions under cargo lambda watch, the SQS poller);
+2. an existing fleet (running for a week, tagged team=web) and IAM roles: `fleet-install prereq`, `preview`;
+3. a rollout over the existing fleet in waves with a canary, and during it an autoscaling burst of 1,100
+   instances shaped like the write-up's fleet, whose `running` events flow EventBridge -> SQS -> trigger ->
+   install executions; a live progress view (instances by state);
+4. `fleet-install unmanaged`, then `fleet-install replay` of what failed;
+5. a report by final state, platform and reason, also written to target/demo/report.json;
+6. stops every process it started, also on Ctrl-C or failure.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+import requests  # noqa: E402
+
+from fleet import Stack  # noqa: E402
+
+RUN = [sys.executable, os.path.join(HERE, "run.py")]
+CLI = os.path.join(ROOT, "target", "debug", "fleet-install")
+REPORT = os.path.join(ROOT, "target", "demo", "report.json")
+TTY = sys.stderr.isatty()
+
+# The write-up's fleet: (share, platform tag)
+PLATFORMS = [
+    (0.30, "Linux|Amazon Linux|2023"),
+    (0.08, "Linux|Amazon Linux|2"),
+    (0.12, "Linux|Red Hat Enterprise Linux Server|8.9"),
+    (0.08, "Linux|CentOS Linux|7.9"),
+    (0.05, "Linux|Fedora|39"),
+    (0.17, "Linux|Ubuntu|22.04"),
+    (0.03, "Linux|FreeBSD|14.1"),
+    (0.17, "Windows|Microsoft Windows Server 2022 Datacenter|10.0.20348"),
+]
+
+
+def say(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
+
+
+def cli(stack: Stack, *args: str, check: bool = False) -> int:
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    argv = [CLI, "--endpoint-url", stack.endpoint, "--outputs-file", os.path.join(ROOT, "target", "local-stack", "outputs.json"), *args]
+    print("$ fleet-install " + " ".join(args), flush=True)
+    rc = subprocess.run(argv, env=env).returncode
+    if check and rc != 0:
+        raise SystemExit(f"fleet-install {args[0]} failed with exit code {rc}")
+    return rc
+
+
+def behaviours(n: int, rng: random.Random) -> list[tuple[str, dict, bool]]:
+    """(group, tags, has instance profile) for n instances, shaped like the write-up."""
+    out = []
+    for i in range(n):
+        r = rng.random()
+        plat = rng.choices([p for _, p in PLATFORMS], [w for w, _ in PLATFORMS])[0]
+        tags = {"fleet-sim:platform": plat, "fleet-sim:install-seconds": str(rng.randint(2, 6))}
+        profile = True
+        if r < 0.05:
+            group = "no instance profile"
+            profile = False
+        elif r < 0.07:
+            group = "install fails (transient: replay fixes it)"
+            tags["fleet-sim:fail-attempts"] = "3"
+        elif r < 0.075:
+            group = "install fails (permanent)"
+            tags["fleet-sim:outcome"] = "Failed"
+        elif r < 0.08:
+            group = "install times out"
+            tags["fleet-sim:outcome"] = "TimedOut"
+        elif r < 0.16:
+            group = "slow to register"
+            tags["fleet-sim:register-delay"] = str(rng.randint(5, 15))
+        elif r < 0.21:
+            group = "agent already installed"
+            tags["fleet-sim:installed"] = "true"
+        elif r < 0.23:
+            group = "opted out"
+            tags["fleet-install:opt-out"] = "true"
+        elif r < 0.235:
+            group = "agent never registers"
+            tags["fleet-sim:managed"] = "false"
+        else:
+            group = "normal"
+        out.append((group, tags, profile))
+    return out
+
+
+def launch(stack: Stack, specs, extra_tags: dict) -> dict[str, tuple[str, str]]:
+    """Launch instances with identical tags together (an autoscaling group's RunInstances)."""
+    buckets = collections.defaultdict(list)
+    for group, tags, profile in specs:
+        buckets[(group, json.dumps(tags, sort_keys=True), profile)].append(1)
+    launched = {}
+    for (group, tags_json, profile), members in buckets.items():
+        tags = dict(json.loads(tags_json), **extra_tags)
+        for iid in stack.launch(len(members), tags, profile):
+            launched[iid] = (group, tags["fleet-sim:platform"].split("|")[1])
+    return launched
+
+
+def progress(stack: Stack, ids: set[str], label: str, deadline: float, rollout_arn: str | None = None) -> None:
+    last = 0.0
+    while True:
+        ledger = stack.ledger()
+        states = collections.Counter(ledger[i]["state"] for i in ids if i in ledger)
+        states["not yet seen"] = len(ids) - sum(states.values())
+        ex = stack.executions()
+        running = sum(e["status"] == "RUNNING" for e in ex)
+        line = f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v) + f" | install executions running {running}/{len(ex)}"
+        if rollout_arn:
+            line += f" | rollout {stack.sfn.describe_execution(executionArn=rollout_arn)['status']}"
+        if TTY:
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+        elif time.time() - last > 5:
+            print(line, file=sys.stderr, flush=True)
+            last = time.time()
+        final = states.get("not yet seen", 0) == 0 and not states.get("installing") and not states.get("pending_registration")
+        rollout_done = not rollout_arn or stack.sfn.describe_execution(executionArn=rollout_arn)["status"] != "RUNNING"
+        if final and running == 0 and rollout_done:
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"\n{label}: not finished in time: {line}")
+        time.sleep(1)
+    if TTY:
+        sys.stderr.write("\n")
+    print(line, flush=True)
+
+
+def report(stack: Stack, fleets: dict[str, dict[str, tuple[str, str]]], seconds: float, calls: dict) -> dict:
+    ledger = stack.ledger()
+    instances, missing = [], []
+    for fleet, members in fleets.items():
+        for iid, (group, platform) in sorted(members.items()):
+            item = ledger.get(iid)
+            if item is None:
+                missing.append(iid)
+                continue
+            instances.append({
+                "instanceId": iid, "fleet": fleet, "scenario": group, "platform": item.get("platform") or platform,
+                "state": item["state"], "reasonCode": item.get("reasonCode"), "reason": item.get("reason"),
+                "attempts": int(item["attempts"]) if "attempts" in item else None, "commandId": item.get("commandId"),
+                "executionArn": item.get("executionArn"),
+            })
+    by = lambda key: dict(sorted(collections.Counter(i[key] for i in instances).items()))  # noqa: E731
+    by_platform = collections.defaultdict(collections.Counter)
+    for i in instances:
+        by_platform[i["platform"]][i["state"]] += 1
+    by_reason = collections.Counter(i["reasonCode"] for i in instances if i["state"] != "installed")
+    return {
+        "instances": len(instances) + len(missing),
+        "accountedFor": len(instances),
+        "missing": missing,
+        "byFleet": {f: len(m) for f, m in fleets.items()},
+        "byState": by("state"),
+        "byPlatform": {p: dict(sorted(c.items())) for p, c in sorted(by_platform.items())},
+        "byReason": dict(by_reason.most_common()),
+        "byScenario": {g: dict(collections.Counter(i["state"] for i in instances if i["scenario"] == g)) for g in sorted({i["scenario"] for i in instances})},
+        "seconds": round(seconds, 1),
+        "apiCalls": calls,
+        "detail": instances,
+    }
+
+
+def print_report(r: dict) -> None:
+    say(f"Report: {r['accountedFor']} of {r['instances']} instances accounted for in the ledger ({r['seconds']} s)")
+    print("\nBy final state")
+    for k, v in r["byState"].items():
+        print(f"  {k:<22}{v:>6}")
+    print("\nBy platform")
+    states = sorted({s for c in r["byPlatform"].values() for s in c})
+    print("  " + f"{'platform':<16}" + "".join(f"{s:>12}" for s in states))
+    for p, c in r["byPlatform"].items():
+        print("  " + f"{p:<16}" + "".join(f"{c.get(s, 0):>12}" for s in states))
+    print("\nWhy not installed")
+    for k, v in r["byReason"].items():
+        print(f"  {k:<22}{v:>6}")
+    print(f"\nFull report: {os.path.relpath(REPORT, ROOT)}")
+
+
+def main() -> int:
+    rng = random.Random(1100)
+    started = False
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        say("Starting the local stack (moto on 127.0.0.1, the Rust functions under cargo lambda watch)")
+        # The burst arrives within seconds: a 10 s batching window (180 s deployed) gathers it into a few executions.
+        subprocess.run(RUN + ["up", "--build", "--param", "BatchWindowSeconds=10"], check=True, cwd=ROOT)
+        started = True
+        stack = Stack(f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5055')}")
+        iam = __import__("boto3").client("iam", endpoint_url=stack.endpoint, region_name="us-east-1",
+                                         aws_access_key_id="testing", aws_secret_access_key="testing")
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+        for role in ("web-servers", "emr-instance-group", "airflow-workers"):
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
+        iam.attach_role_policy(RoleName="airflow-workers", PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore")
+
+        say("The existing fleet: 300 instances tagged team=web, running for a week")
+        existing = launch(stack, behaviours(300, rng), {"team": "web", "fleet-sim:existing": "true"})
+        say("Prerequisites: EC2 roles without the SSM policy")
+        cli(stack, "prereq", "--dry-run")
+        cli(stack, "prereq")
+        say("Preview of the rollout")
+        cli(stack, "preview", "--tag", "team=web", "--canary", "15", "--wave-percent", "30")
+
+        calls_before = stack.api_calls(reset=True)
+        del calls_before
+        t0 = time.time()
+        say("Rollout over team=web: a canary of 15, waves of 30 %, failure budget 15 %, 3 s pauses")
+        name = "rollout-demo-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        cli(stack, "rollout", "--tag", "team=web", "--canary", "15", "--wave-percent", "30",
+            "--max-failure-ratio", "0.15", "--pause", "3", "--name", name, check=True)
+        rollout_arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name
+
+        say("Meanwhile autoscaling launches 1,100 instances (the write-up's mix); their running events flow in")
+        burst = launch(stack, behaviours(1100, rng), {"team": "batch"})
+        progress(stack, set(existing) | set(burst), "instances", time.time() + 600, rollout_arn)
+        cli(stack, "status", name)
+
+        say("Unmanaged and skipped instances, with the reason and since when")
+        cli(stack, "unmanaged")
+
+        say("Replay: re-run only the instances the ledger marks failed")
+        cli(stack, "replay", "--failed-since", datetime.datetime.fromtimestamp(t0 - 60, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        progress(stack, set(existing) | set(burst), "after replay", time.time() + 300)
+        seconds = time.time() - t0
+
+        r = report(stack, {"existing (rollout)": existing, "autoscaling burst": burst}, seconds, stack.api_calls())
+        os.makedirs(os.path.dirname(REPORT), exist_ok=True)
+        with open(REPORT, "w") as f:
+            json.dump(r, f, indent=2)
+        print_report(r)
+        if r["missing"]:
+            print(f"ERROR: {len(r['missing'])} instances are not in the ledger", file=sys.stderr)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (subprocess.CalledProcessError, requests.RequestException) as ex:
+        print(f"demo failed: {ex}", file=sys.stderr)
+        return 1
+    finally:
+        if started or os.path.exists(os.path.join(ROOT, "target", "local-stack", "pids")):
+            subprocess.run(RUN + ["down"], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -136,7 +136,7 @@ def progress(stack: Stack, ids: set[str], label: str, deadline: float, rollout_a
             break
         if time.time() > deadline:
             raise SystemExit(f"\n{label}: not finished in time: {line}")
-        time.sleep(1)
+        time.sleep(3)
     if TTY:
         sys.stderr.write("\n")
     print(line, flush=True)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, load_asl, load_document, load_template, rust_const_strings, rust_error_types, workspace_members
+from project import ROOT, load_asl, load_document, load_template, rust_const_strings, rust_error_types, workspace_members
 
 FUNCTION_TYPE = "AWS::Serverless::Function"
 STATE_MACHINE_TYPE = "AWS::Serverless::StateMachine"

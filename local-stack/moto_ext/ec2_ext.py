@@ -109,7 +109,25 @@ def _patch_event_shape() -> None:
     EventsBackend.put_events = put_events
 
 
+def _patch_tag_lookup() -> None:
+    """moto finds an instance's tags by matching a regex against every tag of the account (describe_tags with a
+    resource-id filter), which makes DescribeInstances quadratic: 20 s for 1,400 instances. Look them up by id."""
+    from moto.ec2.models.core import TaggedEC2Resource
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+
+    def get_tags(self):
+        rid = getattr(self, "id", None)
+        if not rid:
+            return []
+        tags = dict(self.ec2_backend.tags.get(rid, {}))
+        rtype = EC2_PREFIX_TO_RESOURCE.get(get_prefix(rid), "")
+        return [{"resource_id": rid, "key": k, "value": v, "resource_type": rtype} for k, v in tags.items()]
+
+    TaggedEC2Resource.get_tags = get_tags
+
+
 def install() -> None:
+    _patch_tag_lookup()
     _patch_event_shape()
     InstanceBackend.run_instances = run_instances
     InstanceBackend.start_instances = start_instances

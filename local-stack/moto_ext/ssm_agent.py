@@ -248,7 +248,14 @@ def describe_instance_information(self):  # SimpleSystemManagerResponse method
     now = time.time()
     ec2 = _ec2(backend)
     rows = []
-    for inst in sorted(ec2.all_instances(), key=lambda i: (launch_epoch(i), i.id)):
+    candidates = ec2.all_instances()
+    wanted = set()
+    for key, values in filters:
+        if key == "InstanceIds":
+            wanted = set(values) if not wanted else wanted & set(values)
+    if wanted:  # look only at the named instances, not the whole account
+        candidates = [i for i in candidates if i.id in wanted]
+    for inst in sorted(candidates, key=lambda i: (launch_epoch(i), i.id)):
         ping = registration(backend, inst, now)
         if ping is None:
             continue

@@ -1,4 +1,5 @@
 use aws_sdk_ec2::types::Filter;
+use fleet_core::model::{InstanceNote, LedgerState, ReasonCode};
 use fleet_core::rollout::{plan_waves, rollout_order, WavePlan, WaveSize};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub struct TagFilter {
 pub struct Request {
     /// `$$.Execution.Name`: names the chunks and their install executions.
     pub rollout_id: String,
+    /// The rollout execution: opted-out targets are recorded in the ledger under it.
+    #[serde(flatten)]
+    pub execution: fleet_core::model::Execution,
     #[serde(default)]
     pub tags: Vec<TagFilter>,
     #[serde(default)]
@@ -89,7 +93,7 @@ pub async fn handle(
         .collect();
     filters.push(Filter::builder().name("instance-state-name").values("running").build());
     let mut ids = Vec::new();
-    let mut opted_out = 0;
+    let mut opted_out = Vec::new();
     let mut token = None;
     loop {
         let resp = ec2
@@ -106,7 +110,12 @@ pub async fn handle(
                 t.key() == Some(config.opt_out_tag.as_str()) && !t.value().unwrap_or("").eq_ignore_ascii_case("false")
             });
             if out {
-                opted_out += 1;
+                opted_out.push(InstanceNote {
+                    instance_id: id.to_string(),
+                    reason_code: ReasonCode::OptedOut,
+                    reason: format!("opted out by tag {}", config.opt_out_tag),
+                    platform: i.platform_details().map(str::to_string),
+                });
             } else {
                 ids.push(id.to_string());
             }
@@ -115,6 +124,15 @@ pub async fn handle(
         if token.is_none() {
             break;
         }
+    }
+    // Opted-out targets end in the ledger too, as skipped with the reason.
+    if !opted_out.is_empty() {
+        let now = fleet_core::ledger::now_rfc3339();
+        let writes = opted_out
+            .iter()
+            .map(|n| fleet_core::ledger::note_write(n, LedgerState::Skipped, &req.execution, &now))
+            .collect();
+        fleet_core::ledger::write_all(db, &config.table, &req.execution, writes).await?;
     }
     rollout_order(&mut ids, &req.rollout_id);
     let plan = plan_waves(&ids, req.canary, size, config.max_per_execution, &req.rollout_id);
@@ -130,7 +148,7 @@ pub async fn handle(
     fleet_core::ledger::put_target_chunks(db, &config.table, &chunks, &req.rollout_id).await?;
     tracing::info!(
         targets = ids.len(),
-        opted_out,
+        opted_out = opted_out.len(),
         waves = plan.len(),
         chunks = chunks.len(),
         "rollout planned"
@@ -138,7 +156,7 @@ pub async fn handle(
     Ok(Response {
         rollout_id: req.rollout_id,
         targets: ids.len(),
-        opted_out,
+        opted_out: opted_out.len(),
         waves: plan.into_iter().map(|(w, _)| w).collect(),
     })
 }
@@ -194,13 +212,20 @@ mod tests {
             .build();
         let write =
             mock!(aws_sdk_dynamodb::Client::batch_write_item).then_output(|| BatchWriteItemOutput::builder().build());
+        // the two opted-out instances are recorded as skipped
+        let skipped = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 2)
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput::builder().build()
+            });
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
-        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&write]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&write, &skipped]);
         let r = handle(
             &ec2,
             &db,
             &config(),
-            serde_json::json!({"rolloutId": "r1", "tags": [{"key": "team", "values": ["web"]}], "canary": 1, "waveSize": 3}),
+            serde_json::json!({"rolloutId": "r1", "executionId": "arn:r1", "executionStartTime": "2026-11-25T12:00:00Z",
+                "tags": [{"key": "team", "values": ["web"]}], "canary": 1, "waveSize": 3}),
         )
         .await
         .unwrap();
@@ -210,6 +235,7 @@ mod tests {
         assert_eq!(r.waves[1].chunks.len(), 2); // 3 with at most 2 per execution
         assert_eq!(describe.num_calls(), 2);
         assert_eq!(write.num_calls(), 1); // 5 chunks in one BatchWriteItem
+        assert_eq!(skipped.num_calls(), 1);
     }
 
     #[tokio::test]

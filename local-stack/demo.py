@@ -48,6 +48,15 @@ PLATFORMS = [
 ]
 
 
+FAMILIES = [("Amazon Linux", "Amazon Linux"), ("Red Hat", "RHEL"), ("CentOS", "CentOS"), ("Fedora", "Fedora"),
+            ("Ubuntu", "Ubuntu"), ("FreeBSD", "FreeBSD"), ("Microsoft Windows", "Windows")]
+
+
+def family(platform_name: str) -> str:
+    """The label fleet-install's routing table gives a platform name (see fleet-core routing.rs)."""
+    return next((label for prefix, label in FAMILIES if platform_name.startswith(prefix)), platform_name)
+
+
 def say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
@@ -109,7 +118,7 @@ def launch(stack: Stack, specs, extra_tags: dict) -> dict[str, tuple[str, str]]:
     for (group, tags_json, profile), members in buckets.items():
         tags = dict(json.loads(tags_json), **extra_tags)
         for iid in stack.launch(len(members), tags, profile):
-            launched[iid] = (group, tags["fleet-sim:platform"].split("|")[1])
+            launched[iid] = (group, family(tags["fleet-sim:platform"].split("|")[1]))
     return launched
 
 
@@ -152,7 +161,7 @@ def report(stack: Stack, fleets: dict[str, dict[str, tuple[str, str]]], seconds:
                 missing.append(iid)
                 continue
             instances.append({
-                "instanceId": iid, "fleet": fleet, "scenario": group, "platform": item.get("platform") or platform,
+                "instanceId": iid, "fleet": fleet, "scenario": group, "platform": platform,
                 "state": item["state"], "reasonCode": item.get("reasonCode"), "reason": item.get("reason"),
                 "attempts": int(item["attempts"]) if "attempts" in item else None, "commandId": item.get("commandId"),
                 "executionArn": item.get("executionArn"),

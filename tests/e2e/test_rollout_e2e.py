@@ -1,0 +1,103 @@
+"""The rollout workflow and the operator CLI, end to end on the local stack."""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from fleet import ROOT, OUTPUTS
+
+pytestmark = pytest.mark.e2e
+
+CLI = ROOT / "target" / "debug" / "fleet-install"
+SSM_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+EC2_TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+LAMBDA_TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com"]}, "Action": "sts:AssumeRole"}]})
+
+
+def cli(stack, *args, timeout=300):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    argv = [str(CLI), "--endpoint-url", stack.endpoint, "--outputs-file", str(OUTPUTS), "--output", "json", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def existing_fleet(stack, count, tag_value, **tags):
+    """Instances running long before fleet-install: no launch event, registered with SSM long ago."""
+    return stack.launch(count, {"team": tag_value, "fleet-sim:existing": "true", **tags})
+
+
+def test_prereq_attaches_the_policy_exactly_where_needed(stack):
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=stack.endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_role(RoleName="e2e-web", AssumeRolePolicyDocument=EC2_TRUST)
+    iam.create_role(RoleName="e2e-ready", AssumeRolePolicyDocument=EC2_TRUST)
+    iam.attach_role_policy(RoleName="e2e-ready", PolicyArn=SSM_POLICY)
+    iam.create_role(RoleName="e2e-lambda", AssumeRolePolicyDocument=LAMBDA_TRUST)
+
+    def attached(role):
+        return [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]]
+
+    dry = cli(stack, "prereq", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert SSM_POLICY not in attached("e2e-web"), "--dry-run changed a role"
+    run = cli(stack, "prereq")
+    assert run.returncode == 0, run.stderr
+    assert attached("e2e-web") == [SSM_POLICY]
+    assert attached("e2e-ready") == [SSM_POLICY]
+    assert attached("e2e-lambda") == [], "a role EC2 cannot assume was changed"
+    report = json.loads(run.stdout)
+    text = json.dumps(report)
+    assert "e2e-web" in text and "e2e-lambda" not in text
+
+
+def test_a_canary_over_budget_stops_the_rollout_before_the_next_wave(stack):
+    ids = existing_fleet(stack, 12, "canary-bad", **{"fleet-sim:outcome": "Failed", "fleet-sim:install-seconds": "1"})
+    r = cli(stack, "rollout", "--tag", "team=canary-bad", "--canary", "3", "--wave-size", "3", "--max-failure-ratio", "0.2",
+            "--pause", "1", "--name", "e2e-canary-bad", "--wait", timeout=400)
+    assert r.returncode != 0, r.stdout
+    arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":e2e-canary-bad"
+    d = stack.sfn.describe_execution(executionArn=arn)
+    assert d["status"] == "FAILED" and d["error"] == "FleetInstall.FailureBudgetExceeded", d
+    ledger = stack.ledger()
+    touched = [i for i in ids if i in ledger]
+    assert len(touched) == 3, f"only the canary may run; {len(touched)} instances were touched"
+    assert all(ledger[i]["state"] == "failed" for i in touched)
+    children = [e for e in stack.executions() if e["name"].startswith("e2e-canary-bad-")]
+    assert len(children) == 1
+
+
+def test_a_good_rollout_covers_every_target_exactly_once(stack):
+    ids = existing_fleet(stack, 11, "good", **{"fleet-sim:platform": "Linux|Ubuntu|22.04"})
+    opted = existing_fleet(stack, 1, "good", **{"fleet-install:opt-out": "true"})
+    r = cli(stack, "rollout", "--tag", "team=good", "--canary", "2", "--wave-size", "4", "--max-failure-ratio", "0.1",
+            "--pause", "1", "--name", "e2e-good", "--wait", timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":e2e-good"
+    out = json.loads(stack.sfn.describe_execution(executionArn=arn)["output"])
+    assert [w["instances"] for w in out["waves"]] == [2, 4, 4, 1]
+    ledger = stack.ledger()
+    assert all(ledger[i]["state"] == "installed" for i in ids), [ledger.get(i) for i in ids]
+    assert all(len(stack.commands_for(i)) == 1 for i in ids)
+    assert (ledger[opted[0]]["state"], ledger[opted[0]]["reasonCode"]) == ("skipped", "OptedOut")
+
+
+def test_replay_reruns_only_the_failed_instances(stack):
+    since = time.time() - 1
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    flaky = stack.launch(3, {"fleet-sim:fail-attempts": "3"})  # fails all 3 attempts, then works
+    healthy = stack.launch(3, {})
+    stack.wait_for_executions(at_least=1, timeout=180, since=since)
+    ledger = stack.ledger()
+    assert {ledger[i]["state"] for i in flaky} == {"failed"}
+    assert {ledger[i]["state"] for i in healthy} == {"installed"}
+    before = {i: len(stack.commands_for(i)) for i in flaky + healthy}
+    again = time.time()
+    r = cli(stack, "replay", "--failed-since", stamp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stack.wait_for_executions(at_least=1, timeout=180, since=again)
+    ledger = stack.ledger()
+    assert {ledger[i]["state"] for i in flaky} == {"installed"}
+    assert {i: len(stack.commands_for(i)) for i in healthy} == {i: before[i] for i in healthy}, "replay touched a healthy instance"
+    assert all(len(stack.commands_for(i)) == before[i] + 1 for i in flaky)

@@ -6,7 +6,7 @@
 2. Service integrations: the engine stubs the mapping of ASL parameter names onto botocore member names and back,
    so e.g. ``arn:aws:states:::states:startExecution.sync:2`` failed with KeyError 'StateMachineArn'.
 3. StartExecution without a name: the parser backend named every such execution "None".
-5. The context object gets $$.Execution.RedriveCount (always 0: moto has no RedriveExecution).
+5. $$.Execution.RedriveCount and RedriveExecution: see redrive.py.
 4. Lambda tasks (plain function ARNs and ``arn:aws:states:::lambda:invoke``) are POSTed to ``cargo lambda watch``
    at $LAMBDA_ENDPOINT/2015-03-31/functions/<name>/invocations instead of moto's Docker-based Lambda.
 """
@@ -218,20 +218,6 @@ def _patch_unnamed_executions() -> None:
     StepFunctionsParserBackend.start_execution = start_execution
 
 
-def _patch_context_object() -> None:
-    """The context object lacks $$.Execution.RedriveCount (0 until an execution is redriven, in real AWS)."""
-    from moto.stepfunctions.parser.backend import execution_worker
-
-    orig = execution_worker.ExecutionData
-
-    def execution_data(**kw):
-        data = orig(**kw)
-        data.setdefault("RedriveCount", 0)
-        return data
-
-    execution_worker.ExecutionData = execution_data
-
-
 def install() -> None:
     from moto.core.config import default_user_config
 
@@ -240,4 +226,3 @@ def install() -> None:
     _patch_jsonata()
     _patch_service_shapes()
     _patch_unnamed_executions()
-    _patch_context_object()

@@ -1,5 +1,6 @@
 """End to end on the local stack: real ASL in moto's engine, real Rust functions under cargo lambda
 watch, simulated SSM agents. Each test launches its own instances and checks the ledger."""
+import json
 import time
 
 import pytest
@@ -65,8 +66,6 @@ def test_launch_burst_every_instance_ends_in_the_ledger_as_its_agent_implies(sta
     total = 0
     for e in executions:
         out = stack.sfn.describe_execution(executionArn=e["executionArn"])["output"]
-        import json
-
         total += sum(json.loads(out)["summary"]["byState"].values())
     assert total == len(expected)
 

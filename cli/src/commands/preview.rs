@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::{anyhow, Context as _, Result};
-use aws_sdk_ec2::types::Filter;
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Duration, Utc};
 use fleet_core::classify::{classify, Classification, Ec2Facts, SsmFacts};
 use fleet_core::model::{InstanceNote, LedgerState, ManagedInstance};
@@ -198,11 +197,12 @@ pub async fn preview(
     progress: Progress,
 ) -> Result<PreviewReport> {
     progress.update(format!("finding running instances with {}", describe_tags(tags)));
-    let ids = instances_by_tags(ec2, tags).await?;
-    progress.update(format!("describing {} instances (EC2)", ids.len()));
-    let ec2_facts = fleet_core::adapters::describe_ec2(ec2, &ids, &settings.opt_out_tag)
+    // One paginated DescribeInstances by tag gives the ids and everything classification needs.
+    let ec2_facts = fleet_core::adapters::describe_running_by_tags(ec2, &tag_pairs(tags), &settings.opt_out_tag)
         .await
-        .context("cannot describe the instances (ec2:DescribeInstances)")?;
+        .context("cannot list instances by tag (ec2:DescribeInstances)")?;
+    let mut ids: Vec<String> = ec2_facts.keys().cloned().collect();
+    ids.sort();
     let ask: Vec<String> = ids
         .iter()
         .filter(|id| ec2_facts.get(*id).is_some_and(|f| !f.opted_out))
@@ -216,43 +216,17 @@ pub async fn preview(
     Ok(build(&ids, &ec2_facts, &ssm_facts, settings, tags, canary, size, now))
 }
 
-/// Running instances with all the tag filters (each filter: any of its values).
+fn tag_pairs(tags: &[TagFilter]) -> Vec<(String, Vec<String>)> {
+    tags.iter().map(|t| (t.key.clone(), t.values.clone())).collect()
+}
+
+/// Running instances with all the tag filters (each filter: any of its values), sorted.
 pub async fn instances_by_tags(ec2: &aws_sdk_ec2::Client, tags: &[TagFilter]) -> Result<Vec<String>> {
-    let mut filters: Vec<Filter> = tags
-        .iter()
-        .map(|t| {
-            Filter::builder()
-                .name(format!("tag:{}", t.key))
-                .set_values(Some(t.values.clone()))
-                .build()
-        })
-        .collect();
-    filters.push(Filter::builder().name("instance-state-name").values("running").build());
-    let mut ids = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let resp = ec2
-            .describe_instances()
-            .set_filters(Some(filters.clone()))
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .context("cannot list instances by tag (ec2:DescribeInstances)")?;
-        ids.extend(
-            resp.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.instance_id().map(str::to_string)),
-        );
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let facts = fleet_core::adapters::describe_running_by_tags(ec2, &tag_pairs(tags), "")
+        .await
+        .context("cannot list instances by tag (ec2:DescribeInstances)")?;
+    let mut ids: Vec<String> = facts.into_keys().collect();
     ids.sort();
-    ids.dedup();
     Ok(ids)
 }
 

@@ -83,7 +83,7 @@ pub async fn handle(
                     reason: format!("installed by {} (attempt {})", cmd.command_id, cmd.batch.attempt),
                     status_detail: inv.status_details.clone(),
                 }),
-                InvocationOutcome::Failed { code, retryable } if retryable && cmd.batch.attempt < req.max_attempts => {
+                InvocationOutcome::Failed { retryable: true, .. } if cmd.batch.attempt < req.max_attempts => {
                     tracing::info!(
                         instance = inst.instance_id,
                         attempt = cmd.batch.attempt,
@@ -113,7 +113,6 @@ pub async fn handle(
                         })
                         .1
                         .push(inst.clone());
-                    let _ = code;
                 }
                 InvocationOutcome::Failed { code, .. } => finals.push(Final {
                     instance: inst,

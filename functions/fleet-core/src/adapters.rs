@@ -42,27 +42,9 @@ pub async fn describe_ec2(
                 .send()
                 .await
                 .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
-            for r in resp.reservations() {
-                for i in r.instances() {
-                    let Some(id) = i.instance_id() else { continue };
-                    let opted_out = i.tags().iter().any(|t| {
-                        t.key() == Some(opt_out_tag) && !t.value().unwrap_or("").eq_ignore_ascii_case("false")
-                    });
-                    out.insert(
-                        id.to_string(),
-                        Ec2Facts {
-                            instance_id: id.to_string(),
-                            state: i
-                                .state()
-                                .and_then(|s| s.name())
-                                .map(|n| n.as_str().to_string())
-                                .unwrap_or_default(),
-                            launch_time: to_utc(i.launch_time()),
-                            has_instance_profile: i.iam_instance_profile().is_some(),
-                            opted_out,
-                            platform_details: i.platform_details().map(str::to_string),
-                        },
-                    );
+            for i in resp.reservations().iter().flat_map(|r| r.instances()) {
+                if let Some(facts) = facts_of(i, opt_out_tag) {
+                    out.insert(facts.instance_id.clone(), facts);
                 }
             }
             token = resp.next_token().map(str::to_string);
@@ -72,6 +54,65 @@ pub async fn describe_ec2(
         }
     }
     Ok(out)
+}
+
+/// EC2's view of the running instances that carry every given tag (each: any of its values), paginated.
+pub async fn describe_running_by_tags(
+    client: &aws_sdk_ec2::Client,
+    tags: &[(String, Vec<String>)],
+    opt_out_tag: &str,
+) -> Result<HashMap<String, Ec2Facts>, FleetError> {
+    let mut filters: Vec<Filter> = tags
+        .iter()
+        .map(|(key, values)| {
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .set_values(Some(values.clone()))
+                .build()
+        })
+        .collect();
+    filters.push(Filter::builder().name("instance-state-name").values("running").build());
+    let mut out = HashMap::new();
+    let mut token = None;
+    loop {
+        let resp = client
+            .describe_instances()
+            .set_filters(Some(filters.clone()))
+            .max_results(1000)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
+        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
+            if let Some(facts) = facts_of(i, opt_out_tag) {
+                out.insert(facts.instance_id.clone(), facts);
+            }
+        }
+        token = resp.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+fn facts_of(i: &aws_sdk_ec2::types::Instance, opt_out_tag: &str) -> Option<Ec2Facts> {
+    let id = i.instance_id()?;
+    let opted_out = i
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some(opt_out_tag) && !t.value().unwrap_or("").eq_ignore_ascii_case("false"));
+    Some(Ec2Facts {
+        instance_id: id.to_string(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        launch_time: to_utc(i.launch_time()),
+        has_instance_profile: i.iam_instance_profile().is_some(),
+        opted_out,
+        platform_details: i.platform_details().map(str::to_string),
+    })
 }
 
 /// SSM's view of the given instances (those SSM has ever registered and still lists).
@@ -241,19 +282,12 @@ pub async fn send_command(client: &aws_sdk_ssm::Client, req: &SendRequest) -> Re
         Err(e) => {
             use aws_sdk_ssm::operation::send_command::SendCommandError as E;
             match e.as_service_error() {
-                Some(E::InvalidInstanceId(inner)) => {
-                    SendError::InvalidInstanceId(inner.message().unwrap_or("invalid instance id").to_string())
-                        .into_err()
-                }
+                Some(E::InvalidInstanceId(inner)) => Err(SendError::InvalidInstanceId(
+                    inner.message().unwrap_or("invalid instance id").to_string(),
+                )),
                 _ => Err(SendError::Other(FleetError::from_sdk("ssm", "SendCommand", &e))),
             }
         }
-    }
-}
-
-impl SendError {
-    fn into_err<T>(self) -> Result<T, SendError> {
-        Err(self)
     }
 }
 

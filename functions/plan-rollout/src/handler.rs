@@ -1,4 +1,3 @@
-use aws_sdk_ec2::types::Filter;
 use fleet_core::model::{InstanceNote, LedgerState, ReasonCode};
 use fleet_core::rollout::{plan_waves, rollout_order, WavePlan, WaveSize};
 use fleet_core::FleetError;
@@ -81,50 +80,23 @@ pub async fn handle(
             ))
         }
     };
-    let mut filters: Vec<Filter> = req
-        .tags
-        .iter()
-        .map(|t| {
-            Filter::builder()
-                .name(format!("tag:{}", t.key))
-                .set_values(Some(t.values.clone()))
-                .build()
-        })
-        .collect();
-    filters.push(Filter::builder().name("instance-state-name").values("running").build());
+    let tags: Vec<(String, Vec<String>)> = req.tags.iter().map(|t| (t.key.clone(), t.values.clone())).collect();
+    let facts = fleet_core::adapters::describe_running_by_tags(ec2, &tags, &config.opt_out_tag).await?;
     let mut ids = Vec::new();
     let mut opted_out = Vec::new();
-    let mut token = None;
-    loop {
-        let resp = ec2
-            .describe_instances()
-            .set_filters(Some(filters.clone()))
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
-        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
-            let Some(id) = i.instance_id() else { continue };
-            let out = i.tags().iter().any(|t| {
-                t.key() == Some(config.opt_out_tag.as_str()) && !t.value().unwrap_or("").eq_ignore_ascii_case("false")
+    for f in facts.into_values() {
+        if f.opted_out {
+            opted_out.push(InstanceNote {
+                reason_code: ReasonCode::OptedOut,
+                reason: format!("opted out by tag {}", config.opt_out_tag),
+                platform: f.platform_details,
+                instance_id: f.instance_id,
             });
-            if out {
-                opted_out.push(InstanceNote {
-                    instance_id: id.to_string(),
-                    reason_code: ReasonCode::OptedOut,
-                    reason: format!("opted out by tag {}", config.opt_out_tag),
-                    platform: i.platform_details().map(str::to_string),
-                });
-            } else {
-                ids.push(id.to_string());
-            }
-        }
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
+        } else {
+            ids.push(f.instance_id);
         }
     }
+    opted_out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     // Opted-out targets end in the ledger too, as skipped with the reason.
     if !opted_out.is_empty() {
         let now = fleet_core::ledger::now_rfc3339();

@@ -46,13 +46,19 @@ contract: setup
 	$(VPY) -m pytest tests -q -m "not e2e"
 
 # The local stack: moto (extended) on 127.0.0.1, the Rust functions under cargo lambda watch.
+# The 100,000-target rollout runs in a session (and a stack) of its own and prints its figures.
 e2e: setup
-	$(VPY) -m pytest tests/e2e local-stack/tests -q
+	$(VPY) -m pytest tests/e2e local-stack/tests -q -m "not scale"
+	$(VPY) -m pytest tests/e2e -q -rA -s -m scale
 
 test: lint unit contract e2e
 
 demo: setup
 	$(VPY) local-stack/demo.py
+
+# Figures against targets on stdout and in target/bench/report.json (about 15 minutes on 2 cores).
+bench: setup
+	$(VPY) local-stack/bench.py
 
 sam-build: setup
 	rustup target add aarch64-unknown-linux-gnu

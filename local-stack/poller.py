@@ -59,10 +59,10 @@ class Poller:
         self.stopping = False
         self.stats = {"invocations": 0, "messages": 0, "deleted": 0, "failed": 0}
 
-    def _count(self) -> None:
+    def _count(self, **counts: int) -> None:
         try:
             req = urllib.request.Request(self.endpoint + "/_fleet/api-calls", method="POST",
-                                         data=json.dumps({f"lambda.Invoke:{self.function}": 1}).encode(),
+                                         data=json.dumps({f"lambda.{k}:{self.function}": n for k, n in counts.items()}).encode(),
                                          headers={"Content-Type": "application/json"})
             urllib.request.urlopen(req, timeout=2).read()
         except OSError:
@@ -103,12 +103,14 @@ class Poller:
     def invoke(self, batch: list[dict]) -> set[str] | None:
         """Message ids to delete, or None when the whole batch failed."""
         event = {"Records": [self.record(m) for m in batch]}
-        self._count()
         self.stats["invocations"] += 1
+        started = time.monotonic()
         try:
             r = requests.post(self.lambda_url, data=json.dumps(event), timeout=900,
                               headers={"Content-Type": "application/json"})
+            self._count(Invoke=1, DurationMs=round((time.monotonic() - started) * 1000))
         except requests.RequestException as ex:
+            self._count(Invoke=1)
             log.warning("invoke %s failed: %s", self.function, ex)
             return None
         if r.status_code >= 300 or r.headers.get("X-Amz-Function-Error"):

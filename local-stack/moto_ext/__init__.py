@@ -13,8 +13,9 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import counter, dynamodb_ext, ec2_ext, redrive, sfn, ssm_agent
+    from . import counter, dynamodb_ext, ec2_ext, perf, redrive, sfn, ssm_agent
 
+    perf.install()
     sfn.install()
     redrive.install()
     ssm_agent.install()

@@ -1,10 +1,14 @@
 """Counts AWS API calls per operation, served at GET /_fleet/api-calls (DELETE resets).
 
 Keys: "<service>.<Action>" for calls from clients (the Rust functions, tests, the CLI); "internal:<service>.<Action>"
-for calls the Step Functions engine makes itself (its SDK integrations use the access key "ak"); "poller:" and
-"setup:" for the SQS poller's and stack.py's calls;
-"lambda.Invoke:<function>" for Lambda invocations forwarded to cargo lambda watch (and, posted by poller.py,
+for calls the Step Functions engine makes itself (its SDK integrations use the access key "ak"); "poller:",
+"setup:" and "bench:" for the SQS poller's, stack.py's and make bench's own calls;
+"items:<key>" for what batched calls carried (see items_of);
+"lambda.Invoke:<function>" and "lambda.DurationMs:<function>" for Lambda invocations forwarded to cargo lambda watch (and, posted by poller.py,
 for the SQS trigger's invocations). POST {"key": n} adds to a count.
+
+The same router serves the local stack's other controls: /_fleet/faults (fault injection, see sfn.py),
+/_fleet/ec2/run-instances (a large simulated fleet at once, see ec2_ext.bulk_launch), /_fleet/health.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 
 #: access key id -> label prefix. "ak": the Step Functions engine's own SDK clients; the others are used by
 #: the local stack's processes so that their calls do not mix with the system's.
-LABELS = {"ak": "internal:", "fleet-poller": "poller:", "fleet-setup": "setup:"}
+LABELS = {"ak": "internal:", "fleet-poller": "poller:", "fleet-setup": "setup:", "fleet-bench": "bench:"}
 
 COUNTER: collections.Counter = collections.Counter()
 _lock = threading.Lock()
@@ -38,6 +42,45 @@ def reset() -> dict:
         return out
 
 
+def _json_body(response) -> dict:
+    try:
+        return json.loads(response.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+
+
+def items_of(response, op: str) -> int | None:
+    """How many instances (or items) a batched call carried, for the API floor of `make bench`:
+    SendCommand instance ids; DescribeInstanceInformation instance-id filter values (first page);
+    DescribeInstances instance-id filter values (first page); DynamoDB writes and batch reads, items.
+    None for calls that are not batched by instance (their floor is the call itself)."""
+    if op == "ssm.SendCommand":
+        return len(_json_body(response).get("InstanceIds") or [])
+    if op == "ssm.DescribeInstanceInformation":
+        body = _json_body(response)
+        if body.get("NextToken"):
+            return 0
+        return sum(len(f.get("Values") or []) for f in body.get("Filters") or [] if f.get("Key") == "InstanceIds")
+    if op == "ec2.DescribeInstances":
+        qs = response.querystring
+        if qs.get("NextToken"):
+            return 0
+        names = {k.split(".")[1] for k, v in qs.items() if k.startswith("Filter.") and k.endswith(".Name")
+                 and v and v[0] == "instance-id"}
+        if not names:
+            return None
+        return sum(1 for k in qs if any(k.startswith(f"Filter.{n}.Value.") for n in names))
+    if op == "dynamodb.BatchWriteItem":
+        return sum(len(v) for v in (_json_body(response).get("RequestItems") or {}).values())
+    if op == "dynamodb.TransactWriteItems":
+        return len(_json_body(response).get("TransactItems") or [])
+    if op == "dynamodb.BatchGetItem":
+        return sum(len(v.get("Keys") or []) for v in (_json_body(response).get("RequestItems") or {}).values())
+    if op in ("dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.DeleteItem"):
+        return 1
+    return None
+
+
 def install() -> None:
     from moto.core.responses import BaseResponse
     from moto.moto_server import werkzeug_app
@@ -52,6 +95,12 @@ def install() -> None:
         except Exception:  # noqa: BLE001
             key = f"{getattr(self, 'service_name', '?')}.?"
         count(key)
+        try:
+            n = items_of(self, key.split(":")[-1])
+        except Exception:  # noqa: BLE001 - counting must never break a call
+            n = None
+        if n is not None:
+            count(f"items:{key}", n)
         return orig_call_action(self)
 
     BaseResponse.call_action = counting_call_action
@@ -84,6 +133,15 @@ def install() -> None:
                     elif method == "DELETE":
                         sfn.FAULTS.clear()
                     body, status = json.dumps(sfn.FAULTS).encode(), "200 OK"
+            elif path == "/_fleet/ec2/run-instances" and method == "POST":
+                from . import ec2_ext
+
+                try:
+                    size = int(environ.get("CONTENT_LENGTH") or 0)
+                    body = json.dumps(ec2_ext.bulk_launch(json.loads(environ["wsgi.input"].read(size) or b"{}"))).encode()
+                    status = "200 OK"
+                except (ValueError, KeyError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
             elif path == "/_fleet/health":
                 body, status = b'{"ok": true}', "200 OK"
             else:

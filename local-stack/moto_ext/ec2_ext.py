@@ -69,6 +69,33 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
     return reservation
 
 
+def bulk_launch(body: dict) -> dict:
+    """Launch a large simulated fleet straight into moto's EC2 backend (POST /_fleet/ec2/run-instances): the
+    same RunInstances model code, without rendering a RunInstances response for every instance (which costs
+    ~1 ms an instance). Body: {"count": n, "tags": {k: v}, "instanceProfileName": name?, "region": r?,
+    "instanceType": t?}. Up to 1,000 instances a reservation, as RunInstances allows."""
+    from moto.ec2.models import ec2_backends
+
+    count = int(body["count"])
+    if not 1 <= count <= 200_000:
+        raise ValueError("count must be between 1 and 200000")
+    backend = ec2_backends[body.get("account", "123456789012")][body.get("region", "us-east-1")]
+    ami = next(a.id for a in backend.amis.values() if "windows" not in (a.platform or "").lower())
+    tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+    profile = body.get("instanceProfileName")
+    ids: list[str] = []
+    for start in range(0, count, 1000):
+        n = min(1000, count - start)
+        reservation = backend.run_instances(
+            ami, n, None, [], instance_type=body.get("instanceType", "t3.micro"), is_instance_type_default=False,
+            tags={"instance": tags} if tags else {}, iam_instance_profile_name=profile)
+        if profile:  # the RunInstances response handler associates the first instance itself
+            backend.associate_iam_instance_profile(instance_id=reservation.instances[0].id,
+                                                   iam_instance_profile_name=profile)
+        ids += [i.id for i in reservation.instances]
+    return {"instanceIds": ids}
+
+
 def start_instances(self, instance_ids):
     result = _orig_start(self, instance_ids)
     emit_state_change(self, [inst.id for inst, prev in result if prev.name != "running"])
@@ -126,7 +153,143 @@ def _patch_tag_lookup() -> None:
     TaggedEC2Resource.get_tags = get_tags
 
 
+def _patch_image_lookup() -> None:
+    """Every new instance looks its AMI up with describe_images(filters={"image-id": id}), which evaluates the
+    filter against every AMI moto ships (~10 ms an instance). Answer that exact query from the AMI dict."""
+    from moto.ec2.models.amis import AmiBackend
+
+    orig = AmiBackend.describe_images
+
+    def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=None):
+        if not ami_ids and not exec_users and not owners and filters and list(filters) == ["image-id"]:
+            wanted = filters["image-id"]
+            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+            return [self.amis[i] for i in wanted if i in self.amis]
+        return orig(self, ami_ids=ami_ids, filters=filters, exec_users=exec_users, owners=owners)
+
+    AmiBackend.describe_images = describe_images
+
+
+#: DescribeInstances result lists kept for the pages that follow: token prefix -> (created, instances)
+_PAGES: dict[str, tuple[float, list]] = {}
+_PAGES_TTL = 300.0
+
+
+def _patch_describe_instances() -> None:
+    """DescribeInstances as EC2 pages it: MaxResults counts instances (moto counts reservations, so one page of
+    1,000 reservations can hold 100,000 instances), and NextToken is a cursor into the result of the first page
+    (moto filters the whole fleet again for every page, which makes paging through N instances O(N^2/page)).
+    An instance-id filter is answered from an index instead of testing every instance."""
+    import copy
+    import uuid
+
+    from moto.ec2.exceptions import InvalidParameterCombination, InvalidParameterValueError
+    from moto.ec2.responses.instances import InstanceResponse
+    from moto.ec2.utils import passes_filter_dict
+    from moto.core.responses import ActionResult
+
+    def candidates(backend, filter_dict):
+        wanted = filter_dict.get("instance-id")
+        if wanted is None:
+            return [(r, i) for r in list(backend.reservations.values()) for i in r.instances]
+        wanted = set([wanted] if isinstance(wanted, str) else wanted)
+        out = []
+        for r in list(backend.reservations.values()):
+            for i in r.instances:
+                if i.id in wanted:
+                    out.append((r, i))
+        return out
+
+    def describe_instances(self):
+        self.error_on_dryrun()
+        if "InstanceId.1" in self.data and "MaxResults" in self.data:
+            raise InvalidParameterCombination("The parameter instancesSet cannot be used with the parameter maxResults")
+        filter_dict = self._filters_from_querystring()
+        instance_ids = self._get_param("InstanceIds", [])
+        token = self._get_param("NextToken")
+        max_results = self._get_param("MaxResults")
+        if max_results is not None:
+            max_results = int(max_results)
+            if not 5 <= max_results <= 1000:
+                raise InvalidParameterValueError(f"( {max_results} ) for MaxResults (5 to 1000)")
+        now = time.time()
+        for k in [k for k, (t, _) in _PAGES.items() if now - t > _PAGES_TTL]:
+            _PAGES.pop(k, None)
+        if instance_ids:
+            rows = [(r, i) for r in self.ec2_backend.get_reservations_by_instance_ids(instance_ids, filters=filter_dict)
+                    for i in r.instances]
+            key, start = None, 0
+        elif token:
+            key, _, offset = token.partition(":")
+            if key not in _PAGES or not offset.isdigit():
+                raise InvalidParameterValueError(f"{token} (an unknown or expired NextToken)")
+            start, rows = int(offset), _PAGES[key][1]
+        else:
+            rows = [(r, i) for r, i in candidates(self.ec2_backend, filter_dict)
+                    if not filter_dict or passes_filter_dict(i, filter_dict)]
+            key, start = uuid.uuid4().hex, 0
+        end = len(rows) if max_results is None else start + max_results
+        page = rows[start:end]
+        next_token = None
+        if key is not None and end < len(rows):
+            _PAGES[key] = (_PAGES.get(key, (now, None))[0], rows)
+            next_token = f"{key}:{end}"
+        grouped: dict = {}
+        for r, i in page:
+            grouped.setdefault(r.id, (r, []))[1].append(i)
+        reservations = []
+        for r, members in grouped.values():
+            shallow = copy.copy(r)
+            shallow.instances = members
+            reservations.append(shallow)
+        return ActionResult({"Reservations": reservations, "NextToken": next_token})
+
+    InstanceResponse.describe_instances = describe_instances
+
+
+def _patch_id_lookups() -> None:
+    """moto finds an instance by id by scanning every instance, and a volume by id by scanning every volume; each
+    RunInstances does both for every new instance, so launching N instances costs O(N^2). Index them by id
+    (instances are never removed from moto's reservations, so a miss only means the index is behind)."""
+    from moto.ec2.exceptions import InvalidInstanceIdError, InvalidVolumeIdError
+    from moto.ec2.models.elastic_block_store import EBSBackend
+
+    def get_instance(self, instance_id):
+        index = self.__dict__.setdefault("_fleet_instance_index", {})
+        inst = index.get(instance_id)
+        if inst is None:  # most likely in the newest reservation (RunInstances looks up what it just made)
+            reservations = list(self.reservations.values())
+            for i in reversed(reservations[-1].instances if reservations else []):
+                index[i.id] = i
+                if i.id == instance_id:
+                    inst = i
+                    break
+        if inst is None:
+            index.update((i.id, i) for r in reservations for i in r.instances)
+            inst = index.get(instance_id)
+        if inst is None:
+            raise InvalidInstanceIdError(instance_id)
+        return inst
+
+    InstanceBackend.get_instance = get_instance
+
+    orig_volumes = EBSBackend.describe_volumes
+
+    def describe_volumes(self, volume_ids=None, filters=None):
+        if volume_ids and not filters:
+            missing = [v for v in volume_ids if v not in self.volumes]
+            if missing:
+                raise InvalidVolumeIdError(missing)
+            return [self.volumes[v] for v in dict.fromkeys(volume_ids)]
+        return orig_volumes(self, volume_ids=volume_ids, filters=filters)
+
+    EBSBackend.describe_volumes = describe_volumes
+
+
 def install() -> None:
+    _patch_id_lookups()
+    _patch_image_lookup()
+    _patch_describe_instances()
     _patch_tag_lookup()
     _patch_event_shape()
     InstanceBackend.run_instances = run_instances

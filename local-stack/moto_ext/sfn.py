@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 import threading
 import os
 import uuid
@@ -80,9 +81,12 @@ def _invoke(parameters: dict, region: str = "us-east-1", state_credentials=None)
         payload = json.dumps(payload).encode()
     counter.count(f"lambda.Invoke:{name}")
     url = f"{lambda_endpoint()}/2015-03-31/functions/{name}/invocations"
+    started = time.monotonic()
     try:
         r = requests.post(url, data=payload, headers={"Content-Type": "application/json"},
                           timeout=LAMBDA_TIMEOUT_SECONDS)
+        # the handler's wall time as the caller sees it (what Lambda bills, plus the local hop)
+        counter.count(f"lambda.DurationMs:{name}", round((time.monotonic() - started) * 1000))
     except requests.RequestException as ex:
         # As if the Lambda service itself failed: ASL can Retry on Lambda.ServiceException.
         return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",

@@ -14,9 +14,10 @@ OUTPUTS = ROOT / "target" / "local-stack" / "outputs.json"
 
 
 class Stack:
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, access_key: str = "testing"):
+        """access_key: the emulator counts calls made with "fleet-bench" apart from the system's (make bench)."""
         self.endpoint = endpoint
-        kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+        kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access_key, aws_secret_access_key="testing")
         self.ec2 = boto3.client("ec2", **kw)
         self.ssm = boto3.client("ssm", **kw)
         self.sfn = boto3.client("stepfunctions", **kw)

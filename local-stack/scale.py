@@ -1,0 +1,151 @@
+"""Measurements over Step Functions executions, and the 100,000-target rollout on the local stack.
+
+`history_figures(sfn, arn)` reads one execution's history: its events, its state transitions (what Step Functions
+bills: every state entered), and the largest payload it carried (any input, output or parameters in the history,
+in UTF-8 bytes).
+
+`rollout_at_scale(stack, targets)` runs the real rollout workflow (statemachine/rollout.asl.json with the real
+plan-rollout and evaluate-wave functions) over a fleet that exists only in the emulator's EC2, with installs
+simulated instantly: each chunk's install execution is a two-state stand-in that reads the chunk's instance ids
+from the ledger (the same item the real install workflow reads) and reports them installed. The payloads and
+histories of the real install workflow depend on the chunk size (at most 1,000 instances), not on the rollout's
+size; `make bench` measures them on a rollout with real installs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import requests
+
+#: Fields of history event details that carry a payload.
+PAYLOAD_FIELDS = ("input", "output", "parameters", "cause")
+
+
+def history(sfn, arn: str) -> list[dict]:
+    events, token = [], None
+    while True:
+        kw = {"executionArn": arn, "maxResults": 1000}
+        if token:
+            kw["nextToken"] = token
+        page = sfn.get_execution_history(**kw)
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
+
+
+def history_figures(sfn, arn: str) -> dict:
+    events = history(sfn, arn)
+    largest, where = 0, None
+    for e in events:
+        for k, details in e.items():
+            if not k.endswith("EventDetails") or not isinstance(details, dict):
+                continue
+            for field in PAYLOAD_FIELDS:
+                value = details.get(field)
+                if isinstance(value, str) and len(value.encode()) > largest:
+                    largest, where = len(value.encode()), f"{e['type']} {details.get('name') or ''}".strip()
+    return {
+        "events": len(events),
+        "transitions": sum(e["type"].endswith("StateEntered") for e in events),
+        "maxPayloadBytes": largest,
+        "maxPayloadAt": where,
+    }
+
+
+def launch_fleet(endpoint: str, count: int, tags: dict[str, str], profile: str | None = None) -> list[str]:
+    body = {"count": count, "tags": tags}
+    if profile:
+        body["instanceProfileName"] = profile
+    r = requests.post(f"{endpoint}/_fleet/ec2/run-instances", json=body, timeout=1800)
+    if r.status_code != 200:
+        raise RuntimeError(f"bulk launch failed: HTTP {r.status_code} {r.text[:500]}")
+    return r.json()["instanceIds"]
+
+
+def stub_install_definition(table: str) -> str:
+    return json.dumps({
+        "Comment": "Stand-in for the install workflow at scale: reads the chunk from the ledger, installs instantly.",
+        "StartAt": "Read Chunk",
+        "TimeoutSeconds": 600,
+        "States": {
+            "Read Chunk": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::dynamodb:getItem",
+                "Parameters": {"TableName": table, "Key": {"instanceId": {"S.$": "$.targetsKey"}}},
+                "ResultSelector": {"instances.$": "States.ArrayLength($.Item.instanceIds.L)"},
+                "Next": "Report Installed",
+            },
+            "Report Installed": {
+                "Type": "Pass",
+                "Parameters": {"summary": {"byState": {"installed.$": "$.instances"}}},
+                "End": True,
+            },
+        },
+    })
+
+
+def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_percent: int = 10,
+                     opted_out: int = 100, timeout: float = 3600, log=print) -> dict:
+    """Run the rollout workflow over `targets` instances (plus `opted_out` opted-out ones) and return the figures
+    of every execution it started. `stack` is tests/e2e/fleet.py's Stack."""
+    tag = f"scale-{int(time.time())}"
+    t0 = time.time()
+    ids = launch_fleet(stack.endpoint, targets, {"rollout": tag, "fleet-sim:existing": "true"})
+    skipped = launch_fleet(stack.endpoint, opted_out, {"rollout": tag, "fleet-sim:existing": "true",
+                                                       stack.outputs.get("OptOutTagKey", "fleet-install:opt-out"): "true"}) if opted_out else []
+    log(f"launched {len(ids) + len(skipped)} instances in the emulator's EC2 in {time.time() - t0:.0f} s")
+
+    real = stack.sfn.describe_state_machine(stateMachineArn=stack.outputs["RolloutStateMachineArn"])
+    install_arn = stack.outputs["InstallStateMachineArn"]
+    stub = stack.sfn.create_state_machine(name=f"{tag}-install", roleArn=real["roleArn"],
+                                          definition=stub_install_definition(stack.outputs["LedgerTableName"]))
+    definition = real["definition"].replace(install_arn, stub["stateMachineArn"])
+    assert definition != real["definition"], "the rollout definition does not start the install workflow"
+    rollout = stack.sfn.create_state_machine(name=f"{tag}-rollout", roleArn=real["roleArn"], definition=definition)
+
+    t1 = time.time()
+    arn = stack.sfn.start_execution(stateMachineArn=rollout["stateMachineArn"], name=tag, input=json.dumps({
+        "tags": [{"key": "rollout", "values": [tag]}], "canary": canary, "waveSize": 0, "wavePercent": wave_percent,
+        "maxFailureRatio": 0.05, "pauseSeconds": 0,
+    }))["executionArn"]
+    d = stack.wait_for_execution(arn, timeout)
+    seconds = time.time() - t1
+    log(f"rollout {d['status']} in {seconds:.0f} s")
+    children = [e["executionArn"] for e in _executions(stack.sfn, stub["stateMachineArn"])]
+    figures = {"rollout": history_figures(stack.sfn, arn)}
+    children_figures = [history_figures(stack.sfn, c) for c in children]
+    output = json.loads(d.get("output") or "{}")
+    every = [figures["rollout"], *children_figures]
+    biggest = max(every, key=lambda f: f["maxPayloadBytes"])
+    return {
+        "targets": targets,
+        "optedOut": len(skipped),
+        "status": d["status"],
+        "seconds": round(seconds, 1),
+        "waves": output.get("waves", []),
+        "installedReported": sum(w.get("installed", 0) for w in output.get("waves", [])),
+        "childExecutions": len(children),
+        "rolloutHistoryEvents": figures["rollout"]["events"],
+        "rolloutTransitions": figures["rollout"]["transitions"],
+        "maxHistoryEvents": max(f["events"] for f in every),
+        "maxPayloadBytes": biggest["maxPayloadBytes"],
+        "maxPayloadAt": ("rollout: " if biggest is figures["rollout"] else "install chunk: ") + str(biggest["maxPayloadAt"]),
+        "instanceIds": ids,
+        "rolloutArn": arn,
+    }
+
+
+def _executions(sfn, state_machine_arn: str) -> list[dict]:
+    out, token = [], None
+    while True:
+        kw = {"stateMachineArn": state_machine_arn, "maxResults": 1000}
+        if token:
+            kw["nextToken"] = token
+        page = sfn.list_executions(**kw)
+        out += page["executions"]
+        token = page.get("nextToken")
+        if not token:
+            return out

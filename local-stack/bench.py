@@ -15,8 +15,8 @@
 
 The API floor of an operation is ceil(items / per-call limit), where items is what the calls carried, counted
 at the emulator: instance ids for SendCommand (50 a call) and DescribeInstanceInformation (50), instance-id
-filter values for DescribeInstances (200), items for BatchWriteItem (25), TransactWriteItems (100) and single
-writes (25, as a batch write would carry them). Polls (ListCommandInvocations) and lookups that are not
+filter values for DescribeInstances (200), items for DynamoDB writes (25, a batch write's limit, for
+BatchWriteItem, TransactWriteItems and single writes alike). Polls (ListCommandInvocations) and lookups that are not
 batched by instance count as measured: their floor is the call itself.
 """
 
@@ -49,7 +49,7 @@ LIMITS = {
     "ssm.DescribeInstanceInformation": 50,
     "ec2.DescribeInstances": 200,
     "dynamodb.BatchWriteItem": 25,
-    "dynamodb.TransactWriteItems": 100,
+    "dynamodb.TransactWriteItems": 25,  # the issue's floor for a DynamoDB batch write (a transaction holds 100)
     "dynamodb.PutItem": 25,
     "dynamodb.UpdateItem": 25,
     "dynamodb.DeleteItem": 25,
@@ -158,6 +158,10 @@ def burst(stack: Stack, n: int) -> dict:
     figures = [scale.history_figures(stack.sfn, e["executionArn"]) for e in executions]
     api = api_figures(calls)
     transitions = sum(f["transitions"] for f in figures)
+    by_state: dict[str, int] = {}
+    for f in figures:
+        for k, v in f["transitionsByState"].items():
+            by_state[k] = by_state.get(k, 0) + v
     states = {}
     for i in launched:
         states[ledger[i]["state"]] = states.get(ledger[i]["state"], 0) + 1
@@ -168,6 +172,7 @@ def burst(stack: Stack, n: int) -> dict:
         "seconds": round(last_write - t0, 1),
         "api": api,
         "transitionsPerInstance": round(transitions / n, 4),
+        "transitionsByState": dict(sorted(by_state.items(), key=lambda kv: -kv[1])),
         "cost": cost(transitions, api, n),
         "maxPayloadBytes": max(f["maxPayloadBytes"] for f in figures),
         "maxHistoryEvents": max(f["events"] for f in figures),

@@ -47,9 +47,15 @@ def history_figures(sfn, arn: str) -> dict:
                 value = details.get(field)
                 if isinstance(value, str) and len(value.encode()) > largest:
                     largest, where = len(value.encode()), f"{e['type']} {details.get('name') or ''}".strip()
+    entered: dict[str, int] = {}
+    for e in events:
+        if e["type"].endswith("StateEntered"):
+            name = e.get("stateEnteredEventDetails", {}).get("name", "?")
+            entered[name] = entered.get(name, 0) + 1
     return {
         "events": len(events),
-        "transitions": sum(e["type"].endswith("StateEntered") for e in events),
+        "transitions": sum(entered.values()),
+        "transitionsByState": entered,
         "maxPayloadBytes": largest,
         "maxPayloadAt": where,
     }

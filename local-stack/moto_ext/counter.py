@@ -43,8 +43,11 @@ def reset() -> dict:
 
 
 def _json_body(response) -> dict:
+    body = response.body
+    if isinstance(body, dict):  # moto's DynamoDB handler has parsed it already
+        return body
     try:
-        return json.loads(response.body or "{}")
+        return json.loads(body or "{}")
     except (TypeError, ValueError):
         return {}
 

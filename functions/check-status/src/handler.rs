@@ -19,6 +19,10 @@ pub struct Request {
     pub max_attempts: u32,
     #[serde(default)]
     pub summary: Summary,
+    /// Failed instances found by earlier checks, not re-sent yet: the workflow re-sends once no command is
+    /// running, so that one resend carries every failure (fuller batches, fewer transitions).
+    #[serde(default)]
+    pub retry: Vec<Batch>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -61,6 +65,28 @@ pub async fn handle(
     let mut in_flight = Vec::new();
     let mut finals: Vec<Final> = Vec::new();
     let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
+    for b in &req.retry {
+        let params = serde_json::to_string(&b.parameters).unwrap_or_default();
+        retry_groups
+            .entry((
+                b.route.clone(),
+                b.document_name.clone(),
+                b.document_version.clone(),
+                params,
+                b.attempt,
+            ))
+            .or_insert_with(|| {
+                (
+                    Batch {
+                        instances: Vec::new(),
+                        ..b.clone()
+                    },
+                    Vec::new(),
+                )
+            })
+            .1
+            .extend(b.instances.iter().cloned());
+    }
     for cmd in &req.commands {
         let invocations: HashMap<String, Invocation> = adapters::list_invocations(ssm, &cmd.command_id)
             .await?
@@ -341,6 +367,40 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
+    }
+
+    #[tokio::test]
+    async fn carried_retries_merge_with_new_failures_into_full_batches() {
+        // 30 failures from an earlier check (attempt 2 next) plus 25 new ones from this check: one resend of 50
+        // and one of 5, not a resend per check.
+        let failed: Vec<u32> = (100..125).collect();
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(move || {
+            let mut out = ListCommandInvocationsOutput::builder();
+            for n in 100..125 {
+                out = out.command_invocations(inv(n, CommandInvocationStatus::Failed, "Failed", 1, "install failed"));
+            }
+            out.build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, []);
+        let carried: Vec<u32> = (1..=30).collect();
+        let mut carried_batch = command("c0", 2, &carried);
+        carried_batch.as_object_mut().unwrap().remove("commandId");
+        carried_batch.as_object_mut().unwrap().remove("batchKey");
+        let mut req = input(vec![command("c1", 1, &failed)]);
+        req["retry"] = serde_json::json!([carried_batch]);
+        let r = handle(&ssm, &db, "ledger", req).await.unwrap();
+        assert_eq!(
+            r.retry.iter().map(|b| b.instances.len()).collect::<Vec<_>>(),
+            vec![50, 5]
+        );
+        assert!(r.retry.iter().all(|b| b.attempt == 2));
+        let mut all: Vec<String> = r.retry.iter().flat_map(|b| b.instance_ids()).collect();
+        all.sort();
+        let mut want: Vec<String> = carried.iter().chain(failed.iter()).map(|n| id(*n)).collect();
+        want.sort();
+        assert_eq!(all, want, "every failure is re-sent exactly once");
+        assert!(r.in_flight.is_empty() && !r.finished);
     }
 
     #[tokio::test]

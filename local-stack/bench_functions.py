@@ -67,6 +67,7 @@ ROOT = os.path.dirname(HERE)
 BENCH_DIR = os.path.join(ROOT, "target", "bench")
 LOG_DIR = os.path.join(BENCH_DIR, "logs")
 DEFAULT_OUT = os.path.join(BENCH_DIR, "functions.json")
+EMPTY_HOME = os.path.join(BENCH_DIR, "home")
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 PY = VENV_PY if os.path.exists(VENV_PY) else sys.executable
 
@@ -645,9 +646,8 @@ def function_env(scenario: Scenario, fn: str, runtime_api: str) -> dict[str, str
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_ENDPOINT_URL": scenario.moto_url,
-        # no shared config or credentials files from this machine
-        "AWS_CONFIG_FILE": os.path.join(BENCH_DIR, "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": os.path.join(BENCH_DIR, "no-aws-credentials"),
+        # an empty home: no ~/.aws/config or credentials of this machine reach the SDK
+        "HOME": EMPTY_HOME,
     }
     env.update(spec["env"])
     return env
@@ -666,6 +666,7 @@ def measure(runs: int = 5, build: bool = True, strict: bool = True,
     if runs < 1:
         raise ValueError("runs must be at least 1")
     os.makedirs(LOG_DIR, exist_ok=True)
+    os.makedirs(EMPTY_HOME, exist_ok=True)
     if build:
         cargo_build()
     binaries = {fn: os.path.join(ROOT, "target", "release", fn) for fn in functions}
@@ -754,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the functions whose responses its input is built from run too)")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started as a background job
     functions = FUNCTIONS
     if args.only:
         last = max(FUNCTIONS.index(f) for f in args.only)

@@ -77,7 +77,7 @@ def behaviours(n: int, rng: random.Random) -> list[tuple[str, dict, bool]]:
     for i in range(n):
         r = rng.random()
         plat = rng.choices([p for _, p in PLATFORMS], [w for w, _ in PLATFORMS])[0]
-        tags = {"fleet-sim:platform": plat, "fleet-sim:install-seconds": str(rng.randint(2, 6))}
+        tags = {"fleet-sim:platform": plat, "fleet-sim:install-seconds": str(rng.randint(1, 4))}
         profile = True
         if r < 0.05:
             group = "no instance profile"
@@ -93,7 +93,7 @@ def behaviours(n: int, rng: random.Random) -> list[tuple[str, dict, bool]]:
             tags["fleet-sim:outcome"] = "TimedOut"
         elif r < 0.16:
             group = "slow to register"
-            tags["fleet-sim:register-delay"] = str(rng.randint(5, 15))
+            tags["fleet-sim:register-delay"] = str(rng.randint(3, 10))
         elif r < 0.21:
             group = "agent already installed"
             tags["fleet-sim:installed"] = "true"
@@ -145,7 +145,7 @@ def progress(stack: Stack, ids: set[str], label: str, deadline: float, rollout_a
             break
         if time.time() > deadline:
             raise SystemExit(f"\n{label}: not finished in time: {line}")
-        time.sleep(3)
+        time.sleep(2)
     if TTY:
         sys.stderr.write("\n")
     print(line, flush=True)
@@ -229,14 +229,14 @@ def main() -> int:
         cli(stack, "prereq", "--dry-run")
         cli(stack, "prereq")
         say("Preview of the rollout")
-        cli(stack, "preview", "--tag", "team=web", "--canary", "15", "--wave-percent", "30")
+        cli(stack, "preview", "--tag", "team=web", "--canary", "15", "--wave-percent", "50")
 
         stack.api_calls(reset=True)  # count only what the rollout and the burst cost
         t0 = time.time()
-        say("Rollout over team=web: a canary of 15, waves of 30 %, failure budget 15 %, 3 s pauses")
+        say("Rollout over team=web: a canary of 15, waves of 50 %, failure budget 15 %, 2 s pauses")
         name = "rollout-demo-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        cli(stack, "rollout", "--tag", "team=web", "--canary", "15", "--wave-percent", "30",
-            "--max-failure-ratio", "0.15", "--pause", "3", "--name", name, check=True)
+        cli(stack, "rollout", "--tag", "team=web", "--canary", "15", "--wave-percent", "50",
+            "--max-failure-ratio", "0.15", "--pause", "2", "--name", name, check=True)
         rollout_arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name
 
         say("Meanwhile autoscaling launches 1,100 instances (the write-up's mix); their running events flow in")

@@ -23,17 +23,19 @@ import requests
 PAYLOAD_FIELDS = ("input", "output", "parameters", "cause")
 
 
-def history(sfn, arn: str) -> list[dict]:
-    events, token = [], None
+def _all_pages(call, key: str, **kw) -> list[dict]:
+    """Every item of a paginated Step Functions list (nextToken / maxResults 1000)."""
+    out, token = [], None
     while True:
-        kw = {"executionArn": arn, "maxResults": 1000}
-        if token:
-            kw["nextToken"] = token
-        page = sfn.get_execution_history(**kw)
-        events += page["events"]
+        page = call(**kw, maxResults=1000, **({"nextToken": token} if token else {}))
+        out += page[key]
         token = page.get("nextToken")
         if not token:
-            return events
+            return out
+
+
+def history(sfn, arn: str) -> list[dict]:
+    return _all_pages(sfn.get_execution_history, "events", executionArn=arn)
 
 
 def history_figures(sfn, arn: str) -> dict:
@@ -145,13 +147,4 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
 
 
 def _executions(sfn, state_machine_arn: str) -> list[dict]:
-    out, token = [], None
-    while True:
-        kw = {"stateMachineArn": state_machine_arn, "maxResults": 1000}
-        if token:
-            kw["nextToken"] = token
-        page = sfn.list_executions(**kw)
-        out += page["executions"]
-        token = page.get("nextToken")
-        if not token:
-            return out
+    return _all_pages(sfn.list_executions, "executions", stateMachineArn=state_machine_arn)

@@ -39,6 +39,34 @@ pub struct Response {
 /// (route, document, version, parameters, next attempt): instances that can share a resend.
 type RetryKey = (String, String, String, String, u32);
 
+/// The instances to re-send as `attempt` with the same document and parameters as `batch`.
+fn retry_group<'g>(
+    groups: &'g mut BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)>,
+    batch: &Batch,
+    attempt: u32,
+) -> &'g mut Vec<BatchInstance> {
+    let key = (
+        batch.route.clone(),
+        batch.document_name.clone(),
+        batch.document_version.clone(),
+        serde_json::to_string(&batch.parameters).unwrap_or_default(),
+        attempt,
+    );
+    &mut groups
+        .entry(key)
+        .or_insert_with(|| {
+            (
+                Batch {
+                    attempt,
+                    instances: Vec::new(),
+                    ..batch.clone()
+                },
+                Vec::new(),
+            )
+        })
+        .1
+}
+
 struct Final<'a> {
     instance: &'a BatchInstance,
     command: &'a SentCommand,
@@ -66,26 +94,7 @@ pub async fn handle(
     let mut finals: Vec<Final> = Vec::new();
     let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
     for b in &req.retry {
-        let params = serde_json::to_string(&b.parameters).unwrap_or_default();
-        retry_groups
-            .entry((
-                b.route.clone(),
-                b.document_name.clone(),
-                b.document_version.clone(),
-                params,
-                b.attempt,
-            ))
-            .or_insert_with(|| {
-                (
-                    Batch {
-                        instances: Vec::new(),
-                        ..b.clone()
-                    },
-                    Vec::new(),
-                )
-            })
-            .1
-            .extend(b.instances.iter().cloned());
+        retry_group(&mut retry_groups, b, b.attempt).extend(b.instances.iter().cloned());
     }
     for cmd in &req.commands {
         let invocations: HashMap<String, Invocation> = adapters::list_invocations(ssm, &cmd.command_id)
@@ -117,28 +126,7 @@ pub async fn handle(
                         detail = inv.status_details,
                         "attempt failed; will retry"
                     );
-                    let b = &cmd.batch;
-                    let params = serde_json::to_string(&b.parameters).unwrap_or_default();
-                    retry_groups
-                        .entry((
-                            b.route.clone(),
-                            b.document_name.clone(),
-                            b.document_version.clone(),
-                            params,
-                            b.attempt + 1,
-                        ))
-                        .or_insert_with(|| {
-                            (
-                                Batch {
-                                    attempt: b.attempt + 1,
-                                    instances: Vec::new(),
-                                    ..b.clone()
-                                },
-                                Vec::new(),
-                            )
-                        })
-                        .1
-                        .push(inst.clone());
+                    retry_group(&mut retry_groups, &cmd.batch, cmd.batch.attempt + 1).push(inst.clone());
                 }
                 InvocationOutcome::Failed { code, .. } => finals.push(Final {
                     instance: inst,

@@ -113,7 +113,10 @@ pub fn classify(
     if within_deadline {
         return Classification::PendingRegistration;
     }
-    let waited = format!("{}s after launch", deadline.num_seconds());
+    let waited = format!(
+        "{} after launch",
+        age(ec2.launch_time.map(|launched| now - launched).unwrap_or(deadline))
+    );
     let unmanaged = if !ec2.has_instance_profile {
         note(
             ReasonCode::NoInstanceProfile,
@@ -155,6 +158,17 @@ pub fn platform_label(platform_type: &str, platform_name: &str) -> String {
         Some(f) => f.label().to_string(),
         None if !platform_name.is_empty() => platform_name.to_string(),
         None => platform_type.to_string(),
+    }
+}
+
+/// A duration as people read it in a reason: "45s", "12 min", "5 h", "7 days".
+pub fn age(d: Duration) -> String {
+    let secs = d.num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 48 * 3600 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
     }
 }
 
@@ -271,5 +285,14 @@ mod tests {
             code(classify("bogus", None, None, now(), Duration::seconds(1), "t")),
             ReasonCode::MalformedInstanceId
         );
+    }
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(age(Duration::seconds(45)), "45s");
+        assert_eq!(age(Duration::seconds(900)), "15 min");
+        assert_eq!(age(Duration::hours(5)), "5 h");
+        assert_eq!(age(Duration::days(7)), "7 days");
+        assert_eq!(age(Duration::seconds(-3)), "0s");
     }
 }

@@ -23,6 +23,7 @@ batched by instance count as measured: their floor is the call itself.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import math
@@ -162,9 +163,7 @@ def burst(stack: Stack, n: int) -> dict:
     for f in figures:
         for k, v in f["transitionsByState"].items():
             by_state[k] = by_state.get(k, 0) + v
-    states = {}
-    for i in launched:
-        states[ledger[i]["state"]] = states.get(ledger[i]["state"], 0) + 1
+    states = collections.Counter(ledger[i]["state"] for i in launched)
     return {
         "instances": n,
         "byState": dict(sorted(states.items())),
@@ -206,10 +205,7 @@ def rollout(stack: Stack, n: int) -> dict:
     api = api_figures(calls)
     transitions = rollout_figures["transitions"] + sum(f["transitions"] for f in child_figures)
     ledger = stack.ledger()
-    states = {}
-    for i in ids:
-        s = ledger.get(i, {}).get("state", "missing")
-        states[s] = states.get(s, 0) + 1
+    states = collections.Counter(ledger.get(i, {}).get("state", "missing") for i in ids)
     biggest = max(child_figures, key=lambda f: f["maxPayloadBytes"])
     return {
         "instances": len(ids),

@@ -179,7 +179,7 @@ def _patch_describe_instances() -> None:
     """DescribeInstances as EC2 pages it: MaxResults counts instances (moto counts reservations, so one page of
     1,000 reservations can hold 100,000 instances), and NextToken is a cursor into the result of the first page
     (moto filters the whole fleet again for every page, which makes paging through N instances O(N^2/page)).
-    An instance-id filter is answered from an index instead of testing every instance."""
+    With an instance-id filter only the id is compared (a set lookup) before moto's full filter runs."""
     import copy
     import uuid
 
@@ -232,7 +232,7 @@ def _patch_describe_instances() -> None:
         page = rows[start:end]
         next_token = None
         if key is not None and end < len(rows):
-            _PAGES[key] = (_PAGES.get(key, (now, None))[0], rows)
+            _PAGES.setdefault(key, (now, rows))  # kept from the first page: later pages reuse its list
             next_token = f"{key}:{end}"
         grouped: dict = {}
         for r, i in page:

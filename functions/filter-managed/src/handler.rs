@@ -412,4 +412,72 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::TRANSIENT, "{err}");
     }
+
+    #[tokio::test]
+    async fn access_denied_is_its_own_error_naming_the_call_and_the_fix() {
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+        // EC2 answers UnauthorizedOperation.
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_error(|| {
+            DescribeInstancesError::generic(
+                aws_sdk_ec2::error::ErrorMetadata::builder()
+                    .code("UnauthorizedOperation")
+                    .message("You are not authorized to perform this operation.")
+                    .build(),
+            )
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let payload = serde_json::json!({"instanceIds": [id(1)], "registrationDeadlineSeconds": 9});
+        let err = handle(&ec2, &ssm, &no_db(), &config(), now(), payload.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::ACCESS_DENIED, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("ec2:DescribeInstances"), "{text}");
+        assert!(text.contains("You are not authorized"), "{text}");
+        assert!(text.contains("IAM role") && text.contains("redeploy"), "{text}");
+        let d: lambda_runtime::Diagnostic = err.into();
+        assert_eq!(d.error_type, "FleetInstall.AccessDenied");
+
+        // SSM answers AccessDeniedException.
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .instances(instance(1, InstanceStateName::Running, 60, true, false))
+                        .build(),
+                )
+                .build()
+        });
+        let ssm_rule = mock!(aws_sdk_ssm::Client::describe_instance_information).then_error(|| {
+            DescribeInstanceInformationError::generic(
+                aws_sdk_ssm::error::ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User: arn:aws:sts::1:assumed-role/r is not authorized to perform: ssm:DescribeInstanceInformation")
+                    .build(),
+            )
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, [&ssm_rule]);
+        let err = handle(&ec2, &ssm, &no_db(), &config(), now(), payload.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::ACCESS_DENIED, "{err}");
+        assert!(err.to_string().contains("ssm:DescribeInstanceInformation"), "{err}");
+
+        // A bare 403 without an error code.
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_http_response(|| {
+            aws_smithy_runtime_api::http::Response::new(
+                aws_smithy_runtime_api::http::StatusCode::try_from(403).unwrap(),
+                aws_smithy_types::body::SdkBody::from("Forbidden"),
+            )
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, []);
+        let err = handle(&ec2, &ssm, &no_db(), &config(), now(), payload)
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::ACCESS_DENIED, "{err}");
+        assert!(err.to_string().contains("ec2:DescribeInstances"), "{err}");
+    }
 }

@@ -14,8 +14,10 @@ pub const TRANSIENT: &str = "FleetInstall.Transient";
 pub const INVALID_INPUT: &str = "FleetInstall.InvalidInput";
 /// The function is misconfigured (missing or malformed environment variable).
 pub const CONFIGURATION: &str = "FleetInstall.Configuration";
-/// An AWS call failed in a way that retrying will not fix (access denied, validation).
+/// An AWS call failed in a way that retrying will not fix (validation, unknown resource).
 pub const AWS_REJECTED: &str = "FleetInstall.AwsRejected";
+/// The function's IAM role may not make an AWS call: the stack must grant it. Never retried.
+pub const ACCESS_DENIED: &str = "FleetInstall.AccessDenied";
 /// The workflow failed and the failure was recorded in the ledger; redrive resumes it.
 pub const WORKFLOW_FAILED: &str = "FleetInstall.WorkflowFailed";
 
@@ -26,7 +28,19 @@ pub const ERROR_TYPES: &[&str] = &[
     INVALID_INPUT,
     CONFIGURATION,
     AWS_REJECTED,
+    ACCESS_DENIED,
     WORKFLOW_FAILED,
+];
+
+/// The error codes AWS services answer with when the caller's IAM policy does not allow the
+/// call: `AccessDeniedException` (DynamoDB, SSM, Step Functions, SQS JSON protocol),
+/// `AccessDenied` (IAM, STS, SQS query protocol) and `UnauthorizedOperation` (EC2).
+/// A 403 without any code counts as access denied too.
+pub const ACCESS_DENIED_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnauthorizedOperation",
+    "Client.UnauthorizedOperation",
 ];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +55,13 @@ pub enum FleetError {
     Configuration(String),
     #[error("{service} rejected the request: {message}")]
     AwsRejected { service: String, message: String },
+    /// `service` is `service:Operation`, `message` what AWS said.
+    #[error(
+        "access denied: {service} was refused ({message}). The function's IAM role in the fleet-install stack \
+         lacks the permission for {service}: grant it in template.yaml and update (redeploy) the stack, \
+         then redrive the execution; retrying as it is will not help"
+    )]
+    AccessDenied { service: String, message: String },
     #[error("workflow failed: {0}")]
     WorkflowFailed(String),
 }
@@ -54,6 +75,7 @@ impl FleetError {
             FleetError::InvalidInput(_) => INVALID_INPUT,
             FleetError::Configuration(_) => CONFIGURATION,
             FleetError::AwsRejected { .. } => AWS_REJECTED,
+            FleetError::AccessDenied { .. } => ACCESS_DENIED,
             FleetError::WorkflowFailed(_) => WORKFLOW_FAILED,
         }
     }
@@ -73,7 +95,25 @@ impl FleetError {
         match err {
             SdkError::ServiceError(ctx) => {
                 let status = ctx.raw().status().as_u16();
-                match ctx.err().code() {
+                let code = ctx.err().code().filter(|c| !c.is_empty());
+                let denied = match code {
+                    Some(c) => is_access_denied_code(c),
+                    None => status == 403,
+                };
+                if denied {
+                    // What AWS said, short: "AccessDeniedException: User ... is not authorized to perform ...".
+                    let said = match (code, ctx.err().message()) {
+                        (Some(c), Some(m)) => format!("{c}: {m}"),
+                        (Some(c), None) => c.to_string(),
+                        (None, Some(m)) => format!("HTTP 403: {m}"),
+                        (None, None) => "HTTP 403 without an error code".to_string(),
+                    };
+                    return FleetError::AccessDenied {
+                        service: service_op,
+                        message: said,
+                    };
+                }
+                match code {
                     Some(code) => classify_code(&service_op, code, message),
                     // No modelled error code: judge by the HTTP status.
                     None if status == 429 => FleetError::Throttled {
@@ -130,13 +170,20 @@ pub fn classify_code(service: &str, code: &str, message: String) -> FleetError {
         "InternalException",
     ];
     let service = service.to_string();
-    if THROTTLING.contains(&code) {
+    if is_access_denied_code(code) {
+        FleetError::AccessDenied { service, message }
+    } else if THROTTLING.contains(&code) {
         FleetError::Throttled { service, message }
     } else if TRANSIENT_CODES.contains(&code) {
         FleetError::Transient { service, message }
     } else {
         FleetError::AwsRejected { service, message }
     }
+}
+
+/// True for the codes in [`ACCESS_DENIED_CODES`].
+pub fn is_access_denied_code(code: &str) -> bool {
+    ACCESS_DENIED_CODES.contains(&code)
 }
 
 impl From<FleetError> for Diagnostic {
@@ -176,6 +223,10 @@ mod tests {
                 service: "s".into(),
                 message: "m".into(),
             },
+            FleetError::AccessDenied {
+                service: "s".into(),
+                message: "m".into(),
+            },
             FleetError::WorkflowFailed("x".into()),
         ];
         assert_eq!(all.len(), ERROR_TYPES.len());
@@ -201,8 +252,39 @@ mod tests {
             TRANSIENT
         );
         assert_eq!(
-            classify_code("ssm", "AccessDeniedException", String::new()).error_type(),
+            classify_code("ssm", "ValidationException", String::new()).error_type(),
             AWS_REJECTED
         );
+    }
+
+    #[test]
+    fn every_access_denied_code_maps_to_access_denied_with_the_call_and_the_fix() {
+        for (service, code) in [
+            ("dynamodb:TransactWriteItems", "AccessDeniedException"),
+            ("ssm:SendCommand", "AccessDeniedException"),
+            ("states:StartExecution", "AccessDeniedException"),
+            ("sqs:SendMessage", "AccessDeniedException"),
+            ("iam:AttachRolePolicy", "AccessDenied"),
+            ("sts:GetCallerIdentity", "AccessDenied"),
+            ("ec2:DescribeInstances", "UnauthorizedOperation"),
+        ] {
+            let e = classify_code(service, code, format!("{code}: User x is not authorized"));
+            assert_eq!(e.error_type(), ACCESS_DENIED, "{service} {code}");
+            assert!(matches!(e, FleetError::AccessDenied { .. }));
+            let d: Diagnostic = e.into();
+            assert_eq!(d.error_type, "FleetInstall.AccessDenied");
+            assert!(d.error_message.contains(service), "{}", d.error_message);
+            assert!(d.error_message.contains("is not authorized"), "{}", d.error_message);
+            assert!(d.error_message.contains("IAM role"), "{}", d.error_message);
+            assert!(d.error_message.contains("redeploy"), "{}", d.error_message);
+        }
+        assert!(ERROR_TYPES.contains(&ACCESS_DENIED));
+    }
+
+    #[test]
+    fn access_denied_is_neither_throttled_nor_transient() {
+        let e = classify_code("ssm:SendCommand", "AccessDeniedException", String::new());
+        assert_ne!(e.error_type(), THROTTLED);
+        assert_ne!(e.error_type(), TRANSIENT);
     }
 }

@@ -8,12 +8,11 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
-use crate::error::{classify_code, FleetError};
+use crate::error::FleetError;
 use crate::model::{Execution, InstanceNote, LedgerState};
 
 /// TransactWriteItems takes at most 100 items.
@@ -265,16 +264,7 @@ pub async fn write_transaction(
                         tokio::time::sleep(std::time::Duration::from_millis(50 * conflicts)).await;
                     }
                 } else {
-                    let code = err.code().unwrap_or("");
-                    return Err(if code.is_empty() {
-                        FleetError::from_sdk("dynamodb", "TransactWriteItems", &err)
-                    } else {
-                        classify_code(
-                            "dynamodb:TransactWriteItems",
-                            code,
-                            format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)),
-                        )
-                    });
+                    return Err(FleetError::from_sdk("dynamodb", "TransactWriteItems", &err));
                 }
             }
         }

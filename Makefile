@@ -10,6 +10,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# checkov has a virtualenv of its own: its boto3 pin clashes with aws-sam-cli's (requirements-checkov.txt).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= us-east-1
 
@@ -26,16 +29,23 @@ $(VENV_STAMP): local-stack/requirements.txt
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r local-stack/requirements.txt
 	touch $@
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
-lint: setup
+# checkov: any failed check fails lint; a justified exception is a Metadata checkov skip on its resource.
+lint: setup $(CHECKOV_STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cfn-lint template.yaml
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	npx --no-install asl-validator $(addprefix --json-path ,$(wildcard statemachine/*.asl.json))
 	sam validate --lint --template-file template.yaml
 

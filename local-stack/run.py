@@ -129,13 +129,39 @@ def _stop_group(pid: int, name: str, timeout: float = 15) -> None:
         pass
 
 
-def watch_command(port: int) -> list[str]:
+def watch_command(port: int, env_file: str) -> list[str]:
     custom = os.environ.get("FLEET_WATCH_CMD")
     if custom:
         return shlex.split(custom.format(port=port))
-    env_file = os.path.join(STATE, "watch.env")
     return ["cargo", "lambda", "watch", "-A", "127.0.0.1", "-P", str(port), "--ignore-changes",
             "--concurrency", os.environ.get("WATCH_CONCURRENCY", "4"), "--env-file", env_file]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(moto_url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(moto_url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _sts(moto_url: str):
+    import boto3
+
+    return boto3.client("sts", endpoint_url=moto_url, region_name="us-east-1",
+                        aws_access_key_id="fleet-setup", aws_secret_access_key="testing")
+
+
+def _assume(sts, role_arn: str, session: str) -> dict:
+    """Credentials of a role, as Lambda hands them to a function (environment variables)."""
+    c = sts.assume_role(RoleArn=role_arn, RoleSessionName=session[:64], DurationSeconds=43200)["Credentials"]
+    return {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": c["SessionToken"]}
 
 
 def up(args) -> None:
@@ -166,30 +192,54 @@ def up(args) -> None:
         overrides = dict(p.split("=", 1) for p in args.param)
         info = stack_mod.build(moto_url, lambda_url, fast=not args.no_fast, overrides=overrides,
                                require_asl=args.require_asl)
-        watch_env = dict(base_env)
-        fn_env = dict(info["envUnion"])
-        fn_env.update({
-            "AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": stack_mod.REGION, "AWS_DEFAULT_REGION": stack_mod.REGION,
-        })
-        watch_env.update(fn_env)
-        with open(os.path.join(STATE, "watch.env"), "w") as f:
-            f.writelines(f"{k}={v}\n" for k, v in sorted(fn_env.items()))
 
-        watch = _spawn("watch", watch_command(watch_port), env=watch_env)
-        pids["watch"] = watch.pid
-        _write_pids(pids)
-        _wait(lambda: _port_open(watch_port), "cargo lambda watch", 120, watch, os.path.join(STATE, "watch.log"))
+        # One cargo lambda watch per function, as Lambda runs each function apart: its own environment from
+        # the template, and credentials from STS AssumeRole of its own role (what Lambda puts in the
+        # environment), so every call it makes is checked against that role once IAM is enforced.
+        sts = _sts(moto_url)
+        endpoints = {}
+        watch_base = {k: v for k, v in base_env.items() if not k.startswith("AWS_")}
+        for i, (fn, spec) in enumerate(sorted(info["functions"].items())):
+            port = watch_port if i == 0 else _free_port()
+            fn_env = dict(spec["env"])
+            fn_env.update(_assume(sts, spec["role"], fn))
+            fn_env.update({"AWS_ENDPOINT_URL": moto_url, "AWS_REGION": stack_mod.REGION,
+                           "AWS_DEFAULT_REGION": stack_mod.REGION, "AWS_LAMBDA_FUNCTION_NAME": fn})
+            env_file = os.path.join(STATE, f"watch-{fn}.env")
+            with open(env_file, "w") as f:
+                f.writelines(f"{k}={v}\n" for k, v in sorted(fn_env.items()))
+            watch = _spawn(f"watch-{fn}", watch_command(port, env_file), env=dict(watch_base, **fn_env))
+            pids[f"watch:{fn}"] = watch.pid
+            endpoints[fn] = f"http://127.0.0.1:{port}"
+            _write_pids(pids)
+        for fn, url in endpoints.items():
+            port = int(url.rsplit(":", 1)[1])
+            _wait(lambda: _port_open(port), f"cargo lambda watch for {fn}", 120, None,
+                  os.path.join(STATE, f"watch-{fn}.log"))
+        _post(moto_url, "/_fleet/lambda", {"endpoints": endpoints})
+        info["lambdaEndpoints"] = endpoints
+        with open(os.path.join(STATE, "stack.json"), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
 
+        # The SQS event source mapping polls the queue with the trigger function's execution role.
+        poller_env = dict(watch_base)
+        for m in info["eventSourceMappings"]:
+            creds = _assume(sts, info["functions"][m["Function"]]["role"], "event-source-mapping")
+            poller_env.update({"POLLER_" + k: v for k, v in creds.items()})
+            _post(moto_url, "/_fleet/iam", {"labels": {creds["AWS_ACCESS_KEY_ID"]: "poller:"}})
         poll_argv = [PY, os.path.join(HERE, "poller.py"), "--stack", os.path.join(STATE, "stack.json")]
         if not args.no_fast:
             poll_argv += ["--failure-visibility", "2"]
-        poller = _spawn("poller", poll_argv, env=base_env)
+        poller = _spawn("poller", poll_argv, env=poller_env)
         pids["poller"] = poller.pid
         _write_pids(pids)
         time.sleep(0.5)
         if poller.poll() is not None:
             raise SystemExit(f"poller exited: see {os.path.join(STATE, 'poller.log')}")
+
+        # From here on every request is checked against its caller's policies (moto_ext/iam_ext.py).
+        if not args.no_iam:
+            _post(moto_url, "/_fleet/iam", {"enforce": True})
     except BaseException:
         print("start failed; stopping what was started", file=sys.stderr)
         down(None)
@@ -208,7 +258,8 @@ def _health(url: str) -> bool:
 
 def down(args) -> None:
     pids = _read_pids()
-    for name in ("poller", "watch", "moto"):   # reverse start order
+    names = ["poller"] + sorted(k for k in pids if k.startswith("watch")) + ["moto"]   # reverse start order
+    for name in names:
         pid = pids.get(name)
         if isinstance(pid, int):
             _stop_group(pid, name)
@@ -223,7 +274,7 @@ def status(args) -> None:
         print("the local stack is down")
         sys.exit(1)
     ok = True
-    for name in ("moto", "watch", "poller"):
+    for name in ["moto"] + sorted(k for k in pids if k.startswith("watch")) + ["poller"]:
         pid = pids.get(name)
         alive = isinstance(pid, int) and _alive(pid)
         ok &= alive
@@ -244,6 +295,7 @@ def main(argv=None) -> None:
     u.add_argument("--no-fast", action="store_true", help="keep the template's production waits")
     u.add_argument("--build", action="store_true", help="cargo build --workspace --bins first")
     u.add_argument("--require-asl", action="store_true")
+    u.add_argument("--no-iam", action="store_true", help="do not enforce IAM (debugging only: kinder than AWS)")
     u.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     u.set_defaults(fn=up)
     sub.add_parser("down", help="stop everything").set_defaults(fn=down)

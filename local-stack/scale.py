@@ -95,6 +95,24 @@ def stub_install_definition(table: str) -> str:
     })
 
 
+def stand_in_role(stack, tag: str) -> str:
+    """A role for the measurement's own state machines: what the rollout copy and the install stand-in call."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=stack.endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"},
+                                                     "Action": "sts:AssumeRole"}]}
+    arn = iam.create_role(RoleName=f"{tag}-stand-in", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    iam.put_role_policy(RoleName=f"{tag}-stand-in", PolicyName="stand-in", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["states:StartExecution", "states:DescribeExecution", "states:StopExecution",
+                                           "lambda:InvokeFunction", "dynamodb:GetItem",
+                                           "events:PutTargets", "events:PutRule", "events:DescribeRule"],
+             "Resource": "*"}]}))
+    return arn
+
+
 def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_percent: int = 10,
                      opted_out: int = 100, timeout: float = 3600, log=print) -> dict:
     """Run the rollout workflow over `targets` instances (plus `opted_out` opted-out ones) and return the figures
@@ -108,11 +126,15 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
 
     real = stack.sfn.describe_state_machine(stateMachineArn=stack.outputs["RolloutStateMachineArn"])
     install_arn = stack.outputs["InstallStateMachineArn"]
-    stub = stack.sfn.create_state_machine(name=f"{tag}-install", roleArn=real["roleArn"],
+    # The two state machines here are copies made for the measurement (the rollout's definition pointed at an
+    # instant install stand-in), so the stack's roles, scoped to the stack's own state machines, do not fit
+    # them: they get a role of their own. plan-rollout and evaluate-wave still run with their own roles.
+    role = stand_in_role(stack, tag)
+    stub = stack.sfn.create_state_machine(name=f"{tag}-install", roleArn=role,
                                           definition=stub_install_definition(stack.outputs["LedgerTableName"]))
     definition = real["definition"].replace(install_arn, stub["stateMachineArn"])
     assert definition != real["definition"], "the rollout definition does not start the install workflow"
-    rollout = stack.sfn.create_state_machine(name=f"{tag}-rollout", roleArn=real["roleArn"], definition=definition)
+    rollout = stack.sfn.create_state_machine(name=f"{tag}-rollout", roleArn=role, definition=definition)
 
     t1 = time.time()
     arn = stack.sfn.start_execution(stateMachineArn=rollout["stateMachineArn"], name=tag, input=json.dumps({

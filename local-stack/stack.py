@@ -46,6 +46,31 @@ FAST_PARAMETERS = {
 
 #: Local-only extras (not in the template): an instance profile for simulated instances.
 SIM_INSTANCE_PROFILE = "fleet-sim-instance"
+#: Local-only: the role the CLI runs under in the end-to-end tests; it has nothing but the stack's OperatorPolicy.
+LOCAL_OPERATOR_ROLE = "fleet-install-local-operator"
+
+
+def sam_translate(path: str, parameters: dict) -> dict:
+    """template.yaml as `sam deploy` expands it (aws-sam-translator, which the SAM CLI uses). Local code paths
+    stand in for the S3 locations that `sam package` would upload."""
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    class NoManagedPolicyNames:
+        """Policies given by name would be looked up in IAM; this template names every one by ARN."""
+
+        def load(self):
+            return {}
+
+    with open(path) as f:
+        tpl = yaml_parse(f.read())
+    for res in (tpl.get("Resources") or {}).values():
+        props = res.get("Properties") or {}
+        for key in ("CodeUri", "DefinitionUri"):
+            if isinstance(props.get(key), str):
+                props[key] = f"s3://fleet-install-local/{props[key]}"
+    os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+    return _plain(transform(tpl, dict(parameters), NoManagedPolicyNames()))
 
 
 def load_template(path: str) -> dict:
@@ -86,6 +111,9 @@ class Stack:
         self.resources: dict = self.template.get("Resources", {})
         self.globals_fn: dict = (self.template.get("Globals") or {}).get("Function") or {}
         self.parameters = self._parameters(fast, overrides or {})
+        # What `sam deploy` really creates: the template as SAM expands it (generated roles, policy templates,
+        # managed policies, event source mappings). IAM comes from here, so local roles are the deployed ones.
+        self.translated = sam_translate(template_path or os.path.join(root, "template.yaml"), self.parameters)
         self.physical: dict[str, dict] = {}   # logical id -> {"Ref": ..., "Arn": ..., ...}
         self._plan_names()
 
@@ -119,7 +147,9 @@ class Stack:
 
     def _plan_names(self) -> None:
         arn = f"arn:{PARTITION}:{{svc}}:{REGION}:{ACCOUNT}:{{res}}"
-        for logical, res in self.resources.items():
+        every = dict(self.translated.get("Resources") or {})
+        every.update(self.resources)
+        for logical, res in every.items():
             t = res["Type"]
             name = f"{self.stack_name}-{logical}"
             p: dict = {}
@@ -142,7 +172,9 @@ class Stack:
             elif t == "AWS::SSM::Document":
                 p = {"Ref": name}
             elif t == "AWS::IAM::ManagedPolicy":
-                p = {"Ref": f"arn:{PARTITION}:iam::{ACCOUNT}:policy/{name}"}
+                p = {"Ref": f"arn:{PARTITION}:iam::{ACCOUNT}:policy/{name}", "PolicyName": name}
+            elif t == "AWS::IAM::Role":
+                p = {"Ref": name, "Arn": f"arn:{PARTITION}:iam::{ACCOUNT}:role/{name}", "RoleName": name}
             elif t == "AWS::SNS::Topic":
                 p = {"Ref": f"arn:{PARTITION}:sns:{REGION}:{ACCOUNT}:{name}", "TopicName": name}
             elif t == "AWS::KMS::Key":
@@ -206,20 +238,10 @@ class Stack:
                 events[ev_name] = {"Type": ev["Type"], "Properties": self.resolve(ev.get("Properties") or {})}
             out[self.function_binary(logical)] = {
                 "logical": logical, "arn": self.physical[logical]["Arn"], "env": env, "events": events,
+                "role": self.role_of(logical),
                 "timeout": int(props.get("Timeout", self.globals_fn.get("Timeout", 3))),
             }
         return out
-
-    def env_union(self, functions: dict) -> dict:
-        """One cargo lambda watch serves every function with one environment: the union must not conflict."""
-        union: dict = {}
-        for fn, spec in functions.items():
-            for k, v in spec["env"].items():
-                if k in union and union[k][0] != v:
-                    raise SystemExit(f"environment variable {k} differs between {union[k][1]} ({union[k][0]!r}) "
-                                     f"and {fn} ({v!r}); one cargo lambda watch process cannot serve both")
-                union[k] = (v, fn)
-        return {k: v for k, (v, _) in sorted(union.items())}
 
     # ------------------------------------------------------------------------------------- create
     def clients(self):
@@ -257,14 +279,84 @@ class Stack:
             else:
                 continue
             created.append(logical)
-        role_arn = self._iam(c["iam"])
+        created += self._iam(c["iam"])
         sm_created = []
         for logical, res in self.resources.items():
             if res["Type"] == "AWS::Serverless::StateMachine":
-                if self._state_machine(c["stepfunctions"], logical, res.get("Properties") or {}, role_arn,
-                                       require_asl):
+                if self._state_machine(c["stepfunctions"], logical, res.get("Properties") or {},
+                                       self.role_of(logical), require_asl):
                     sm_created.append(logical)
         return {"created": created + sm_created}
+
+    # ------------------------------------------------------------------------------------------ IAM
+    def role_of(self, logical: str) -> str:
+        """The execution role ARN of a function or state machine, as SAM's expansion wires it."""
+        props = (self.translated["Resources"][logical].get("Properties") or {})
+        return str(self.resolve(props.get("Role") or props.get("RoleArn")))
+
+    def _iam(self, iam) -> list[str]:
+        """Every managed policy and role of the expanded template, with their inline and attached policies;
+        then the local-only extras: the simulated instances' profile and the operator role."""
+        created = []
+        translated = self.translated["Resources"]
+        for logical, res in translated.items():
+            if res["Type"] != "AWS::IAM::ManagedPolicy":
+                continue
+            props = self.resolve(res.get("Properties") or {})
+            name = self.physical[logical]["PolicyName"]
+            doc = props["PolicyDocument"]
+            doc = json.dumps(json.loads(doc) if isinstance(doc, str) else doc)   # a JSON string (Fn::Sub) too
+            try:
+                iam.create_policy(PolicyName=name, PolicyDocument=doc, Description=props.get("Description", ""))
+            except iam.exceptions.EntityAlreadyExistsException:
+                arn = self.physical[logical]["Ref"]
+                for v in iam.list_policy_versions(PolicyArn=arn)["Versions"]:
+                    if not v["IsDefaultVersion"]:
+                        iam.delete_policy_version(PolicyArn=arn, VersionId=v["VersionId"])
+                iam.create_policy_version(PolicyArn=arn, PolicyDocument=doc, SetAsDefault=True)
+            created.append(logical)
+        for logical, res in translated.items():
+            if res["Type"] != "AWS::IAM::Role":
+                continue
+            props = self.resolve(res.get("Properties") or {})
+            name = self.physical[logical]["RoleName"]
+            trust = json.dumps(props["AssumeRolePolicyDocument"])
+            try:
+                iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)
+            except iam.exceptions.EntityAlreadyExistsException:
+                iam.update_assume_role_policy(RoleName=name, PolicyDocument=trust)
+            for pol in props.get("Policies") or []:
+                iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"],
+                                    PolicyDocument=json.dumps(pol["PolicyDocument"]))
+            for arn in props.get("ManagedPolicyArns") or []:
+                iam.attach_role_policy(RoleName=name, PolicyArn=arn)   # an unknown policy fails loudly
+            created.append(logical)
+        for logical, res in translated.items():
+            if res["Type"] == "AWS::IAM::ManagedPolicy":
+                for role in self.resolve((res.get("Properties") or {}).get("Roles") or []):
+                    iam.attach_role_policy(RoleName=role, PolicyArn=self.physical[logical]["Ref"])
+
+        ec2_trust = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        try:
+            iam.create_role(RoleName=SIM_INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(ec2_trust))
+            iam.create_instance_profile(InstanceProfileName=SIM_INSTANCE_PROFILE)
+            iam.add_role_to_instance_profile(InstanceProfileName=SIM_INSTANCE_PROFILE, RoleName=SIM_INSTANCE_PROFILE)
+        except iam.exceptions.EntityAlreadyExistsException:
+            pass
+        # The operator: a role with nothing but the stack's OperatorPolicy, for the CLI in the end-to-end tests.
+        operator_policy = next((self.physical[l]["Ref"] for l, r in translated.items()
+                                if l == "OperatorPolicy" and r["Type"] == "AWS::IAM::ManagedPolicy"), None)
+        if operator_policy:
+            account_trust = {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": f"arn:{PARTITION}:iam::{ACCOUNT}:root"},
+                 "Action": "sts:AssumeRole"}]}
+            try:
+                iam.create_role(RoleName=LOCAL_OPERATOR_ROLE, AssumeRolePolicyDocument=json.dumps(account_trust))
+            except iam.exceptions.EntityAlreadyExistsException:
+                pass
+            iam.attach_role_policy(RoleName=LOCAL_OPERATOR_ROLE, PolicyArn=operator_policy)
+        return created
 
     def _table(self, ddb, name, props):
         kw = {"TableName": name, "AttributeDefinitions": props["AttributeDefinitions"],
@@ -280,6 +372,14 @@ class Stack:
             ddb.create_table(**kw)
         except ddb.exceptions.ResourceInUseException:
             pass
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            try:
+                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={
+                    "AttributeName": ttl["AttributeName"], "Enabled": True})
+            except ddb.exceptions.ClientError as ex:
+                if "already enabled" not in str(ex):
+                    raise
 
     def _queue(self, sqs, logical, name, props):
         attrs = {}
@@ -325,25 +425,6 @@ class Stack:
             # UpdateMethod Replace in the template; locally the name is fixed, so replace in place
             ssm.delete_document(Name=name)
             ssm.create_document(**kw)
-
-    def _iam(self, iam) -> str:
-        trust = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": s}, "Action": "sts:AssumeRole"}
-            for s in ("states.amazonaws.com", "lambda.amazonaws.com")]}
-        role = f"{self.stack_name}-local-role"
-        try:
-            arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-        except iam.exceptions.EntityAlreadyExistsException:
-            arn = iam.get_role(RoleName=role)["Role"]["Arn"]
-        ec2_trust = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-        try:
-            iam.create_role(RoleName=SIM_INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(ec2_trust))
-            iam.create_instance_profile(InstanceProfileName=SIM_INSTANCE_PROFILE)
-            iam.add_role_to_instance_profile(InstanceProfileName=SIM_INSTANCE_PROFILE, RoleName=SIM_INSTANCE_PROFILE)
-        except iam.exceptions.EntityAlreadyExistsException:
-            pass
-        return arn
 
     def definition(self, props) -> str | None:
         path = os.path.join(self.root, props["DefinitionUri"])
@@ -418,14 +499,15 @@ def build(endpoint: str, lambda_endpoint: str | None = None, fast: bool = False,
     stack = Stack(endpoint, lambda_endpoint, fast, overrides, root=root)
     created = stack.create(require_asl=require_asl)
     functions = stack.functions()
-    union = stack.env_union(functions)
     outputs = stack.outputs()
     outputs["SimInstanceProfileName"] = SIM_INSTANCE_PROFILE
+    if "OperatorPolicy" in (stack.translated.get("Resources") or {}):
+        outputs["LocalOperatorRoleArn"] = f"arn:{PARTITION}:iam::{ACCOUNT}:role/{LOCAL_OPERATOR_ROLE}"
     info = {
         "endpoint": stack.endpoint, "lambdaEndpoint": lambda_endpoint, "region": REGION, "account": ACCOUNT,
         "fast": fast, "parameters": stack.parameters, "outputs": outputs,
         "functions": {fn: {k: v for k, v in spec.items() if k != "events"} for fn, spec in functions.items()},
-        "envUnion": union, "eventSourceMappings": stack.event_source_mappings(functions),
+        "eventSourceMappings": stack.event_source_mappings(functions),
         "created": created["created"],
     }
     os.makedirs(out_dir, exist_ok=True)

@@ -13,7 +13,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import counter, dynamodb_ext, ec2_ext, perf, redrive, sfn, sqs_ext, ssm_agent
+    from . import counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext, ssm_agent
 
     perf.install()
     sfn.install()
@@ -23,4 +23,5 @@ def install() -> None:
     counter.install()
     dynamodb_ext.install()
     sqs_ext.install()
+    iam_ext.install()
     _installed = True

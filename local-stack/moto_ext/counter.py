@@ -145,6 +145,16 @@ def install() -> None:
                     status = "200 OK"
                 except (ValueError, KeyError) as ex:
                     body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif path.startswith(("/_fleet/iam", "/_fleet/lambda")):
+                from . import iam_ext, sfn
+
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                data = environ["wsgi.input"].read(size) if size else b""
+                try:
+                    code, out = (iam_ext.control if path.startswith("/_fleet/iam") else sfn.control)(method, path, data)
+                    body, status = json.dumps(out).encode(), {200: "200 OK", 404: "404 Not Found"}.get(code, "400 Bad Request")
+                except (ValueError, KeyError, TypeError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
             elif path == "/_fleet/health":
                 body, status = b'{"ok": true}', "200 OK"
             else:

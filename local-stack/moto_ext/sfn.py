@@ -27,8 +27,24 @@ from . import counter
 LAMBDA_TIMEOUT_SECONDS = 900
 
 
-def lambda_endpoint() -> str:
+def lambda_endpoint(name: str | None = None) -> str:
+    """Where a function is served: its own cargo lambda watch (one per function, with the function's own
+    environment and role credentials; set by run.py through POST /_fleet/lambda), else $LAMBDA_ENDPOINT."""
+    if name and name in ENDPOINTS:
+        return ENDPOINTS[name]
     return os.environ.get("LAMBDA_ENDPOINT", "http://127.0.0.1:9099").rstrip("/")
+
+
+#: function name -> base URL of the cargo lambda watch that serves it.
+ENDPOINTS: dict[str, str] = {}
+
+
+def control(method: str, path: str, body: bytes):
+    """/_fleet/lambda: GET the function endpoints; POST {"endpoints": {"<function>": "http://127.0.0.1:port"}}."""
+    if method == "POST":
+        data = json.loads(body or b"{}")
+        ENDPOINTS.update({str(k): str(v).rstrip("/") for k, v in (data.get("endpoints") or {}).items()})
+    return 200, {"endpoints": dict(ENDPOINTS)}
 
 
 def function_name(function: str) -> str:
@@ -39,7 +55,7 @@ def function_name(function: str) -> str:
 
 
 # Fault injection for end-to-end tests: POST /_fleet/faults {"function": "send-command", "errorType": "...",
-# "times": 1, "after": true}. "after": the function runs (its side effects happen), then the task fails as if
+# "times": 1, "after": true}, or {"function": ..., "delaySeconds": n, "times": 1}. "after": the function runs (its side effects happen), then the task fails as if
 # the response were lost: the hardest case for idempotency.
 FAULTS: list[dict] = []
 _FAULTS_LOCK = threading.Lock()
@@ -62,6 +78,11 @@ def _fault_response(fault: dict) -> dict:
 
 def invoke(parameters: dict, region: str = "us-east-1", state_credentials=None) -> dict:
     fault = take_fault(function_name(str(parameters["FunctionName"])))
+    if fault and fault.get("delaySeconds"):
+        # {"delaySeconds": n}: the invocation starts n seconds late and then runs normally (a slow cold start,
+        # or the gap in which the fleet changes between two steps).
+        time.sleep(float(fault["delaySeconds"]))
+        return _invoke(parameters, region, state_credentials)
     if fault and not fault.get("after"):
         return _fault_response(fault)
     resp = _invoke(parameters, region, state_credentials)
@@ -79,8 +100,22 @@ def _invoke(parameters: dict, region: str = "us-east-1", state_credentials=None)
         payload = payload.encode()
     elif not isinstance(payload, (bytes, bytearray)):
         payload = json.dumps(payload).encode()
+    function_arn = str(parameters["FunctionName"])
+    if not function_arn.startswith("arn:"):
+        function_arn = f"arn:aws:lambda:{region}:123456789012:function:{function_arn}"
+    role_arn = getattr(state_credentials, "role_arn", None)
+    if role_arn:
+        from . import iam_ext
+
+        denied = iam_ext.authorise_invoke(role_arn.split(":")[4], role_arn, function_arn)
+        if denied:
+            # What Step Functions reports when its role may not invoke the function (Lambda answers 403).
+            return {"StatusCode": 403, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+                    "Payload": {"errorType": "Lambda.AWSLambdaException",
+                                "errorMessage": f"{denied} (Service: Lambda, Status Code: 403, "
+                                                f"Error Code: AccessDeniedException)"}}
     counter.count(f"lambda.Invoke:{name}")
-    url = f"{lambda_endpoint()}/2015-03-31/functions/{name}/invocations"
+    url = f"{lambda_endpoint(name)}/2015-03-31/functions/{name}/invocations"
     started = time.monotonic()
     try:
         r = requests.post(url, data=payload, headers={"Content-Type": "application/json"},

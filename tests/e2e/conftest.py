@@ -26,3 +26,18 @@ def stack():
         yield Stack(moto_endpoint())
     finally:
         subprocess.run(RUN + ["down"], cwd=ROOT, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def no_access_denied(request):
+    """IAM is enforced on the local stack: a test passes only if nothing it made the system do was denied,
+    unless it says it expects denials (marker expect_denials)."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    st = request.getfixturevalue("stack")
+    st.iam_denials(reset=True)
+    yield
+    denied = st.iam_denials(reset=True)
+    if request.node.get_closest_marker("expect_denials") is None:
+        assert not denied, "requests denied by IAM: " + "; ".join(d["message"] for d in denied)

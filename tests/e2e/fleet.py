@@ -27,6 +27,22 @@ class Stack:
         self.outputs = json.loads(OUTPUTS.read_text())
         self._ami = None
 
+    def operator_env(self) -> dict[str, str]:
+        """The environment the CLI runs with in the end-to-end tests: credentials of a role that has nothing
+        but the stack's OperatorPolicy (IAM is enforced on the local stack)."""
+        sts = boto3.client("sts", endpoint_url=self.endpoint, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        c = sts.assume_role(RoleArn=self.outputs["LocalOperatorRoleArn"], RoleSessionName="operator")["Credentials"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=c["AccessKeyId"], AWS_SECRET_ACCESS_KEY=c["SecretAccessKey"],
+                   AWS_SESSION_TOKEN=c["SessionToken"], AWS_REGION="us-east-1")
+        return env
+
+    def iam_denials(self, reset: bool = False) -> list[dict]:
+        """Requests the local stack denied (IAM enforced), as AWS would have."""
+        r = requests.request("DELETE" if reset else "GET", f"{self.endpoint}/_fleet/iam/denials", timeout=10)
+        return r.json()
+
     # --- fleet ---------------------------------------------------------------------------
     @property
     def ami(self) -> str:

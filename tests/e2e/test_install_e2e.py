@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import requests
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +133,30 @@ def test_a_run_that_fails_midway_is_redriven_without_sending_any_batch_twice(sta
     ledger = stack.ledger()
     assert {ledger[i]["state"] for i in ids} == {"installed"}
     assert {i: len(stack.commands_for(i)) for i in ids} == sent_before, "a batch was sent twice"
+
+
+def test_an_instance_that_goes_offline_before_the_send_is_recorded_and_the_rest_installed(stack):
+    """SSM rejects a whole SendCommand when one instance is no longer online; send-command then asks SSM which
+    one (ssm:DescribeInstanceInformation, which its role must allow: IAM is enforced here) and sends the rest."""
+    since = time.time() - 1
+    # send-command starts 6 s late: the instance is stopped in that gap, after Filter Managed Instances saw it online
+    stack.inject_fault(function="send-command", delaySeconds=6, times=1)
+    try:
+        gone, stays = stack.launch(2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            faults = requests.get(f"{stack.endpoint}/_fleet/faults", timeout=5).json()
+            if faults and faults[0].get("times", 1) == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("send-command was never invoked")
+        stack.ec2.stop_instances(InstanceIds=[gone])
+        (ex,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
+    finally:
+        stack.clear_faults()
+    assert ex["status"] == "SUCCEEDED", stack.sfn.describe_execution(executionArn=ex["executionArn"])
+    ledger = stack.ledger()
+    assert ledger[stays]["state"] == "installed"
+    assert ledger[gone]["state"] != "installed" and ledger[gone].get("reason"), ledger[gone]
+    assert len(stack.commands_for(gone)) == 0, "the offline instance was sent a command"

@@ -226,8 +226,8 @@ def main() -> int:
         say("The existing fleet: 300 instances tagged team=web, running for a week")
         existing = launch(stack, behaviours(300, rng), {"team": "web", "fleet-sim:existing": "true"})
         say("Prerequisites: EC2 roles without the SSM policy")
-        cli(stack, "prereq", "--dry-run")
         cli(stack, "prereq")
+        cli(stack, "prereq", "--apply")
         say("Preview of the rollout")
         cli(stack, "preview", "--tag", "team=web", "--canary", "15", "--wave-percent", "50")
 

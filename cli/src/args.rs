@@ -97,13 +97,17 @@ pub fn failure_ratio(f: f64) -> Result<f64> {
     }
 }
 
+/// Step Functions execution names have at most this many characters (Unicode code points, not
+/// bytes).
+pub const MAX_EXECUTION_NAME: usize = 80;
+
 /// Step Functions execution names: 1-80 characters, no whitespace, none of `<>{}[]?*"#%\^|~`$&,;:/`
-/// and no control characters.
+/// and no control characters. A name the operator gives is checked, never cut.
 pub fn execution_name(name: &str) -> Result<String> {
     const FORBIDDEN: &str = "<>{}[]?*\"#%\\^|~`$&,;:/";
-    if name.is_empty() || name.chars().count() > 80 {
+    if name.is_empty() || name.chars().count() > MAX_EXECUTION_NAME {
         bail!(
-            "an execution name has 1 to 80 characters, {name:?} has {}",
+            "an execution name has 1 to {MAX_EXECUTION_NAME} characters, {name:?} has {}",
             name.chars().count()
         );
     }
@@ -114,6 +118,19 @@ pub fn execution_name(name: &str) -> Result<String> {
         bail!("an execution name cannot contain {c:?}: {name:?}");
     }
     Ok(name.to_string())
+}
+
+/// A generated execution name: `base` then `suffix` (which tells executions apart and is kept
+/// whole), `base` cut at a character boundary so that the name has at most 80 characters. Never
+/// slices bytes, so multibyte characters are never split.
+pub fn cut_name(base: &str, suffix: &str) -> String {
+    let suffix_chars = suffix.chars().count();
+    if suffix_chars >= MAX_EXECUTION_NAME {
+        return suffix.chars().skip(suffix_chars - MAX_EXECUTION_NAME).collect();
+    }
+    let mut name: String = base.chars().take(MAX_EXECUTION_NAME - suffix_chars).collect();
+    name.push_str(suffix);
+    name
 }
 
 /// The UTC timestamp used in generated names: yyyymmddThhmmss.
@@ -205,12 +222,36 @@ mod tests {
     }
 
     #[test]
+    fn generated_names_are_cut_at_character_boundaries() {
+        // 100 characters of 1 to 4 bytes each: byte slicing at 80 would split a character.
+        let base: String = "é漢🚀a".repeat(25);
+        assert!(base.len() > 80 && base.chars().count() == 100);
+        let n = cut_name(&base, "-12");
+        assert_eq!(n.chars().count(), MAX_EXECUTION_NAME);
+        assert!(n.ends_with("-12"));
+        assert!(base.starts_with(n.trim_end_matches("-12")));
+        assert!(execution_name(&n).is_ok());
+        assert_eq!(cut_name(&base, "").chars().count(), 80);
+        assert_eq!(cut_name("replay-20261125T180000", "-1"), "replay-20261125T180000-1");
+        let long_suffix = "ü".repeat(90);
+        assert_eq!(cut_name("base", &long_suffix), "ü".repeat(80));
+        assert_eq!(cut_name("", ""), "");
+    }
+
+    #[test]
     fn execution_names_and_times() {
         assert!(execution_name("rollout-20261125T180000").is_ok());
         assert!(execution_name("").is_err());
         assert!(execution_name("has space").is_err());
         assert!(execution_name("a:b").is_err());
         assert!(execution_name(&"x".repeat(81)).is_err());
+        // Characters, not bytes: 80 two-byte characters are a valid name, 81 are not.
+        assert!(execution_name(&"é".repeat(80)).is_ok());
+        assert!(execution_name(&"é".repeat(81))
+            .unwrap_err()
+            .to_string()
+            .contains("has 81"));
+        assert!(execution_name("déploiement-été-🚀").is_ok());
         let t = DateTime::parse_from_rfc3339("2026-11-25T18:04:05Z")
             .unwrap()
             .with_timezone(&Utc);

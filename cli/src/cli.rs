@@ -7,7 +7,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::args::{parse_tag, TagPair};
 
+/// The SSM managed policy in the `aws` partition; other partitions: [`ssm_policy_arn`].
 pub const DEFAULT_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+/// The name of the AWS managed policy that lets the SSM agent register.
+pub const SSM_POLICY_NAME: &str = "AmazonSSMManagedInstanceCore";
+
+/// The partitions AWS managed policies exist in.
+pub const PARTITIONS: [&str; 7] = [
+    "aws",
+    "aws-cn",
+    "aws-us-gov",
+    "aws-iso",
+    "aws-iso-b",
+    "aws-iso-e",
+    "aws-iso-f",
+];
+
+/// The partition of a region (`aws` when the region is unknown).
+pub fn partition_of(region: Option<&str>) -> &'static str {
+    let r = region.unwrap_or_default();
+    [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-iso-", "aws-iso"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| r.starts_with(prefix))
+    .map_or("aws", |(_, p)| p)
+}
+
+/// `arn:<partition>:iam::aws:policy/AmazonSSMManagedInstanceCore`.
+pub fn ssm_policy_arn(partition: &str) -> String {
+    format!("arn:{partition}:iam::aws:policy/{SSM_POLICY_NAME}")
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,8 +54,8 @@ pub const DEFAULT_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedIn
         CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
         progress goes to stderr when it is a terminal.",
     after_help = "Exit status: 0 on success; 1 on errors; 2 when the command ran but reports a failure \
-        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not change a role, \
-        `replay` could not redrive or start an execution)."
+        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role, \
+        `replay` could not redrive or start an execution), and on usage errors."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -63,8 +98,8 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the SSM managed policy to every IAM role EC2 can assume; list running instances
-    /// that have no instance profile at all.
+    /// Find the IAM roles EC2 can assume that lack the SSM managed policy (attach it with
+    /// --apply); list running instances that have no instance profile at all.
     Prereq(PrereqArgs),
     /// Show the rollout that would run for these tags, without running it.
     Preview(PreviewArgs),
@@ -80,12 +115,22 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct PrereqArgs {
-    /// Show what would be attached without attaching anything.
+    /// Attach the policy to the roles that lack it. Without --apply, prereq only reports what
+    /// it would attach and changes nothing.
     #[arg(long)]
+    pub apply: bool,
+    /// Report only, change nothing: the default; kept so that older scripts still work.
+    #[arg(long, conflicts_with = "apply")]
     pub dry_run: bool,
-    /// The managed policy every EC2-assumable role needs.
-    #[arg(long, value_name = "ARN", default_value = DEFAULT_POLICY_ARN)]
-    pub policy_arn: String,
+    /// The managed policy every EC2-assumable role needs: AmazonSSMManagedInstanceCore (in the
+    /// region's partition) by default, or the stack's CommandOutputWriterPolicyArn output. Any
+    /// other policy needs --allow-any-policy.
+    #[arg(long, value_name = "ARN")]
+    pub policy_arn: Option<String>,
+    /// Allow a --policy-arn other than AmazonSSMManagedInstanceCore and the stack's
+    /// CommandOutputWriterPolicy.
+    #[arg(long, requires = "policy_arn")]
+    pub allow_any_policy: bool,
 }
 
 /// Targets and wave sizes, shared by preview and rollout.
@@ -225,9 +270,47 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
-        let cli = Cli::try_parse_from(["fleet-install", "prereq", "--dry-run"]).unwrap();
-        let Command::Prereq(p) = cli.command else { panic!() };
-        assert_eq!(p.policy_arn, DEFAULT_POLICY_ARN);
-        assert!(p.dry_run);
+    }
+
+    #[test]
+    fn prereq_changes_nothing_unless_applied() {
+        let prereq = |args: &[&str]| {
+            let argv = ["fleet-install", "prereq"]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect::<Vec<_>>();
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Prereq(p) => p,
+                _ => panic!(),
+            })
+        };
+        let p = prereq(&[]).unwrap();
+        assert!(!p.apply && !p.dry_run && p.policy_arn.is_none() && !p.allow_any_policy);
+        let p = prereq(&["--dry-run"]).unwrap();
+        assert!(!p.apply && p.dry_run);
+        assert!(prereq(&["--apply"]).unwrap().apply);
+        let e = prereq(&["--apply", "--dry-run"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        // --allow-any-policy confirms a --policy-arn; alone it is a usage error.
+        assert!(prereq(&["--allow-any-policy"]).is_err());
+        let p = prereq(&[
+            "--apply",
+            "--policy-arn",
+            "arn:aws:iam::1:policy/x",
+            "--allow-any-policy",
+        ])
+        .unwrap();
+        assert_eq!(p.policy_arn.as_deref(), Some("arn:aws:iam::1:policy/x"));
+    }
+
+    #[test]
+    fn partitions_from_regions() {
+        assert_eq!(ssm_policy_arn(partition_of(None)), DEFAULT_POLICY_ARN);
+        assert_eq!(partition_of(Some("eu-west-1")), "aws");
+        assert_eq!(partition_of(Some("cn-north-1")), "aws-cn");
+        assert_eq!(partition_of(Some("us-gov-west-1")), "aws-us-gov");
+        assert_eq!(partition_of(Some("us-iso-east-1")), "aws-iso");
+        assert_eq!(partition_of(Some("us-isob-east-1")), "aws-iso-b");
     }
 }

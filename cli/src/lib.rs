@@ -18,8 +18,26 @@ use crate::commands::{prereq, preview, replay, rollout, status, unmanaged};
 use crate::context::Context;
 
 /// Exit status when the command ran but what it reports failed (a rollout that did not
-/// succeed, a role or execution that could not be changed).
+/// succeed, a role or execution that could not be read or changed). Usage errors exit with 2
+/// too, as clap's do.
 pub const EXIT_REPORTED_FAILURE: u8 = 2;
+
+/// A usage error found after parsing (it needs the stack's outputs, say): `main` prints it
+/// like clap's own usage errors, with the subcommand's usage line, and exits with 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError {
+    /// The subcommand whose usage is shown.
+    pub command: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// Run one command. Errors (bad arguments, AWS calls that fail) come back as `Err`.
 pub async fn run(cli: Cli) -> Result<ExitCode> {

@@ -39,10 +39,17 @@ def test_prereq_attaches_the_policy_exactly_where_needed(stack):
     def attached(role):
         return [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]]
 
-    dry = cli(stack, "prereq", "--dry-run")
+    dry = cli(stack, "prereq")
     assert dry.returncode == 0, dry.stderr
+    assert SSM_POLICY not in attached("e2e-web"), "prereq without --apply changed a role"
+    assert json.loads(dry.stdout)["dryRun"] is True
+    alias = cli(stack, "prereq", "--dry-run")
+    assert alias.returncode == 0, alias.stderr
     assert SSM_POLICY not in attached("e2e-web"), "--dry-run changed a role"
-    run = cli(stack, "prereq")
+    other = cli(stack, "prereq", "--apply", "--policy-arn", "arn:aws:iam::aws:policy/AdministratorAccess")
+    assert other.returncode == 2 and "--allow-any-policy" in other.stderr, other.stderr
+    assert attached("e2e-web") == [], "an unconfirmed --policy-arn was attached"
+    run = cli(stack, "prereq", "--apply")
     assert run.returncode == 0, run.stderr
     assert attached("e2e-web") == [SSM_POLICY]
     assert attached("e2e-ready") == [SSM_POLICY]
@@ -50,6 +57,7 @@ def test_prereq_attaches_the_policy_exactly_where_needed(stack):
     report = json.loads(run.stdout)
     text = json.dumps(report)
     assert "e2e-web" in text and "e2e-lambda" not in text
+    assert report["dryRun"] is False and report["unreadableRoles"] == []
 
 
 def test_a_canary_over_budget_stops_the_rollout_before_the_next_wave(stack):

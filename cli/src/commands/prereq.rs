@@ -1,15 +1,22 @@
-//! `prereq`: every IAM role that EC2 can assume gets the SSM managed policy, so that the SSM
-//! agent on its instances can register; running instances with no instance profile at all
-//! are listed, since no policy can help them.
+//! `prereq`: find every IAM role that EC2 can assume and lacks the SSM managed policy (so that
+//! the SSM agent on its instances cannot register) and, with `--apply`, attach it; list running
+//! instances with no instance profile at all, since no policy can help them. Without `--apply`
+//! it changes nothing. It attaches AmazonSSMManagedInstanceCore or the stack's
+//! CommandOutputWriterPolicy; any other policy needs `--allow-any-policy`. Roles whose trust
+//! policy it cannot read are reported, never skipped silently.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::PrereqArgs;
+use crate::cli::{partition_of, ssm_policy_arn, PrereqArgs, PARTITIONS};
 use crate::context::{Context, Progress, Report};
 use crate::table::{key_values, section, Table};
+use crate::UsageError;
+
+/// The stack output naming the managed policy that lets instances write command output.
+pub const WRITER_POLICY_OUTPUT: &str = "CommandOutputWriterPolicyArn";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -21,6 +28,19 @@ pub struct RoleRow {
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A role whose trust policy could not be read (so prereq cannot tell whether EC2 may assume
+/// it), or a page of ListRoles that could not be read (`role` is then absent).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreadableRole {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The ListRoles page (from 1) that failed; the roles on it and after it were not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_roles_page: Option<usize>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,17 +56,21 @@ pub struct BareInstance {
 #[serde(rename_all = "camelCase")]
 pub struct PrereqReport {
     pub policy_arn: String,
+    /// True unless --apply: nothing was attached.
     pub dry_run: bool,
-    /// All roles in the account.
+    /// All roles listed in the account.
     pub roles_listed: usize,
     /// The roles EC2 can assume, and what was done to each.
     pub roles: Vec<RoleRow>,
+    /// Roles whose trust policy could not be read, and ListRoles pages that could not be read.
+    pub unreadable_roles: Vec<UnreadableRole>,
     pub instances_without_profile: Vec<BareInstance>,
 }
 
 impl PrereqReport {
+    /// Roles that could not be checked or changed, and unreadable trust policies or pages.
     pub fn failed(&self) -> usize {
-        self.roles.iter().filter(|r| r.action == "failed").count()
+        self.roles.iter().filter(|r| r.action == "failed").count() + self.unreadable_roles.len()
     }
 }
 
@@ -74,19 +98,43 @@ impl Report for PrereqReport {
                     self.roles.len(),
                     self.roles_listed,
                     if self.dry_run {
-                        " (dry run: nothing attached)"
+                        " (dry run: nothing attached; --apply attaches)"
                     } else {
                         ""
                     }
                 ),
             ),
+            (
+                "Unreadable",
+                match self.unreadable_roles.len() {
+                    0 => String::new(),
+                    n => format!("{n} trust policies or role pages could not be read: see below"),
+                },
+            ),
         ]);
         out.push('\n');
         out.push_str(&section("IAM roles EC2 can assume", &roles, "none"));
-        let failed = self.failed();
+        let failed = self.roles.iter().filter(|r| r.action == "failed").count();
         if failed > 0 {
             out.push_str(&format!(
                 "{failed} role(s) could not be changed: see the reasons above (permissions, service-linked roles, policy quota).\n"
+            ));
+        }
+        if !self.unreadable_roles.is_empty() {
+            let mut t = Table::new(&["ROLE", "REASON"]);
+            for u in &self.unreadable_roles {
+                let role = match (&u.role, u.list_roles_page) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(p)) => format!("(ListRoles page {p} and later)"),
+                    (None, None) => "(unknown)".to_string(),
+                };
+                t.row([role, u.reason.clone()]);
+            }
+            out.push('\n');
+            out.push_str(&section(
+                "Roles whose trust policy could not be read (EC2 may be able to assume them; nothing was attached to them)",
+                &t,
+                "none",
             ));
         }
         let mut bare = Table::new(&["INSTANCE", "NAME", "PLATFORM", "LAUNCHED"]);
@@ -103,78 +151,201 @@ impl Report for PrereqReport {
     }
 }
 
-pub async fn run(ctx: &Context, args: &PrereqArgs) -> Result<PrereqReport> {
-    if args.policy_arn.trim().is_empty() || !args.policy_arn.starts_with("arn:") {
-        bail!("--policy-arn must be a policy ARN, got {:?}", args.policy_arn);
-    }
-    prereq(&ctx.iam(), &ctx.ec2(), &args.policy_arn, args.dry_run, ctx.progress).await
+/// True for `arn:<partition>:iam::aws:policy/AmazonSSMManagedInstanceCore` in any partition.
+pub fn is_ssm_policy(arn: &str) -> bool {
+    PARTITIONS.iter().any(|p| arn == ssm_policy_arn(p))
 }
 
-/// List the roles EC2 can assume, attach `policy_arn` where it is missing (unless `dry_run`),
-/// and list running instances without an instance profile.
+/// The policy prereq may attach: the SSM policy (the default, in `partition`), the stack's
+/// CommandOutputWriterPolicy (`writer`: its ARN, or why it could not be read), or with
+/// `allow_any` any policy ARN. Anything else is a usage error naming --allow-any-policy.
+pub fn choose_policy(
+    requested: Option<&str>,
+    partition: &str,
+    writer: Option<Result<&str, String>>,
+    allow_any: bool,
+) -> Result<String, UsageError> {
+    let usage = |message: String| UsageError {
+        command: "prereq",
+        message,
+    };
+    let Some(requested) = requested.map(str::trim) else {
+        return Ok(ssm_policy_arn(partition));
+    };
+    let arn_like = requested
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":iam::"))
+        .is_some_and(|(_, rest)| rest.contains(":policy/"));
+    if !arn_like {
+        return Err(usage(format!(
+            "--policy-arn must be an IAM policy ARN (arn:<partition>:iam::<account>:policy/<name>), got {requested:?}"
+        )));
+    }
+    if is_ssm_policy(requested) || allow_any {
+        return Ok(requested.to_string());
+    }
+    match writer {
+        Some(Ok(w)) if w == requested => Ok(requested.to_string()),
+        other => {
+            let known = match other {
+                Some(Ok(w)) => format!("the stack's {WRITER_POLICY_OUTPUT} is {w}"),
+                Some(Err(why)) => format!("the stack's {WRITER_POLICY_OUTPUT} could not be read: {why}"),
+                None => format!("the stack's {WRITER_POLICY_OUTPUT} was not read"),
+            };
+            Err(usage(format!(
+                "--policy-arn {requested} is neither {} nor the stack's CommandOutputWriterPolicy ({known}). \
+                 prereq attaches it to every role EC2 can assume: pass --allow-any-policy to confirm that policy",
+                ssm_policy_arn(partition)
+            )))
+        }
+    }
+}
+
+pub async fn run(ctx: &Context, args: &PrereqArgs) -> Result<PrereqReport> {
+    let partition = partition_of(ctx.sdk.region().map(|r| r.as_ref()));
+    let requested = args.policy_arn.as_deref();
+    // The stack's outputs are read only when they decide: a policy other than the SSM one.
+    let writer = match requested {
+        Some(r) if !is_ssm_policy(r.trim()) && !args.allow_any_policy => Some(
+            ctx.outputs()
+                .await
+                .and_then(|o| o.get(WRITER_POLICY_OUTPUT).map(str::to_string))
+                .map_err(|e| format!("{e:#}")),
+        ),
+        _ => None,
+    };
+    let policy_arn = choose_policy(
+        requested,
+        partition,
+        writer.as_ref().map(|w| w.as_deref().map_err(Clone::clone)),
+        args.allow_any_policy,
+    )?;
+    prereq(&ctx.iam(), &ctx.ec2(), &policy_arn, args.apply, ctx.progress).await
+}
+
+/// List the roles EC2 can assume, attach `policy_arn` where it is missing (only if `apply`),
+/// report roles whose trust policy could not be read, and list running instances without an
+/// instance profile.
 pub async fn prereq(
     iam: &aws_sdk_iam::Client,
     ec2: &aws_sdk_ec2::Client,
     policy_arn: &str,
-    dry_run: bool,
+    apply: bool,
     progress: Progress,
 ) -> Result<PrereqReport> {
-    let all = list_roles(iam, progress).await?;
-    let roles_listed = all.len();
+    let listed = list_roles(iam, progress).await?;
+    let roles_listed = listed.roles.len();
+    let mut unreadable_roles = Vec::new();
+    let mut assumable = Vec::new();
+    for (n, role) in listed.roles.iter().enumerate() {
+        progress.update(format!("reading trust policy {}/{roles_listed}: {}", n + 1, role.name));
+        match trust_policy(iam, role).await {
+            Ok(p) if ec2_can_assume(&p) => assumable.push(role.name.as_str()),
+            Ok(_) => {}
+            Err(reason) => unreadable_roles.push(UnreadableRole {
+                role: Some(role.name.clone()),
+                list_roles_page: None,
+                reason,
+            }),
+        }
+    }
+    if let Some((page, reason)) = listed.failed_page {
+        unreadable_roles.push(UnreadableRole {
+            role: None,
+            list_roles_page: Some(page),
+            reason: format!("ListRoles failed: {reason}; the roles on this page and after it were not checked"),
+        });
+    }
     let mut rows = Vec::new();
-    let assumable: Vec<&(String, Option<String>)> = all
-        .iter()
-        .filter(|(_, doc)| {
-            doc.as_deref()
-                .and_then(|d| parse_trust_policy(d).ok())
-                .is_some_and(|p| ec2_can_assume(&p))
-        })
-        .collect();
-    for (n, (role, _)) in assumable.iter().enumerate() {
+    for (n, role) in assumable.iter().enumerate() {
         progress.update(format!("checking role {}/{}: {role}", n + 1, assumable.len()));
-        rows.push(ensure_policy(iam, role, policy_arn, dry_run).await);
+        rows.push(ensure_policy(iam, role, policy_arn, apply).await);
     }
     progress.update("listing running instances");
     let instances_without_profile = instances_without_profile(ec2).await?;
     progress.clear();
     Ok(PrereqReport {
         policy_arn: policy_arn.to_string(),
-        dry_run,
+        dry_run: !apply,
         roles_listed,
         roles: rows,
+        unreadable_roles,
         instances_without_profile,
     })
 }
 
-/// Every role with its trust policy document (as IAM returns it: URL-encoded JSON).
-async fn list_roles(iam: &aws_sdk_iam::Client, progress: Progress) -> Result<Vec<(String, Option<String>)>> {
-    let mut out = Vec::new();
+/// A role as ListRoles returns it.
+#[derive(Debug, Clone)]
+struct ListedRole {
+    name: String,
+    /// The trust policy (URL-encoded JSON), when ListRoles included it.
+    trust: Option<String>,
+}
+
+struct ListedRoles {
+    roles: Vec<ListedRole>,
+    /// The page (from 1) that could not be read after the first, and why.
+    failed_page: Option<(usize, String)>,
+}
+
+/// Every role with its trust policy document. The first page must succeed; a later page that
+/// fails ends the listing and is reported.
+async fn list_roles(iam: &aws_sdk_iam::Client, progress: Progress) -> Result<ListedRoles> {
+    let mut roles = Vec::new();
     let mut marker: Option<String> = None;
+    let mut page = 0;
     loop {
-        progress.update(format!("listing IAM roles ({} so far)", out.len()));
-        let resp = iam
-            .list_roles()
-            .set_marker(marker.take())
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .context("cannot list IAM roles (iam:ListRoles)")?;
-        out.extend(resp.roles().iter().map(|r| {
-            (
-                r.role_name().to_string(),
-                r.assume_role_policy_document().map(str::to_string),
-            )
+        page += 1;
+        progress.update(format!("listing IAM roles ({} so far)", roles.len()));
+        let resp = match iam.list_roles().set_marker(marker.take()).send().await {
+            Ok(r) => r,
+            Err(e) if page == 1 => {
+                return Err(anyhow!(crate::aws::message(&e))).context("cannot list IAM roles (iam:ListRoles)")
+            }
+            Err(e) => {
+                return Ok(ListedRoles {
+                    roles,
+                    failed_page: Some((page, crate::aws::message(&e))),
+                })
+            }
+        };
+        roles.extend(resp.roles().iter().map(|r| ListedRole {
+            name: r.role_name().to_string(),
+            trust: r.assume_role_policy_document().map(str::to_string),
         }));
         match resp.marker() {
             Some(m) if resp.is_truncated() => marker = Some(m.to_string()),
             _ => break,
         }
     }
-    Ok(out)
+    Ok(ListedRoles {
+        roles,
+        failed_page: None,
+    })
 }
 
-/// One role: does it have the policy, and attach it if not. Errors become a "failed" row.
-async fn ensure_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str, dry_run: bool) -> RoleRow {
+/// A role's trust policy: from ListRoles, or GetRole when ListRoles left it out. Err: why it
+/// could not be read.
+async fn trust_policy(iam: &aws_sdk_iam::Client, role: &ListedRole) -> Result<Value, String> {
+    let doc = match &role.trust {
+        Some(d) => d.clone(),
+        None => iam
+            .get_role()
+            .role_name(&role.name)
+            .send()
+            .await
+            .map_err(|e| format!("iam:GetRole: {}", crate::aws::message(&e)))?
+            .role()
+            .and_then(|r| r.assume_role_policy_document())
+            .map(str::to_string)
+            .ok_or_else(|| "IAM returned no trust policy (ListRoles and GetRole)".to_string())?,
+    };
+    parse_trust_policy(&doc).map_err(|e| format!("{e:#}"))
+}
+
+/// One role: does it have the policy, and attach it if not (only if `apply`). Errors become a
+/// "failed" row.
+async fn ensure_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str, apply: bool) -> RoleRow {
     let failed = |has_policy, reason: String| RoleRow {
         role: role.to_string(),
         has_policy,
@@ -187,7 +358,7 @@ async fn ensure_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str, 
     };
     let action = if has {
         "already"
-    } else if dry_run {
+    } else if !apply {
         "would attach"
     } else {
         match iam
@@ -302,7 +473,11 @@ pub fn parse_trust_policy(doc: &str) -> Result<Value> {
     } else {
         percent_decode(doc)?
     };
-    serde_json::from_str(&text).context("the trust policy is not JSON")
+    let policy: Value = serde_json::from_str(&text).context("the trust policy is not JSON")?;
+    match policy.get("Statement") {
+        Some(Value::Array(_) | Value::Object(_)) => Ok(policy),
+        _ => Err(anyhow!("the trust policy has no Statement list")),
+    }
 }
 
 fn one_or_many(v: Option<&Value>) -> Vec<&str> {
@@ -338,8 +513,9 @@ mod tests {
     use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
     use aws_sdk_ec2::types::{IamInstanceProfile, Instance, Reservation, Tag};
     use aws_sdk_iam::operation::attach_role_policy::{AttachRolePolicyError, AttachRolePolicyOutput};
+    use aws_sdk_iam::operation::get_role::{GetRoleError, GetRoleOutput};
     use aws_sdk_iam::operation::list_attached_role_policies::ListAttachedRolePoliciesOutput;
-    use aws_sdk_iam::operation::list_roles::ListRolesOutput;
+    use aws_sdk_iam::operation::list_roles::{ListRolesError, ListRolesOutput};
     use aws_sdk_iam::types::error::UnmodifiableEntityException;
     use aws_sdk_iam::types::{AttachedPolicy, Role};
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
@@ -384,6 +560,10 @@ mod tests {
         let web_identity = EC2_TRUST.replace("sts:AssumeRole", "sts:AssumeRoleWithWebIdentity");
         assert!(!ec2_can_assume(&parse_trust_policy(&web_identity).unwrap()));
         assert!(parse_trust_policy("%7Bnot json").is_err());
+        assert!(parse_trust_policy("%5B%5D")
+            .unwrap_err()
+            .to_string()
+            .contains("no Statement"));
     }
 
     fn role(name: &str, trust: &str) -> Role {
@@ -498,7 +678,7 @@ mod tests {
             });
         let ec2 = mock_client!(aws_sdk_ec2, [&profiled]);
 
-        let report = prereq(&iam, &ec2, POLICY, false, Progress::disabled()).await.unwrap();
+        let report = prereq(&iam, &ec2, POLICY, true, Progress::disabled()).await.unwrap();
         assert_eq!(report.roles_listed, 4);
         let actions: Vec<(&str, Option<bool>, &str)> = report
             .roles
@@ -536,7 +716,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dry_run_attaches_nothing() {
+    async fn without_apply_nothing_is_attached() {
         let roles = mock!(aws_sdk_iam::Client::list_roles).then_output(|| {
             ListRolesOutput::builder()
                 .roles(role("web", EC2_TRUST))
@@ -549,9 +729,180 @@ mod tests {
             mock!(aws_sdk_iam::Client::attach_role_policy).then_output(|| AttachRolePolicyOutput::builder().build());
         let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles, &policies, &attach]);
         let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
-        let report = prereq(&iam, &ec2, POLICY, true, Progress::disabled()).await.unwrap();
+        let report = prereq(&iam, &ec2, POLICY, false, Progress::disabled()).await.unwrap();
         assert_eq!(report.roles[0].action, "would attach");
         assert_eq!(attach.num_calls(), 0);
-        assert!(report.to_table().contains("dry run"));
+        assert!(report.dry_run);
+        assert!(report
+            .to_table()
+            .contains("dry run: nothing attached; --apply attaches"));
+    }
+    fn role_raw(name: &str, doc: Option<&str>) -> Role {
+        Role::builder()
+            .role_name(name)
+            .path("/")
+            .role_id(format!("AROA{name}"))
+            .arn(format!("arn:aws:iam::123456789012:role/{name}"))
+            .create_date(aws_smithy_types::DateTime::from_secs(0))
+            .set_assume_role_policy_document(doc.map(str::to_string))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unreadable_trust_policies_are_reported_not_skipped() {
+        let roles = mock!(aws_sdk_iam::Client::list_roles)
+            .sequence()
+            .output(|| {
+                ListRolesOutput::builder()
+                    .roles(role("web", EC2_TRUST))
+                    .roles(role_raw("latin1", Some("%7B%22Statement%22%3A%FF%7D")))
+                    .roles(role_raw("garbled", Some("%7B%22Statement%22%3A%5B")))
+                    .roles(role_raw("hidden", None))
+                    .roles(role_raw("fetched", None))
+                    .is_truncated(true)
+                    .marker("m1")
+                    .build()
+                    .unwrap()
+            })
+            .error(|| {
+                ListRolesError::generic(
+                    aws_smithy_types::error::ErrorMetadata::builder()
+                        .code("AccessDenied")
+                        .message("User is not authorized to perform: iam:ListRoles")
+                        .build(),
+                )
+            })
+            .build();
+        let get_hidden = mock!(aws_sdk_iam::Client::get_role)
+            .match_requests(|r| r.role_name() == Some("hidden"))
+            .then_error(|| {
+                GetRoleError::generic(
+                    aws_smithy_types::error::ErrorMetadata::builder()
+                        .code("AccessDenied")
+                        .message("User is not authorized to perform: iam:GetRole on resource: role hidden")
+                        .build(),
+                )
+            });
+        let get_fetched = mock!(aws_sdk_iam::Client::get_role)
+            .match_requests(|r| r.role_name() == Some("fetched"))
+            .then_output(|| GetRoleOutput::builder().role(role("fetched", EC2_TRUST)).build());
+        let policies = mock!(aws_sdk_iam::Client::list_attached_role_policies)
+            .then_output(|| ListAttachedRolePoliciesOutput::builder().build());
+        let attach =
+            mock!(aws_sdk_iam::Client::attach_role_policy).then_output(|| AttachRolePolicyOutput::builder().build());
+        let iam = mock_client!(
+            aws_sdk_iam,
+            RuleMode::MatchAny,
+            [&roles, &get_hidden, &get_fetched, &policies, &attach]
+        );
+        let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
+        let report = prereq(&iam, &ec2, POLICY, false, Progress::disabled()).await.unwrap();
+        assert_eq!(report.roles_listed, 5);
+        assert_eq!(
+            report.roles.iter().map(|r| r.role.as_str()).collect::<Vec<_>>(),
+            vec!["web", "fetched"]
+        );
+        assert_eq!(attach.num_calls(), 0);
+        assert_eq!(get_hidden.num_calls(), 1);
+        let unreadable: Vec<(Option<&str>, Option<usize>, &str)> = report
+            .unreadable_roles
+            .iter()
+            .map(|u| (u.role.as_deref(), u.list_roles_page, u.reason.as_str()))
+            .collect();
+        assert_eq!(unreadable.len(), 4, "{unreadable:?}");
+        assert_eq!(unreadable[0].0, Some("latin1"));
+        assert!(unreadable[0].2.contains("not UTF-8"), "{unreadable:?}");
+        assert_eq!(unreadable[1].0, Some("garbled"));
+        assert!(unreadable[1].2.contains("not JSON"), "{unreadable:?}");
+        assert_eq!(unreadable[2].0, Some("hidden"));
+        assert!(unreadable[2].2.contains("iam:GetRole: AccessDenied"), "{unreadable:?}");
+        assert_eq!((unreadable[3].0, unreadable[3].1), (None, Some(2)));
+        assert!(
+            unreadable[3].2.contains("ListRoles failed: AccessDenied"),
+            "{unreadable:?}"
+        );
+        assert_eq!(report.failed(), 4);
+
+        let text = report.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("Unreadable  4 trust policies or role pages could not be read: see below\n"),
+            "{text}"
+        );
+        assert!(text.contains("Roles whose trust policy could not be read"));
+        assert!(
+            text.contains("hidden                        iam:GetRole: AccessDenied: User is not authorized"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(ListRoles page 2 and later)  ListRoles failed: AccessDenied"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unreadableRoles"][1]["role"], "garbled");
+        assert_eq!(json["unreadableRoles"][3]["listRolesPage"], 2);
+        assert!(json["unreadableRoles"][3].get("role").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_first_listing_that_fails_is_an_error() {
+        let roles = mock!(aws_sdk_iam::Client::list_roles).then_error(|| {
+            ListRolesError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("no")
+                    .build(),
+            )
+        });
+        let iam = mock_client!(aws_sdk_iam, [&roles]);
+        let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
+        let err = prereq(&iam, &ec2, POLICY, false, Progress::disabled())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("iam:ListRoles"), "{err:#}");
+    }
+
+    #[test]
+    fn only_the_ssm_and_writer_policies_without_confirmation() {
+        let writer = "arn:aws:iam::123456789012:policy/fleet-install-CommandOutputWriterPolicy-ABC";
+        // The default follows the region's partition.
+        assert_eq!(choose_policy(None, "aws", None, false).unwrap(), POLICY);
+        assert_eq!(
+            choose_policy(None, "aws-cn", None, false).unwrap(),
+            "arn:aws-cn:iam::aws:policy/AmazonSSMManagedInstanceCore"
+        );
+        assert_eq!(
+            choose_policy(
+                Some("arn:aws-us-gov:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+                "aws",
+                None,
+                false
+            )
+            .unwrap(),
+            "arn:aws-us-gov:iam::aws:policy/AmazonSSMManagedInstanceCore"
+        );
+        assert_eq!(
+            choose_policy(Some(writer), "aws", Some(Ok(writer)), false).unwrap(),
+            writer
+        );
+
+        let admin = "arn:aws:iam::aws:policy/AdministratorAccess";
+        let e = choose_policy(Some(admin), "aws", Some(Ok(writer)), false).unwrap_err();
+        assert_eq!(e.command, "prereq");
+        assert!(e.message.contains("--allow-any-policy"), "{e}");
+        assert!(e.message.contains(writer), "{e}");
+        let e = choose_policy(Some(admin), "aws", Some(Err("stack x has no output".into())), false).unwrap_err();
+        assert!(e.message.contains("could not be read: stack x has no output"), "{e}");
+        assert!(e.message.contains("--allow-any-policy"), "{e}");
+        // A look-alike of the SSM policy in a customer account is not the SSM policy.
+        let fake = "arn:aws:iam::123456789012:policy/AmazonSSMManagedInstanceCore";
+        assert!(!is_ssm_policy(fake));
+        assert!(choose_policy(Some(fake), "aws", Some(Ok(writer)), false).is_err());
+        assert_eq!(choose_policy(Some(admin), "aws", None, true).unwrap(), admin);
+        for bad in ["AmazonSSMManagedInstanceCore", "arn:aws:s3:::bucket", ""] {
+            let e = choose_policy(Some(bad), "aws", None, true).unwrap_err();
+            assert!(e.message.contains("must be an IAM policy ARN"), "{e}");
+        }
     }
 }

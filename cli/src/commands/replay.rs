@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::args::{name_timestamp, since};
+use crate::args::{cut_name, name_timestamp, since};
 use crate::cli::ReplayArgs;
 use crate::context::{Context, Progress, Report};
 use crate::ledger::query_by_state;
@@ -258,12 +258,12 @@ pub async fn redrive(
 }
 
 /// The install executions a replay starts: `replay-<timestamp>-<n>`, n from 1, at most 1,000
-/// instances each.
+/// instances each; names within Step Functions' 80 characters (cut at character boundaries).
 pub fn plan_chunks(ids: &[String], now: DateTime<Utc>) -> Vec<(String, Vec<String>)> {
     let ts = name_timestamp(now);
     ids.chunks(INSTANCES_PER_EXECUTION)
         .enumerate()
-        .map(|(n, c)| (format!("replay-{ts}-{}", n + 1), c.to_vec()))
+        .map(|(n, c)| (cut_name(&format!("replay-{ts}"), &format!("-{}", n + 1)), c.to_vec()))
         .collect()
 }
 
@@ -450,6 +450,7 @@ mod tests {
                     .items(item("i-0000000000000000b", "failed", "2026-11-25T01:00:00.000Z"))
                     .items(item("i-0000000000000000a", "failed", "2026-11-25T02:00:00.000Z"))
                     .items(item("batch#x", "failed", "2026-11-25T02:00:00.000Z"))
+                    .items(item("rollout#r1#w0#c0", "failed", "2026-11-25T02:00:00.000Z"))
                     .build()
             });
         let start = mock!(aws_sdk_sfn::Client::start_execution)

@@ -9,7 +9,9 @@ use fleet_core::rollout::WaveSize;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::args::{describe_tags, execution_name, failure_ratio, group_tags, name_timestamp, wave_size, TagFilter};
+use crate::args::{
+    cut_name, describe_tags, execution_name, failure_ratio, group_tags, name_timestamp, wave_size, TagFilter,
+};
 use crate::cli::RolloutArgs;
 use crate::commands::status::{self, Ev, StatusReport};
 use crate::context::{Context, Progress, Report};
@@ -40,7 +42,7 @@ pub fn rollout_input(
 }
 
 pub fn default_name(now: DateTime<Utc>) -> String {
-    format!("rollout-{}", name_timestamp(now))
+    cut_name(&format!("rollout-{}", name_timestamp(now)), "")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -593,4 +593,86 @@ mod tests {
         assert_eq!(json["kind"], "rollout");
         assert!(json.get("summary").is_none());
     }
+    #[tokio::test]
+    async fn bookkeeping_items_never_count_as_instances() {
+        use crate::ledger::tests::item;
+        use aws_sdk_dynamodb::operation::scan::ScanOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use aws_smithy_mocks::{mock, mock_client};
+
+        let arn = "arn:aws:states:r:1:execution:Install:run-1";
+        let touched = |mut i: crate::ledger::Item| {
+            i.insert("executionArn".into(), AttributeValue::S(arn.into()));
+            i
+        };
+        let scan = mock!(aws_sdk_dynamodb::Client::scan)
+            .match_requests(|r| r.table_name() == Some("ledger"))
+            .sequence()
+            .output(move || {
+                ScanOutput::builder()
+                    .items(touched(item(
+                        "i-0000000000000000a",
+                        "failed",
+                        "2026-11-25T01:00:00.000Z",
+                    )))
+                    .items(touched(item("batch#linux-doc-1", "failed", "2026-11-25T01:00:00.000Z")))
+                    .last_evaluated_key("instanceId", AttributeValue::S("batch#linux-doc-1".into()))
+                    .build()
+            })
+            .output(move || {
+                ScanOutput::builder()
+                    .items(touched(item(
+                        "rollout#r#w0#c0",
+                        "installed",
+                        "2026-11-25T01:00:00.000Z",
+                    )))
+                    .items(touched(item(
+                        "i-0000000000000000b",
+                        "installed",
+                        "2026-11-25T01:00:00.000Z",
+                    )))
+                    .build()
+            })
+            .build();
+        let db = mock_client!(aws_sdk_dynamodb, [&scan]);
+        let sfn = mock_client!(aws_sdk_sfn, []);
+        let outputs = StackOutputs::new(
+            BTreeMap::from([
+                ("LedgerTableName".to_string(), "ledger".to_string()),
+                (
+                    "InstallStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Install".to_string(),
+                ),
+                (
+                    "RolloutStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Rollout".to_string(),
+                ),
+            ]),
+            "test",
+        );
+        let desc = DescribeExecutionOutput::builder()
+            .execution_arn(arn)
+            .state_machine_arn("arn:aws:states:r:1:stateMachine:Install")
+            .name("run-1")
+            .status(aws_sdk_sfn::types::ExecutionStatus::Succeeded)
+            .start_date(aws_smithy_types::DateTime::from_secs(0))
+            .build()
+            .unwrap();
+        let r = report(&sfn, &db, &outputs, &desc).await.unwrap();
+        assert_eq!(scan.num_calls(), 2);
+        assert_eq!(r.kind, Kind::Install);
+        assert_eq!(
+            r.ledger.by_state,
+            BTreeMap::from([("failed".to_string(), 1), ("installed".to_string(), 1)])
+        );
+        assert_eq!(
+            r.ledger
+                .failed
+                .iter()
+                .map(|f| f.instance_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["i-0000000000000000a"]
+        );
+        assert!(!r.to_table().contains('#'));
+    }
 }

@@ -119,6 +119,7 @@ mod tests {
             .output(|| {
                 QueryOutput::builder()
                     .items(item("batch#abc", "unmanaged", "2026-11-25T02:00:00.000Z"))
+                    .items(item("rollout#r1#w0#c0", "unmanaged", "2026-11-25T02:00:00.000Z"))
                     .items(with_reason(
                         item("i-0000000000000000b", "unmanaged", "2026-11-25T02:00:00.000Z"),
                         "AgentNotReporting",

@@ -11,6 +11,7 @@ pub mod model;
 pub mod rollout;
 pub mod routing;
 pub mod status;
+pub mod text;
 pub mod trigger;
 
 pub use error::FleetError;

@@ -101,13 +101,24 @@ pub fn plan_waves(
     out
 }
 
-fn truncate_name(s: &str) -> String {
-    // Execution names: at most 80 characters. Keep the distinguishing tail.
-    if s.len() <= 80 {
-        s.to_string()
-    } else {
-        s[s.len() - 80..].to_string()
+/// Step Functions execution names: at most 80 characters.
+pub const MAX_EXECUTION_NAME: usize = 80;
+
+/// An execution name of at most 80 characters, cut at character boundaries (a rollout id may hold
+/// multibyte characters). A longer name keeps its distinguishing tail (wave and chunk) behind a
+/// short hash of the whole name, so two long rollout ids that share an ending still differ.
+pub fn truncate_name(s: &str) -> String {
+    if s.chars().count() <= MAX_EXECUTION_NAME {
+        return s.to_string();
     }
+    let digest: String = Sha256::digest(s.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // 10 hex digits and a dash, then the tail.
+    let tail = crate::text::tail(s, MAX_EXECUTION_NAME - digest.len() - 1);
+    format!("{digest}-{tail}")
 }
 
 /// A wave's outcome, from its install executions' summaries.
@@ -215,6 +226,34 @@ mod tests {
             .chunks
             .iter()
             .all(|c| c.instances <= 1000 && c.execution_name.len() <= 80)));
+    }
+
+    #[test]
+    fn long_multibyte_rollout_ids_give_names_of_at_most_80_characters() {
+        // 3-byte and 4-byte characters around byte index len - 80: byte slicing panics here.
+        let id = format!("déploiement-été-日本語-{}-😀z", "日本語".repeat(30));
+        let plan = plan_waves(&ids(30), 1, WaveSize::Count(10), 5, &id);
+        let mut names = std::collections::HashSet::new();
+        for (w, _) in &plan {
+            for c in &w.chunks {
+                assert!(c.execution_name.chars().count() <= 80, "{}", c.execution_name);
+                assert!(names.insert(c.execution_name.clone()), "duplicate {}", c.execution_name);
+                assert!(c.targets_key.starts_with("rollout#"));
+            }
+        }
+        let last = &plan.last().unwrap().0;
+        assert!(last.chunks[0].execution_name.ends_with(&format!("-w{}-c0", last.wave)));
+        // Two long ids with the same ending do not share names.
+        let other = format!("other-{id}");
+        assert_ne!(
+            truncate_name(&format!("{id}-w0-c0")),
+            truncate_name(&format!("{other}-w0-c0"))
+        );
+        // Short names are kept as they are.
+        assert_eq!(truncate_name("été-w0-c0"), "été-w0-c0");
+        // Exactly at the limit in characters but far over it in bytes: kept.
+        let exact = "é".repeat(80);
+        assert_eq!(truncate_name(&exact), exact);
     }
 
     #[test]

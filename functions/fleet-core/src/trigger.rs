@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::is_valid_instance_id;
@@ -26,28 +25,41 @@ pub enum Message {
     Malformed { reason: String },
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    id: Option<String>,
-    source: Option<String>,
-    #[serde(rename = "detail-type")]
-    detail_type: Option<String>,
-    #[serde(default)]
-    time: Option<String>,
-    detail: Option<serde_json::Value>,
-}
-
+/// Parse one SQS message body. Only a JSON object that is an EventBridge event from `aws.ec2`
+/// with detail-type "EC2 Instance State-change Notification", `detail.state` "running" and a
+/// well-formed `detail.instance-id` is `Running`. The body is read as a JSON value and its fields
+/// looked up by name: a JSON array of positional values is not an event (serde's derive would
+/// have taken it for the struct).
 pub fn parse_message(body: &str) -> Message {
-    let env: Envelope = match serde_json::from_str(body) {
-        Ok(e) => e,
+    let value: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
         Err(e) => {
             return Message::Malformed {
-                reason: format!("body is not an EventBridge event: {e}"),
+                reason: format!("body is not JSON: {e}"),
             }
         }
     };
-    let (Some(source), Some(detail_type), Some(detail)) = (env.source, env.detail_type, env.detail) else {
+    let Some(event) = value.as_object() else {
+        return Message::Malformed {
+            reason: format!("body is a JSON {}, not an EventBridge event object", json_kind(&value)),
+        };
+    };
+    // Optional string fields: absent or null is fine, any other type is malformed.
+    let text = |name: &str| -> Result<Option<&str>, Message> {
+        match event.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(Message::Malformed {
+                reason: format!("event field {name:?} is a JSON {}, not a string", json_kind(other)),
+            }),
+        }
+    };
+    let fields = (|| Ok((text("id")?, text("source")?, text("detail-type")?, text("time")?)))();
+    let (id, source, detail_type, time) = match fields {
+        Ok(f) => f,
+        Err(m) => return m,
+    };
+    let (Some(source), Some(detail_type), Some(detail)) = (source, detail_type, event.get("detail")) else {
         return Message::Malformed {
             reason: "body lacks source, detail-type or detail".into(),
         };
@@ -57,27 +69,59 @@ pub fn parse_message(body: &str) -> Message {
             reason: format!("foreign event: source {source:?}, detail-type {detail_type:?}"),
         };
     }
-    let state = detail.get("state").and_then(|v| v.as_str()).unwrap_or("");
-    let instance_id = detail.get("instance-id").and_then(|v| v.as_str()).unwrap_or("");
-    if instance_id.is_empty() {
+    let Some(detail) = detail.as_object() else {
         return Message::Malformed {
-            reason: "EC2 state-change event without detail.instance-id".into(),
+            reason: format!(
+                "EC2 state-change event whose detail is a JSON {}, not an object",
+                json_kind(detail)
+            ),
         };
-    }
+    };
+    let Some(instance_id) = detail
+        .get("instance-id")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+    else {
+        return Message::Malformed {
+            reason: "EC2 state-change event without a string detail.instance-id".into(),
+        };
+    };
     if !is_valid_instance_id(instance_id) {
         return Message::Malformed {
-            reason: format!("EC2 state-change event with malformed instance id {instance_id:?}"),
+            reason: format!(
+                "EC2 state-change event with malformed instance id {:?} (expected i- and 8 or 17 lowercase hex digits)",
+                crate::text::clip(instance_id, 64)
+            ),
         };
     }
+    let Some(state) = detail.get("state").and_then(|v| v.as_str()) else {
+        return Message::Malformed {
+            reason: format!("EC2 state-change event for {instance_id} without a string detail.state"),
+        };
+    };
     if state != "running" {
         return Message::Ignored {
-            reason: format!("instance {instance_id} entered {state:?}, not running"),
+            reason: format!(
+                "instance {instance_id} entered {:?}, not running",
+                crate::text::clip(state, 32)
+            ),
         };
     }
     Message::Running {
-        event_id: env.id.unwrap_or_default(),
+        event_id: id.unwrap_or_default().to_string(),
         instance_id: instance_id.to_string(),
-        time: env.time.unwrap_or_default(),
+        time: time.unwrap_or_default().to_string(),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
     }
 }
 
@@ -138,9 +182,14 @@ pub fn plan_executions(running: &[(String, Message)], max_per_execution: usize, 
             message_ids.sort();
             message_ids.dedup();
             let digest: String = h.finalize().iter().take(10).map(|b| format!("{b:02x}")).collect();
-            let stamp: String = earliest.chars().filter(|c| c.is_ascii_digit()).take(12).collect();
-            let name = if stamp.len() == 12 {
-                format!("{prefix}-{}T{}-{digest}", &stamp[..8], &stamp[8..12])
+            // Only ASCII digits, so the date and the time split at a character boundary.
+            let digits: Vec<char> = earliest.chars().filter(|c| c.is_ascii_digit()).take(12).collect();
+            // The prefix is cut (by characters) so that the name keeps within Step Functions' 80.
+            let prefix = crate::text::clip(prefix, 40);
+            let name = if digits.len() == 12 {
+                let date: String = digits[..8].iter().collect();
+                let hhmm: String = digits[8..].iter().collect();
+                format!("{prefix}-{date}T{hhmm}-{digest}")
             } else {
                 format!("{prefix}-{digest}")
             };
@@ -190,6 +239,102 @@ mod tests {
             Message::Ignored { reason } => assert!(reason.contains("aws.s3")),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn malformed(body: &str) -> String {
+        match parse_message(body) {
+            Message::Malformed { reason } => reason,
+            other => panic!("{body}: expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_json_object_is_an_event() {
+        // serde's derive takes a sequence of positional values for a struct: this array used to
+        // pass as a running event.
+        let array = serde_json::json!([
+            "e1",
+            "aws.ec2",
+            "EC2 Instance State-change Notification",
+            "2026-11-25T18:01:02Z",
+            {"instance-id": "i-0123456789abcdef0", "state": "running"}
+        ])
+        .to_string();
+        assert!(malformed(&array).contains("array"), "{}", malformed(&array));
+        let array2 = serde_json::json!([
+            "aws.ec2",
+            "EC2 Instance State-change Notification",
+            {"instance-id": "i-0123456789abcdef0", "state": "running"}
+        ])
+        .to_string();
+        malformed(&array2);
+        for body in ["\"aws.ec2\"", "42", "null", "true"] {
+            malformed(body);
+        }
+    }
+
+    #[test]
+    fn fields_must_have_the_right_types_and_values() {
+        let base = serde_json::json!({
+            "id": "e1", "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+            "time": "2026-11-25T18:01:02Z", "detail": {"instance-id": "i-0123456789abcdef0", "state": "running"}
+        });
+        assert!(matches!(parse_message(&base.to_string()), Message::Running { .. }));
+        let with = |path: &[&str], v: serde_json::Value| {
+            let mut e = base.clone();
+            let mut at = &mut e;
+            for p in &path[..path.len() - 1] {
+                at = at.get_mut(*p).unwrap();
+            }
+            at[path[path.len() - 1]] = v;
+            e.to_string()
+        };
+        malformed(&with(&["source"], serde_json::json!(["aws.ec2"])));
+        malformed(&with(&["detail-type"], serde_json::json!(7)));
+        malformed(&with(
+            &["detail"],
+            serde_json::json!(["i-0123456789abcdef0", "running"]),
+        ));
+        malformed(&with(&["detail", "instance-id"], serde_json::json!(12)));
+        malformed(&with(
+            &["detail", "instance-id"],
+            serde_json::json!("i-0123456789ABCDEF0"),
+        ));
+        malformed(&with(
+            &["detail", "instance-id"],
+            serde_json::json!("i-0123456789abcdef"),
+        ));
+        malformed(&with(&["detail", "state"], serde_json::json!({"name": "running"})));
+        let r = malformed(&with(
+            &["detail", "instance-id"],
+            serde_json::json!("i-日本語".repeat(50)),
+        ));
+        assert!(r.contains("malformed instance id"), "{r}");
+        // well-formed, but not ours: logged and dropped
+        assert!(matches!(
+            parse_message(&with(&["source"], serde_json::json!("aws.ec2.fake"))),
+            Message::Ignored { .. }
+        ));
+        assert!(matches!(
+            parse_message(&with(
+                &["detail-type"],
+                serde_json::json!("EC2 Spot Instance Interruption Warning")
+            )),
+            Message::Ignored { .. }
+        ));
+        assert!(matches!(
+            parse_message(&with(&["detail", "state"], serde_json::json!("pending"))),
+            Message::Ignored { .. }
+        ));
+    }
+
+    #[test]
+    fn names_stay_within_80_characters_with_a_multibyte_prefix() {
+        let msgs = vec![running("m1", "e1", "i-0000000000000000a")];
+        let prefix = format!("déploiement-été-{}", "日本語".repeat(20));
+        let plan = plan_executions(&msgs, 10, &prefix);
+        assert!(plan[0].name.chars().count() <= 80, "{}", plan[0].name);
+        assert!(plan[0].name.contains("-20261125T1801-"), "{}", plan[0].name);
     }
 
     fn running(msg: &str, ev: &str, inst: &str) -> (String, Message) {

@@ -64,10 +64,15 @@ fn lock_key(key: &str) -> String {
     format!("batch#{key}")
 }
 
+/// SendCommand's Comment: at most 100 characters.
+const MAX_COMMENT: usize = 100;
+
+/// The command's comment: the batch key (which finds the command again) and the execution name,
+/// cut at a character boundary (a rollout's execution name may hold multibyte characters).
 fn comment(key: &str, execution_id: &str) -> String {
     let name = execution_id.rsplit(':').next().unwrap_or("");
     let mut c = format!("fleet-install {key} {name}");
-    c.truncate(100);
+    fleet_core::text::truncate_chars(&mut c, MAX_COMMENT);
     c
 }
 
@@ -578,6 +583,41 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
+    }
+
+    #[test]
+    fn comments_are_cut_at_character_boundaries() {
+        // "fleet-install " + 24 hex + " " is 39 bytes; the name's multibyte characters straddle byte 100.
+        let exec = format!(
+            "arn:aws:states:us-east-1:1:execution:install:r-déploiement-été-{}-w0-c0",
+            "日本語".repeat(20)
+        );
+        let c = comment(&"a".repeat(24), &exec);
+        assert_eq!(c.chars().count(), MAX_COMMENT);
+        assert!(c.starts_with(&format!("fleet-install {} r-déploiement-été-日本語", "a".repeat(24))));
+        assert_eq!(comment("k", "arn:x:execution:m:short"), "fleet-install k short");
+    }
+
+    #[tokio::test]
+    async fn a_multibyte_execution_name_is_sent_with_a_100_character_comment() {
+        let tx = ok_tx();
+        let send = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.comment().is_some_and(|c| c.chars().count() <= 100))
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-1").build())
+                    .build()
+            });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let mut payload = input(vec![batch(&[1])]);
+        payload["executionId"] = Value::String(format!(
+            "arn:aws:states:us-east-1:1:execution:install:x{}",
+            "déploiement-été-日本語-".repeat(6)
+        ));
+        let r = handle(&ssm, &db, &config(), payload).await.unwrap();
+        assert_eq!(r.sent, 1);
+        assert_eq!(send.num_calls(), 1);
     }
 
     #[tokio::test]

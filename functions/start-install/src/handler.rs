@@ -199,6 +199,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_json_array_shaped_like_an_event_is_not_started_and_reaches_the_dlq() {
+        let start = mock!(aws_sdk_sfn::Client::start_execution).then_output(ok);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&start]);
+        let array = serde_json::json!([
+            "e1",
+            "aws.ec2",
+            "EC2 Instance State-change Notification",
+            "2026-11-25T18:01:02Z",
+            {"instance-id": "i-0000000000000000a", "state": "running"}
+        ])
+        .to_string();
+        let bad_id = serde_json::json!({"id": "e2", "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+            "time": "2026-11-25T18:01:02Z", "detail": {"instance-id": "i-0000000000000000A; rm", "state": "running"}})
+        .to_string();
+        let stopped = serde_json::json!({"id": "e3", "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+            "time": "2026-11-25T18:01:02Z", "detail": {"instance-id": "i-0000000000000000b", "state": "stopped"}})
+        .to_string();
+        let event = sqs(&[("m1", array), ("m2", bad_id), ("m3", stopped)]);
+        let r = handle(&sfn, &config(), event).await.unwrap();
+        assert_eq!(start.num_calls(), 0, "nothing here is a running event");
+        let failed: Vec<_> = r
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        // the array and the malformed id go to the DLQ; the stopped event is dropped
+        assert_eq!(failed, vec!["m1", "m2"]);
+    }
+
+    #[tokio::test]
     async fn empty_and_malformed_events() {
         let sfn = mock_client!(aws_sdk_sfn, []);
         let r = handle(&sfn, &config(), serde_json::json!({"Records": []}))

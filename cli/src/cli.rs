@@ -74,7 +74,9 @@ pub struct GlobalArgs {
     /// CloudFormation, e.g. the local stack's target/local-stack/outputs.json.
     #[arg(long, global = true, value_name = "FILE")]
     pub outputs_file: Option<PathBuf>,
-    /// Use a named profile from the AWS config and credentials files.
+    /// Use a named profile from the AWS config and credentials files (it wins over credentials in
+    /// the environment, as in the AWS CLI). Without it: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN, then AWS_PROFILE or the default profile, web identity, ECS, EC2 metadata.
     #[arg(long, global = true, value_name = "PROFILE")]
     pub profile: Option<String>,
     /// The AWS region (default: from the profile or the environment).

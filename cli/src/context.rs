@@ -6,7 +6,10 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _, Result};
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sfn::config::SharedCredentialsProvider;
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, OutputFormat};
@@ -31,8 +34,25 @@ impl Context {
         if let Some(u) = &g.endpoint_url {
             loader = loader.endpoint_url(u);
         }
+        let mut sdk = loader.load().await;
+        if let Some(p) = &g.profile {
+            // Credentials: the SDK's default chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+            // AWS_SESSION_TOKEN; then AWS_PROFILE or default in the config and credentials files,
+            // with SSO, assume-role and credential_process; web identity; ECS; EC2 instance
+            // metadata). That chain reads the environment first even when a profile is named; as in
+            // the AWS CLI, an explicit --profile wins over credentials in the environment.
+            let config = ProviderConfig::default().with_region(sdk.region().cloned());
+            let provider = ProfileFileCredentialsProvider::builder()
+                .configure(&config)
+                .profile_name(p)
+                .build();
+            sdk = sdk
+                .to_builder()
+                .credentials_provider(SharedCredentialsProvider::new(provider))
+                .build();
+        }
         Context {
-            sdk: loader.load().await,
+            sdk,
             stack_name: g.stack_name.clone(),
             outputs_file: g.outputs_file.clone(),
             output: g.output,

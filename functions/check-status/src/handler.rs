@@ -90,6 +90,20 @@ pub async fn handle(
     if req.max_attempts == 0 {
         return Err(FleetError::invalid_input("maxAttempts must be at least 1"));
     }
+    // Outcomes are written under the instance ids: a malformed one stops the call first.
+    if let Some(bad) = req
+        .commands
+        .iter()
+        .map(|c| &c.batch)
+        .chain(&req.retry)
+        .flat_map(|b| &b.instances)
+        .find(|i| !fleet_core::model::is_valid_instance_id(&i.instance_id))
+    {
+        return Err(FleetError::invalid_input(format!(
+            "command holds malformed instance id {:?} (expected i- and 8 or 17 lowercase hex digits)",
+            fleet_core::text::clip(&bad.instance_id, 64)
+        )));
+    }
     let mut in_flight = Vec::new();
     let mut finals: Vec<Final> = Vec::new();
     let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
@@ -401,5 +415,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        // a malformed id is refused before any call (the mocks above allow none)
+        let mut bad = command("c1", 1, &[1]);
+        bad["instances"][0]["instanceId"] = Value::String("i-NOTHEX".into());
+        let err = handle(&ssm, &db, "ledger", input(vec![bad])).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        assert!(err.to_string().contains("malformed instance id"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
-//! The DynamoDB ledger: one item per instance (key `instanceId`), plus one item per sent batch
-//! (key `batch#<key>`) that makes SendCommand idempotent.
+//! The DynamoDB ledger: one item per instance (key `instanceId`), plus the workflow's own items:
+//! one per sent batch (key `batch#<key>`) that makes SendCommand idempotent, and one per rollout
+//! chunk (key `rollout#...`) that holds its instance ids. Those carry a TTL (`expiresAt`) and
+//! never a `state`, so they do not appear in the byState index.
 //!
 //! Every instance write is conditional and goes through TransactWriteItems (up to 100 items a
 //! call): a condition that fails drops that one item, with the item it met, and the rest is
@@ -13,10 +15,70 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use aws_sdk_dynamodb::Client;
 
 use crate::error::FleetError;
-use crate::model::{Execution, InstanceNote, LedgerState};
+use crate::model::{is_valid_instance_id, Execution, InstanceNote, LedgerState};
 
 /// TransactWriteItems takes at most 100 items.
 pub const MAX_TRANSACTION: usize = 100;
+
+/// Key prefix of a batch's send lock (`batch#<batch key>`): makes SendCommand idempotent.
+pub const BATCH_PREFIX: &str = "batch#";
+/// Key prefix of a rollout chunk's target list (`rollout#<rollout id>#w<wave>#c<chunk>`).
+pub const ROLLOUT_PREFIX: &str = "rollout#";
+/// The table's TTL attribute (epoch seconds, a Number). Only non-instance items carry it:
+/// DynamoDB deletes them some time after it passes. Instance items never expire.
+pub const TTL_ATTRIBUTE: &str = "expiresAt";
+/// How long batch locks and rollout chunk lists are kept: 35 days. Longer than the 14 days in
+/// which Step Functions can redrive a failed execution (a redriven send must still find its lock,
+/// a redriven chunk its targets) and than the 30 days SSM keeps command history (a lock's command
+/// id stays resolvable as long as SSM knows the command).
+pub const NON_INSTANCE_TTL_SECONDS: i64 = 35 * 24 * 3600;
+
+/// The ledger key of a batch's send lock.
+pub fn batch_lock_key(batch_key: &str) -> String {
+    format!("{BATCH_PREFIX}{batch_key}")
+}
+
+/// The ledger key of a rollout chunk's target list.
+pub fn rollout_targets_key(rollout_id: &str, wave: usize, chunk: usize) -> String {
+    format!("{ROLLOUT_PREFIX}{rollout_id}#w{wave}#c{chunk}")
+}
+
+/// True for the workflow's own items (batch locks, rollout chunks), which are not instances.
+pub fn is_non_instance_key(key: &str) -> bool {
+    key.starts_with(BATCH_PREFIX) || key.starts_with(ROLLOUT_PREFIX)
+}
+
+/// The `expiresAt` value of a non-instance item written at `now`.
+pub fn expires_at(now: chrono::DateTime<chrono::Utc>) -> i64 {
+    now.timestamp() + NON_INSTANCE_TTL_SECONDS
+}
+
+/// The TTL field of a non-instance item written now.
+pub fn ttl_field() -> (&'static str, AttributeValue) {
+    (TTL_ATTRIBUTE, n(expires_at(chrono::Utc::now())))
+}
+
+/// Every ledger write passes here: an instance item's key must be a well-formed instance id, and
+/// a non-instance item (batch lock, rollout chunk) never carries `state` (it would show in the
+/// byState index and count as an instance). A malformed id is never written as a key.
+pub fn check_write(w: &LedgerWrite) -> Result<(), FleetError> {
+    if is_non_instance_key(&w.key) {
+        if w.fields.iter().any(|(name, _)| *name == "state") {
+            return Err(FleetError::invalid_input(format!(
+                "ledger item {} is not an instance and must not carry a state",
+                crate::text::clip(&w.key, 80)
+            )));
+        }
+        return Ok(());
+    }
+    if !is_valid_instance_id(&w.key) {
+        return Err(FleetError::invalid_input(format!(
+            "refusing to write malformed instance id {:?} to the ledger (expected i- and 8 or 17 lowercase hex digits)",
+            crate::text::clip(&w.key, 64)
+        )));
+    }
+    Ok(())
+}
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -185,6 +247,9 @@ pub async fn write_all(
     writes: Vec<LedgerWrite>,
 ) -> Result<WriteResult, FleetError> {
     let mut result = WriteResult::default();
+    for w in &writes {
+        check_write(w)?;
+    }
     for chunk in writes.chunks(MAX_TRANSACTION) {
         let r = write_transaction(client, table, exec, chunk.to_vec()).await?;
         result.written.extend(r.written);
@@ -201,6 +266,9 @@ pub async fn write_transaction(
     exec: &Execution,
     mut pending: Vec<LedgerWrite>,
 ) -> Result<WriteResult, FleetError> {
+    for w in &pending {
+        check_write(w)?;
+    }
     let mut result = WriteResult::default();
     let mut conflicts = 0;
     while !pending.is_empty() {
@@ -286,7 +354,22 @@ pub async fn put_target_chunks(
     rollout_id: &str,
 ) -> Result<(), FleetError> {
     use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    for (key, ids) in chunks {
+        if !key.starts_with(ROLLOUT_PREFIX) {
+            return Err(FleetError::invalid_input(format!(
+                "rollout chunk key {:?} does not start with {ROLLOUT_PREFIX}",
+                crate::text::clip(key, 80)
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|id| !is_valid_instance_id(id)) {
+            return Err(FleetError::invalid_input(format!(
+                "rollout chunk {key} holds malformed instance id {:?}",
+                crate::text::clip(bad, 64)
+            )));
+        }
+    }
     let now = now_rfc3339();
+    let (ttl_name, ttl_value) = ttl_field();
     for group in chunks.chunks(25) {
         let mut requests: Vec<WriteRequest> = group
             .iter()
@@ -297,6 +380,8 @@ pub async fn put_target_chunks(
                 item.insert("rolloutId".into(), s(rollout_id));
                 item.insert("instanceIds".into(), AttributeValue::L(ids.iter().map(s).collect()));
                 item.insert("createdAt".into(), s(&now));
+                // Not an instance: expires, and never carries `state`.
+                item.insert(ttl_name.into(), ttl_value.clone());
                 let put = PutRequest::builder()
                     .set_item(Some(item))
                     .build()
@@ -334,6 +419,12 @@ pub async fn put_target_chunks(
 
 /// Load a rollout chunk's instance ids.
 pub async fn load_target_chunk(client: &Client, table: &str, key: &str) -> Result<Vec<String>, FleetError> {
+    if !key.starts_with(ROLLOUT_PREFIX) {
+        return Err(FleetError::invalid_input(format!(
+            "targetsKey {:?} is not a rollout chunk (it starts with {ROLLOUT_PREFIX})",
+            crate::text::clip(key, 80)
+        )));
+    }
     let resp = client
         .get_item()
         .table_name(table)
@@ -392,5 +483,112 @@ mod tests {
                 assert!(text.contains(k.as_str()), "{guard:?}: value {k} unused in {text}");
             }
         }
+    }
+
+    fn write(key: &str, fields: Vec<(&'static str, AttributeValue)>) -> LedgerWrite {
+        LedgerWrite {
+            key: key.into(),
+            fields,
+            guard: Guard::NotExists,
+        }
+    }
+
+    #[test]
+    fn malformed_ids_are_never_keys_and_non_instance_items_never_carry_state() {
+        assert!(check_write(&write("i-0123456789abcdef0", vec![("state", s("failed"))])).is_ok());
+        assert!(check_write(&write("i-0123abcd", vec![("state", s("failed"))])).is_ok());
+        for bad in [
+            "not-an-id",
+            "",
+            "i-0123456789ABCDEF0",
+            "i-日本語",
+            "i-0123456789abcdef0 ",
+        ] {
+            let err = check_write(&write(bad, vec![("state", s("skipped"))])).unwrap_err();
+            assert_eq!(err.error_type(), crate::error::INVALID_INPUT, "{bad}");
+            assert!(err.to_string().contains("malformed instance id"), "{err}");
+        }
+        assert!(check_write(&write(&batch_lock_key("abc"), vec![("kind", s("batch")), ttl_field()])).is_ok());
+        let err = check_write(&write(&batch_lock_key("abc"), vec![("state", s("installing"))])).unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+        assert!(check_write(&write(&rollout_targets_key("r", 0, 1), vec![("state", s("x"))])).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_key_fails_before_any_call() {
+        let client = aws_smithy_mocks::mock_client!(aws_sdk_dynamodb, []);
+        let err = write_all(
+            &client,
+            "t",
+            &exec(),
+            vec![write("junk", vec![("state", s("skipped"))])],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+        let err = put_target_chunks(
+            &client,
+            "t",
+            &[(rollout_targets_key("r", 0, 0), vec!["junk".into()])],
+            "r",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+        let err = load_target_chunk(&client, "t", "i-0123456789abcdef0")
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+    }
+
+    #[test]
+    fn keys_prefixes_and_ttl() {
+        assert_eq!(batch_lock_key("k1"), "batch#k1");
+        assert_eq!(rollout_targets_key("r1", 2, 3), "rollout#r1#w2#c3");
+        assert!(is_non_instance_key("batch#k1") && is_non_instance_key("rollout#r1#w0#c0"));
+        assert!(!is_non_instance_key("i-0123456789abcdef0"));
+        assert_eq!(TTL_ATTRIBUTE, "expiresAt");
+        // longer than the 14-day redrive window and the 30-day SSM command history
+        assert!(NON_INSTANCE_TTL_SECONDS > 30 * 24 * 3600);
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(expires_at(now), 1_800_000_000 + 35 * 86400);
+        let (name, value) = ttl_field();
+        assert_eq!(name, "expiresAt");
+        let secs: i64 = value.as_n().unwrap().parse().unwrap();
+        assert!(secs > chrono::Utc::now().timestamp() + 34 * 86400);
+    }
+
+    #[tokio::test]
+    async fn rollout_chunks_expire_and_carry_no_state() {
+        use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput;
+        let rule = aws_smithy_mocks::mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .match_requests(|r| {
+                let items = &r.request_items().unwrap()["t"];
+                items.len() == 2
+                    && items.iter().all(|w| {
+                        let item = w.put_request().unwrap().item();
+                        item.get("instanceId")
+                            .and_then(|v| v.as_s().ok())
+                            .is_some_and(|k| k.starts_with("rollout#"))
+                            && item.get("expiresAt").and_then(|v| v.as_n().ok()).is_some_and(|n| {
+                                n.parse::<i64>().unwrap() > chrono::Utc::now().timestamp() + 34 * 86400
+                            })
+                            && !item.contains_key("state")
+                    })
+            })
+            .then_output(|| BatchWriteItemOutput::builder().build());
+        let client = aws_smithy_mocks::mock_client!(aws_sdk_dynamodb, [&rule]);
+        put_target_chunks(
+            &client,
+            "t",
+            &[
+                (rollout_targets_key("r", 0, 0), vec!["i-0123456789abcdef0".into()]),
+                (rollout_targets_key("r", 1, 0), vec!["i-0123abcd".into()]),
+            ],
+            "r",
+        )
+        .await
+        .unwrap();
+        assert_eq!(rule.num_calls(), 1);
     }
 }

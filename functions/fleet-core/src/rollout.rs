@@ -81,7 +81,7 @@ pub fn plan_waves(
             .iter()
             .enumerate()
             .map(|(c, ids)| ChunkRef {
-                targets_key: format!("rollout#{rollout_id}#w{wave}#c{c}"),
+                targets_key: crate::ledger::rollout_targets_key(rollout_id, wave, c),
                 instances: ids.len(),
                 execution_name: truncate_name(&format!("{rollout_id}-w{wave}-c{c}")),
             })

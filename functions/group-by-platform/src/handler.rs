@@ -1,4 +1,4 @@
-use fleet_core::model::{Batch, InstanceNote, ManagedInstance};
+use fleet_core::model::{Batch, InstanceNote, ManagedInstance, ReasonCode};
 use fleet_core::routing::{route, RouteTable, MAX_BATCH};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
@@ -33,9 +33,27 @@ pub async fn handle(table: &RouteTable, payload: Value) -> Result<Response, Flee
     if req.attempt == 0 {
         return Err(FleetError::invalid_input("attempt starts at 1"));
     }
-    let routed = route(&req.managed, table, req.attempt, MAX_BATCH);
+    // A malformed id never reaches a batch (send-command would write it as a ledger key): it is
+    // skipped with the reason, and record-unmanaged counts it without writing it.
+    let (managed, malformed): (Vec<_>, Vec<_>) = req
+        .managed
+        .into_iter()
+        .partition(|m| fleet_core::model::is_valid_instance_id(&m.instance_id));
+    let mut routed = route(&managed, table, req.attempt, MAX_BATCH);
+    for m in malformed {
+        tracing::warn!(
+            instance_id = fleet_core::text::clip(&m.instance_id, 64),
+            "malformed instance id in the managed list: skipped"
+        );
+        routed.skipped.push(InstanceNote {
+            instance_id: m.instance_id,
+            reason_code: ReasonCode::MalformedInstanceId,
+            reason: "not an EC2 instance id (expected i- and 8 or 17 lowercase hex digits)".into(),
+            platform: None,
+        });
+    }
     tracing::info!(
-        managed = req.managed.len(),
+        managed = managed.len(),
         batches = routed.batches.len(),
         skipped = routed.skipped.len(),
         "routed instances"
@@ -111,6 +129,19 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        let r = handle(
+            &table(),
+            serde_json::json!({"managed": [
+                {"instanceId": "i-0123456789abcdef0", "platformType": "Linux", "platformName": "Ubuntu"},
+                {"instanceId": "i-bad id", "platformType": "Linux", "platformName": "Ubuntu"}
+            ]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.batches.len(), 1);
+        assert_eq!(r.batches[0].instance_ids(), vec!["i-0123456789abcdef0"]);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].reason_code, ReasonCode::MalformedInstanceId);
         let err = handle(&table(), serde_json::json!({"managed": [], "attempt": 0}))
             .await
             .unwrap_err();

@@ -85,6 +85,14 @@ pub async fn handle(
     let mut ids = Vec::new();
     let mut opted_out = Vec::new();
     for f in facts.into_values() {
+        if !fleet_core::model::is_valid_instance_id(&f.instance_id) {
+            // Never a ledger key nor a chunk member.
+            tracing::warn!(
+                instance_id = fleet_core::text::clip(&f.instance_id, 64),
+                "EC2 returned a malformed instance id: left out of the rollout"
+            );
+            continue;
+        }
         if f.opted_out {
             opted_out.push(InstanceNote {
                 reason_code: ReasonCode::OptedOut,

@@ -78,22 +78,31 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
             notes.extend(unmanaged.iter().map(|n| (n, LedgerState::Unmanaged)));
             notes.extend(skipped.iter().map(|n| (n, LedgerState::Skipped)));
             notes.extend(unrouted.iter().map(|n| (n, LedgerState::Skipped)));
-            // A malformed id cannot be a ledger key worth keeping, but it must not vanish either:
-            // it is recorded under its (sanitised, bounded) text.
-            let writes: Vec<LedgerWrite> = notes
+            // A malformed id is never a ledger key: it is counted in the summary (skipped,
+            // MalformedInstanceId) and logged with the reason, not written.
+            let (valid, malformed): (Vec<_>, Vec<_>) = notes
                 .iter()
-                .filter(|(n, _)| !n.instance_id.is_empty())
-                .map(|(n, st)| {
-                    let mut n = (*n).clone();
-                    n.instance_id = n.instance_id.chars().take(64).collect();
-                    note_write(&n, *st, &execution, &now)
-                })
+                .partition(|(n, _)| fleet_core::model::is_valid_instance_id(&n.instance_id));
+            for (n, _) in &malformed {
+                tracing::warn!(
+                    instance_id = fleet_core::text::clip(&n.instance_id, 64),
+                    reason = n.reason,
+                    "malformed instance id: counted as skipped, not written to the ledger"
+                );
+                summary.add(
+                    LedgerState::Skipped.as_str(),
+                    n.platform.as_deref(),
+                    ReasonCode::MalformedInstanceId,
+                );
+            }
+            let writes: Vec<LedgerWrite> = valid
+                .iter()
+                .map(|(n, st)| note_write(n, *st, &execution, &now))
                 .collect();
             let result = ledger::write_all(client, table, &execution, writes).await?;
             let refused: std::collections::HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
-            for (n, st) in &notes {
-                let key: String = n.instance_id.chars().take(64).collect();
-                if refused.contains(key.as_str()) {
+            for (n, st) in &valid {
+                if refused.contains(n.instance_id.as_str()) {
                     summary.add(DUPLICATE, n.platform.as_deref(), ReasonCode::SupersededByNewerRun);
                 } else {
                     summary.add(st.as_str(), n.platform.as_deref(), n.reason_code);
@@ -244,6 +253,43 @@ mod tests {
         // 100 (refused one) + 99 retried + 21 in the second chunk
         assert_eq!(first.num_calls(), 1);
         assert_eq!(rest.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_ids_are_counted_but_never_written_as_keys() {
+        let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().iter().all(|i| {
+                    let key = i.update().unwrap().key()["instanceId"].as_s().unwrap();
+                    fleet_core::model::is_valid_instance_id(key)
+                })
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&rule]);
+        let junk = |text: &str| serde_json::json!({"instanceId": text, "reasonCode": "MalformedInstanceId", "reason": "not an EC2 instance id"});
+        let r = handle(
+            &client,
+            "ledger",
+            with_exec(serde_json::json!({"mode": "record",
+                "skipped": [junk("not-an-id"), junk("i-日本語-x"), junk(""), note(1, "OptedOut")]})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.recorded, 1);
+        assert_eq!(rule.num_calls(), 1);
+        let s = r.summary.unwrap();
+        assert_eq!(s.by_state["skipped"], 4);
+        assert_eq!(s.by_reason["MalformedInstanceId"], 3);
+        // only malformed ids: no call at all
+        let client = mock_client!(aws_sdk_dynamodb, []);
+        let r = handle(
+            &client,
+            "ledger",
+            with_exec(serde_json::json!({"mode": "record", "skipped": [junk("bogus")]})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.recorded, 0);
     }
 
     #[tokio::test]

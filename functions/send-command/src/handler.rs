@@ -60,10 +60,6 @@ pub struct Response {
     pub reused: usize,
 }
 
-fn lock_key(key: &str) -> String {
-    format!("batch#{key}")
-}
-
 /// SendCommand's Comment: at most 100 characters.
 const MAX_COMMENT: usize = 100;
 
@@ -89,6 +85,18 @@ pub async fn handle(
     })?;
     if req.execution.execution_id.is_empty() {
         return Err(FleetError::invalid_input("executionId is empty"));
+    }
+    // Every id becomes a ledger key when it is claimed: a malformed one stops the call first.
+    if let Some(bad) = req
+        .batches
+        .iter()
+        .flat_map(|b| &b.instances)
+        .find(|i| !fleet_core::model::is_valid_instance_id(&i.instance_id))
+    {
+        return Err(FleetError::invalid_input(format!(
+            "batch holds malformed instance id {:?} (expected i- and 8 or 17 lowercase hex digits)",
+            fleet_core::text::clip(&bad.instance_id, 64)
+        )));
     }
     let mut resp = Response {
         in_flight: std::mem::take(&mut req.in_flight),
@@ -132,7 +140,7 @@ async fn send_batch(
     let stale_before = (Utc::now() - Duration::seconds(config.stale_claim_seconds))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut writes = vec![LedgerWrite {
-        key: lock_key(&key),
+        key: ledger::batch_lock_key(&key),
         fields: vec![
             ("kind", s("batch")),
             ("executionArn", s(&exec.execution_id)),
@@ -140,6 +148,8 @@ async fn send_batch(
             ("attempt", n(batch.attempt)),
             ("instanceCount", n(batch.instances.len())),
             ("updatedAt", s(&now)),
+            // Not an instance: no `state` (it stays out of the byState index), and it expires.
+            ledger::ttl_field(),
         ],
         guard: Guard::NotExists,
     }];
@@ -168,7 +178,7 @@ async fn send_batch(
         });
     }
     let result = ledger::write_transaction(db, &config.table, exec, writes).await?;
-    let lock = lock_key(&key);
+    let lock = ledger::batch_lock_key(&key);
     let mut existing_lock: Option<Item> = None;
     let mut refused_instances: HashSet<String> = HashSet::new();
     for (k, item) in result.refused {
@@ -436,6 +446,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_batch_lock_expires_and_carries_no_state() {
+        fn lock_ok(r: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput) -> bool {
+            let u = r.transact_items()[0].update().unwrap();
+            let key = u.key()["instanceId"].as_s().unwrap();
+            let names = u.expression_attribute_names().unwrap();
+            let values = u.expression_attribute_values().unwrap();
+            let field = |attr: &str| {
+                names
+                    .iter()
+                    .find(|(_, v)| v.as_str() == attr)
+                    .and_then(|(k, _)| values.get(&k.replacen('#', ":", 1)))
+            };
+            let ttl = field(fleet_core::ledger::TTL_ATTRIBUTE)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<i64>().ok());
+            key.starts_with(fleet_core::ledger::BATCH_PREFIX)
+                && ttl.is_some_and(|t| t > Utc::now().timestamp() + 34 * 86400)
+                && !names.values().any(|v| v == "state")
+                // the instances claimed with it do carry a state and no TTL
+                && r.transact_items()[1..].iter().all(|i| {
+                    let names = i.update().unwrap().expression_attribute_names().unwrap();
+                    names.values().any(|v| v == "state") && !names.values().any(|v| v == "expiresAt")
+                })
+        }
+        let claim = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 3 && lock_ok(r))
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let record = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 1)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id("cmd-1").build())
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &record]);
+        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
+        assert_eq!(r.sent, 1);
+        assert_eq!(claim.num_calls(), 1);
+        assert_eq!(record.num_calls(), 1);
+    }
+
+    #[tokio::test]
     async fn a_retried_invocation_reuses_the_recorded_command() {
         let lock_exists = mock!(aws_sdk_dynamodb::Client::transact_write_items)
             .match_requests(|r| r.transact_items().len() == 3)
@@ -630,6 +684,13 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        let mut bad = batch(&[1]);
+        bad["instances"][0]["instanceId"] = Value::String("i-junk; rm -rf /".into());
+        let err = handle(&ssm, &db, &config(), input(vec![batch(&[2]), bad]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+        assert!(err.to_string().contains("malformed instance id"), "{err}");
         let big: Vec<u32> = (0..51).collect();
         let err = handle(&ssm, &db, &config(), input(vec![batch(&big)]))
             .await

@@ -95,12 +95,15 @@ pub async fn describe_running_by_tags(
     }
 }
 
+/// True when the instance carries the opt-out tag key, whatever its value (even empty or "false"):
+/// the key alone opts out.
+pub fn has_opt_out_tag(i: &aws_sdk_ec2::types::Instance, opt_out_tag: &str) -> bool {
+    i.tags().iter().any(|t| t.key() == Some(opt_out_tag))
+}
+
 fn facts_of(i: &aws_sdk_ec2::types::Instance, opt_out_tag: &str) -> Option<Ec2Facts> {
     let id = i.instance_id()?;
-    let opted_out = i
-        .tags()
-        .iter()
-        .any(|t| t.key() == Some(opt_out_tag) && !t.value().unwrap_or("").eq_ignore_ascii_case("false"));
+    let opted_out = has_opt_out_tag(i, opt_out_tag);
     Some(Ec2Facts {
         instance_id: id.to_string(),
         state: i
@@ -291,6 +294,13 @@ pub async fn send_command(client: &aws_sdk_ssm::Client, req: &SendRequest) -> Re
     }
 }
 
+/// A command found by its comment: its id and the instance ids it targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundCommand {
+    pub command_id: String,
+    pub instance_ids: Vec<String>,
+}
+
 /// Find a command this system already sent for a batch (its comment carries the batch key),
 /// among the document's commands since `since`. Used when a previous attempt died between
 /// SendCommand and recording the command id.
@@ -299,7 +309,7 @@ pub async fn find_command_by_comment(
     document_name: &str,
     since: DateTime<Utc>,
     comment: &str,
-) -> Result<Option<String>, FleetError> {
+) -> Result<Option<FoundCommand>, FleetError> {
     let mut token = None;
     loop {
         let resp = client
@@ -324,11 +334,40 @@ pub async fn find_command_by_comment(
             .await
             .map_err(|e| FleetError::from_sdk("ssm", "ListCommands", &e))?;
         if let Some(c) = resp.commands().iter().find(|c| c.comment() == Some(comment)) {
-            return Ok(c.command_id().map(str::to_string));
+            return Ok(c.command_id().map(|id| FoundCommand {
+                command_id: id.to_string(),
+                instance_ids: c.instance_ids().to_vec(),
+            }));
         }
         token = resp.next_token().map(str::to_string);
         if token.is_none() {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::types::{Instance, Tag};
+
+    #[test]
+    fn the_opt_out_key_alone_opts_out_whatever_its_value() {
+        let with = |value: Option<&str>| {
+            let tag = Tag::builder()
+                .key("fleet-install:opt-out")
+                .set_value(value.map(str::to_string))
+                .build();
+            Instance::builder().instance_id("i-0123456789abcdef0").tags(tag).build()
+        };
+        for v in [Some("true"), Some("false"), Some("FALSE"), Some("no"), Some(""), None] {
+            assert!(has_opt_out_tag(&with(v), "fleet-install:opt-out"), "{v:?}");
+            assert!(facts_of(&with(v), "fleet-install:opt-out").unwrap().opted_out, "{v:?}");
+        }
+        let other = Instance::builder()
+            .instance_id("i-0123456789abcdef0")
+            .tags(Tag::builder().key("team").value("fleet-install:opt-out").build())
+            .build();
+        assert!(!has_opt_out_tag(&other, "fleet-install:opt-out"));
     }
 }

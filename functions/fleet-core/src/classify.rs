@@ -13,7 +13,7 @@ pub struct Ec2Facts {
     pub state: String,
     pub launch_time: Option<DateTime<Utc>>,
     pub has_instance_profile: bool,
-    /// The opt-out tag is present (any value but "false").
+    /// The opt-out tag key is present (whatever its value: the key alone opts out).
     pub opted_out: bool,
     /// EC2's PlatformDetails, e.g. "Linux/UNIX", "Windows", "Red Hat Enterprise Linux".
     pub platform_details: Option<String>,

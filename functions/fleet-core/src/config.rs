@@ -64,7 +64,7 @@ pub fn route_table(get: &impl Fn(&str) -> Option<String>) -> Result<RouteTable, 
             }
             p.insert("ExecutionTimeoutSeconds".into(), timeout.clone());
             Some(RouteTarget {
-                route: "linux".into(),
+                route: crate::routing::LINUX_ROUTE.into(),
                 document_name,
                 document_version: version.clone(),
                 parameters: p,
@@ -84,7 +84,7 @@ pub fn route_table(get: &impl Fn(&str) -> Option<String>) -> Result<RouteTable, 
             }
             p.insert("ExecutionTimeoutSeconds".into(), timeout);
             Some(RouteTarget {
-                route: "windows".into(),
+                route: crate::routing::WINDOWS_ROUTE.into(),
                 document_name,
                 document_version: version,
                 parameters: p,

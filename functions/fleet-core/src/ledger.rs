@@ -549,7 +549,7 @@ mod tests {
         assert!(!is_non_instance_key("i-0123456789abcdef0"));
         assert_eq!(TTL_ATTRIBUTE, "expiresAt");
         // longer than the 14-day redrive window and the 30-day SSM command history
-        assert!(NON_INSTANCE_TTL_SECONDS > 30 * 24 * 3600);
+        const { assert!(NON_INSTANCE_TTL_SECONDS > 30 * 24 * 3600) };
         let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert_eq!(expires_at(now), 1_800_000_000 + 35 * 86400);
         let (name, value) = ttl_field();

@@ -13,6 +13,16 @@ use crate::model::{Batch, BatchInstance, InstanceNote, ManagedInstance, ReasonCo
 /// SendCommand accepts at most 50 instance ids per call.
 pub const MAX_BATCH: usize = 50;
 
+/// A batch's `route`: the role of its document. send-command resolves the current document name
+/// from the route at send time (a stack update replaces the documents under new names).
+pub const LINUX_ROUTE: &str = "linux";
+pub const WINDOWS_ROUTE: &str = "windows";
+/// The environment variable that names each route's document.
+pub const DOCUMENT_NAME_VARIABLES: &[(&str, &str)] = &[
+    (LINUX_ROUTE, "LINUX_DOCUMENT_NAME"),
+    (WINDOWS_ROUTE, "WINDOWS_DOCUMENT_NAME"),
+];
+
 /// Parameter names of the Linux install document (documents/install-agent-linux.yml).
 pub const LINUX_PARAMETERS: &[&str] = &[
     "InstallerUrlRpm",

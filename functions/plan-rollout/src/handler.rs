@@ -162,7 +162,8 @@ mod tests {
         for n in range {
             let mut i = Instance::builder().instance_id(format!("i-{n:017x}"));
             if opt_out {
-                i = i.tags(Tag::builder().key("fleet-install:opt-out").value("yes").build());
+                // the key alone opts out, even with the value "false"
+                i = i.tags(Tag::builder().key("fleet-install:opt-out").value("false").build());
             }
             r = r.instances(i.build());
         }

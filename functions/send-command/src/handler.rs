@@ -3,15 +3,21 @@
 //! item and claims its instances; only the invocation that creates the lock sends. The lock
 //! then records the command id. A retry that finds the lock reuses its command id; one that
 //! finds a lock without a command id (the earlier attempt died around SendCommand) looks the
-//! command up by the key in its comment before deciding to send.
+//! command up by the key in its comment before deciding to send. The lock also records the
+//! instances the command carries, so that a reuse tracks exactly those.
+//!
+//! At send time the document name comes from this function's environment, by the batch's route
+//! (linux, windows): the stack's documents are replaced under new names on update, and a resend
+//! planned before the update still names the old one. Before a resend (attempt > 1) the
+//! instances' tags are read again and those that now carry the opt-out tag key are not sent.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Duration, Utc};
-use fleet_core::adapters::{self, SendError, SendRequest};
+use fleet_core::adapters::{self, FoundCommand, SendError, SendRequest};
 use fleet_core::ledger::{self, get_s, n, s, Guard, Item, LedgerWrite};
 use fleet_core::model::{Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE};
-use fleet_core::routing::batch_key;
+use fleet_core::routing::{batch_key, DOCUMENT_NAME_VARIABLES};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,6 +28,11 @@ pub struct Config {
     pub delivery_timeout_seconds: i32,
     /// A claim by another execution older than this is considered abandoned.
     pub stale_claim_seconds: i64,
+    /// Instances carrying this tag key (any value) are not sent a resend.
+    pub opt_out_tag: String,
+    /// The current document name of each route (linux, windows), from LINUX_DOCUMENT_NAME and
+    /// WINDOWS_DOCUMENT_NAME. A route without one keeps the name its batch carries.
+    pub documents: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -33,6 +44,15 @@ impl Config {
             output_log_group: (!group.is_empty()).then_some(group),
             delivery_timeout_seconds: number(get, "DELIVERY_TIMEOUT_SECONDS", 600)?,
             stale_claim_seconds: number(get, "STALE_CLAIM_SECONDS", 6 * 3600)?,
+            opt_out_tag: optional(get, "OPT_OUT_TAG_KEY", "fleet-install:opt-out"),
+            documents: [
+                (DOCUMENT_NAME_VARIABLES[0].0, optional(get, "LINUX_DOCUMENT_NAME", "")),
+                (DOCUMENT_NAME_VARIABLES[1].0, optional(get, "WINDOWS_DOCUMENT_NAME", "")),
+            ]
+            .into_iter()
+            .filter(|(_, name)| !name.is_empty())
+            .map(|(route, name)| (route.to_string(), name))
+            .collect(),
         })
     }
 }
@@ -72,8 +92,36 @@ fn comment(key: &str, execution_id: &str) -> String {
     c
 }
 
+/// The document a batch is sent with: the current name of its route's document (from the
+/// environment), which differs from the batch's when the stack was updated after the batch was
+/// planned.
+fn current_document(config: &Config, batch: &Batch) -> String {
+    match config.documents.get(&batch.route) {
+        Some(current) if *current != batch.document_name => {
+            tracing::info!(
+                route = batch.route,
+                planned = batch.document_name,
+                current = current.as_str(),
+                attempt = batch.attempt,
+                "install document renamed since the batch was planned (stack update): sending with the current document"
+            );
+            current.clone()
+        }
+        Some(current) => current.clone(),
+        None => {
+            tracing::warn!(
+                route = batch.route,
+                document = batch.document_name,
+                "no current document configured for this route: sending with the batch's document"
+            );
+            batch.document_name.clone()
+        }
+    }
+}
+
 pub async fn handle(
     ssm: &aws_sdk_ssm::Client,
+    ec2: &aws_sdk_ec2::Client,
     db: &aws_sdk_dynamodb::Client,
     config: &Config,
     payload: Value,
@@ -104,17 +152,41 @@ pub async fn handle(
         sent: 0,
         reused: 0,
     };
+    if let Some(batch) = req
+        .batches
+        .iter()
+        .find(|b| b.instances.len() > fleet_core::routing::MAX_BATCH)
+    {
+        return Err(FleetError::invalid_input(format!(
+            "a batch holds {} instances; SendCommand takes at most 50",
+            batch.instances.len()
+        )));
+    }
+    // Opt-out holds at every send: before a resend, read the tags again (DescribeInstances with
+    // the instance-id filter, 200 ids a call, every resend batch of this call together).
+    let resend_ids: Vec<String> = req
+        .batches
+        .iter()
+        .filter(|b| b.attempt > 1)
+        .flat_map(|b| b.instance_ids())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let opted_out: HashSet<String> = if resend_ids.is_empty() {
+        HashSet::new()
+    } else {
+        adapters::describe_ec2(ec2, &resend_ids, &config.opt_out_tag)
+            .await?
+            .into_values()
+            .filter(|f| f.opted_out)
+            .map(|f| f.instance_id)
+            .collect()
+    };
     for batch in &req.batches {
         if batch.instances.is_empty() {
             continue;
         }
-        if batch.instances.len() > fleet_core::routing::MAX_BATCH {
-            return Err(FleetError::invalid_input(format!(
-                "a batch holds {} instances; SendCommand takes at most 50",
-                batch.instances.len()
-            )));
-        }
-        if let Some(cmd) = send_batch(ssm, db, config, &req.execution, batch, &mut resp).await? {
+        if let Some(cmd) = send_batch(ssm, db, config, &req.execution, batch, &opted_out, &mut resp).await? {
             resp.in_flight.push(cmd);
         }
     }
@@ -132,13 +204,26 @@ async fn send_batch(
     db: &aws_sdk_dynamodb::Client,
     config: &Config,
     exec: &Execution,
-    batch: &Batch,
+    planned: &Batch,
+    opted_out: &HashSet<String>,
     resp: &mut Response,
 ) -> Result<Option<SentCommand>, FleetError> {
-    let key = batch_key(&exec.execution_id, batch);
+    // The key comes from the batch as planned (execution, route, attempt, instances): a retried
+    // invocation finds the same lock whatever the document is called now and whoever opted out since.
+    let key = batch_key(&exec.execution_id, planned);
+    let planned_document = planned.document_name.clone();
+    let batch = &Batch {
+        document_name: current_document(config, planned),
+        ..planned.clone()
+    };
     let now = ledger::now_rfc3339();
     let stale_before = (Utc::now() - Duration::seconds(config.stale_claim_seconds))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (now_opted_out, to_claim): (Vec<BatchInstance>, Vec<BatchInstance>) = batch
+        .instances
+        .iter()
+        .cloned()
+        .partition(|i| batch.attempt > 1 && opted_out.contains(&i.instance_id));
     let mut writes = vec![LedgerWrite {
         key: ledger::batch_lock_key(&key),
         fields: vec![
@@ -153,7 +238,7 @@ async fn send_batch(
         ],
         guard: Guard::NotExists,
     }];
-    for i in &batch.instances {
+    for i in &to_claim {
         let mut f = ledger::base_fields(LedgerState::Installing, exec, &now);
         f.extend([
             ("platform", s(&i.platform)),
@@ -205,49 +290,86 @@ async fn send_batch(
             refused_instances.insert(k);
         }
     }
-    let claimed: Vec<BatchInstance> = batch
-        .instances
-        .iter()
-        .filter(|i| !refused_instances.contains(&i.instance_id))
-        .cloned()
-        .collect();
-    let claimed_batch = Batch {
-        instances: claimed,
-        ..batch.clone()
-    };
 
     if let Some(lock_item) = &existing_lock {
+        // An earlier invocation created the lock: if it sent, track what its command carries
+        // (the lock records those instances; the opt-out read now does not undo a send).
+        let sent_with = |command_id: String, targets: Option<Vec<String>>| {
+            let instances = batch
+                .instances
+                .iter()
+                .filter(|i| !refused_instances.contains(&i.instance_id))
+                .filter(|i| targets.as_ref().is_none_or(|t| t.contains(&i.instance_id)))
+                .cloned()
+                .collect();
+            SentCommand {
+                command_id,
+                batch_key: key.clone(),
+                batch: Batch {
+                    instances,
+                    ..batch.clone()
+                },
+            }
+        };
         if let Some(command_id) = get_s(lock_item, "commandId") {
             resp.reused += 1;
             tracing::info!(batch_key = key, command_id, "batch already sent: reusing its command");
-            return Ok(Some(SentCommand {
-                command_id: command_id.to_string(),
-                batch_key: key,
-                batch: claimed_batch,
-            }));
+            return Ok(Some(sent_with(command_id.to_string(), sent_instances(lock_item))));
         }
         let since = get_s(lock_item, "updatedAt")
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc) - Duration::seconds(60))
             .unwrap_or_else(|| Utc::now() - Duration::hours(24));
-        if let Some(command_id) =
-            adapters::find_command_by_comment(ssm, &batch.document_name, since, &comment(&key, &exec.execution_id))
-                .await?
+        // The earlier invocation may have sent with another document name (before a stack
+        // update): look under the one its lock records, then the current and the planned names.
+        let mut documents: Vec<&str> = Vec::new();
+        for d in [
+            get_s(lock_item, "document"),
+            Some(&batch.document_name),
+            Some(&planned_document),
+        ]
+        .into_iter()
+        .flatten()
         {
-            record_command_id(db, config, exec, &lock, &command_id).await?;
-            resp.reused += 1;
-            tracing::info!(batch_key = key, command_id, "found the command an earlier attempt sent");
-            return Ok(Some(SentCommand {
+            if !documents.contains(&d) {
+                documents.push(d);
+            }
+        }
+        let wanted = comment(&key, &exec.execution_id);
+        for document in documents {
+            if let Some(FoundCommand {
                 command_id,
-                batch_key: key,
-                batch: claimed_batch,
-            }));
+                instance_ids,
+            }) = adapters::find_command_by_comment(ssm, document, since, &wanted).await?
+            {
+                record_command_id(db, config, exec, &lock, &command_id, &instance_ids).await?;
+                resp.reused += 1;
+                tracing::info!(
+                    batch_key = key,
+                    command_id,
+                    document,
+                    "found the command an earlier attempt sent"
+                );
+                let targets = (!instance_ids.is_empty()).then_some(instance_ids);
+                return Ok(Some(sent_with(command_id, targets)));
+            }
         }
     }
-    if claimed_batch.instances.is_empty() {
+    // This invocation sends: instances that now carry the opt-out tag are recorded as skipped.
+    if !now_opted_out.is_empty() {
+        record_opted_out(db, config, exec, batch.attempt, &now_opted_out, &mut resp.summary).await?;
+    }
+    let claimed: Vec<BatchInstance> = to_claim
+        .into_iter()
+        .filter(|i| !refused_instances.contains(&i.instance_id))
+        .collect();
+    if claimed.is_empty() {
         return Ok(None);
     }
-    let mut to_send = claimed_batch;
+    let mut to_send = Batch {
+        instances: claimed,
+        ..batch.clone()
+    };
     let mut rejected_once = false;
     loop {
         let request = SendRequest {
@@ -261,7 +383,7 @@ async fn send_batch(
         };
         match adapters::send_command(ssm, &request).await {
             Ok(command_id) => {
-                record_command_id(db, config, exec, &lock, &command_id).await?;
+                record_command_id(db, config, exec, &lock, &command_id, &request.instance_ids).await?;
                 resp.sent += 1;
                 return Ok(Some(SentCommand {
                     command_id,
@@ -303,16 +425,80 @@ async fn send_batch(
     }
 }
 
+/// The instances a lock records its command was sent to (absent on locks written before this
+/// was recorded: then every instance of the batch is assumed sent).
+fn sent_instances(lock: &Item) -> Option<Vec<String>> {
+    let list = lock.get(SENT_INSTANCES).and_then(|v| v.as_l().ok())?;
+    Some(list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+}
+
+/// The lock's attribute that lists the instances its command carries.
+const SENT_INSTANCES: &str = "sentInstanceIds";
+
+async fn record_opted_out(
+    db: &aws_sdk_dynamodb::Client,
+    config: &Config,
+    exec: &Execution,
+    attempt: u32,
+    instances: &[BatchInstance],
+    summary: &mut Summary,
+) -> Result<(), FleetError> {
+    let now = ledger::now_rfc3339();
+    let writes = instances
+        .iter()
+        .map(|i| {
+            let note = fleet_core::model::InstanceNote {
+                instance_id: i.instance_id.clone(),
+                reason_code: ReasonCode::OptedOut,
+                reason: format!(
+                    "opted out by tag {} before attempt {attempt}: not sent again",
+                    config.opt_out_tag
+                ),
+                platform: Some(i.platform.clone()),
+            };
+            LedgerWrite {
+                // Only while this execution owns the instance (it claimed it for an earlier attempt).
+                guard: Guard::OwnedByExecution,
+                ..ledger::note_write(&note, LedgerState::Skipped, exec, &now)
+            }
+        })
+        .collect();
+    let result = ledger::write_all(db, &config.table, exec, writes).await?;
+    let refused: HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
+    for i in instances {
+        if refused.contains(i.instance_id.as_str()) {
+            summary.add(DUPLICATE, Some(&i.platform), ReasonCode::SupersededByNewerRun);
+        } else {
+            summary.add(LedgerState::Skipped.as_str(), Some(&i.platform), ReasonCode::OptedOut);
+        }
+    }
+    tracing::info!(
+        count = instances.len(),
+        tag = config.opt_out_tag,
+        attempt,
+        "instances opted out since the last attempt: recorded as skipped, not sent"
+    );
+    Ok(())
+}
+
 async fn record_command_id(
     db: &aws_sdk_dynamodb::Client,
     config: &Config,
     exec: &Execution,
     lock: &str,
     command_id: &str,
+    instance_ids: &[String],
 ) -> Result<(), FleetError> {
+    let mut fields = vec![("commandId", s(command_id)), ("updatedAt", s(ledger::now_rfc3339()))];
+    if !instance_ids.is_empty() {
+        fields.push((
+            SENT_INSTANCES,
+            aws_sdk_dynamodb::types::AttributeValue::L(instance_ids.iter().map(s).collect()),
+        ));
+    }
     let write = LedgerWrite {
         key: lock.to_string(),
-        fields: vec![("commandId", s(command_id)), ("updatedAt", s(ledger::now_rfc3339()))],
+        fields,
         guard: Guard::OwnedByExecution,
     };
     ledger::write_transaction(db, &config.table, exec, vec![write]).await?;
@@ -376,7 +562,16 @@ mod tests {
             output_log_group: Some("/fleet/out".into()),
             delivery_timeout_seconds: 600,
             stale_claim_seconds: 3600,
+            opt_out_tag: "fleet-install:opt-out".into(),
+            documents: BTreeMap::from([
+                ("linux".to_string(), "LinuxDoc".to_string()),
+                ("windows".to_string(), "WinDoc".to_string()),
+            ]),
         }
+    }
+
+    fn no_ec2() -> aws_sdk_ec2::Client {
+        mock_client!(aws_sdk_ec2, [])
     }
 
     fn batch(ids: &[u32]) -> Value {
@@ -434,9 +629,15 @@ mod tests {
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
         let ids: Vec<u32> = (0..50).collect();
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&ids), batch(&[60, 61])]))
-            .await
-            .unwrap();
+        let r = handle(
+            &ssm,
+            &no_ec2(),
+            &db,
+            &config(),
+            input(vec![batch(&ids), batch(&[60, 61])]),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.sent, 2);
         assert_eq!(r.in_flight.len(), 2);
         assert_eq!(r.in_flight[0].command_id, "cmd-1");
@@ -483,10 +684,252 @@ mod tests {
         });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &record]);
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1, 2])]))
+            .await
+            .unwrap();
         assert_eq!(r.sent, 1);
         assert_eq!(claim.num_calls(), 1);
         assert_eq!(record.num_calls(), 1);
+    }
+
+    fn resend(ids: &[u32], document: &str) -> Value {
+        let mut b = batch(ids);
+        b["attempt"] = 2.into();
+        b["documentName"] = document.into();
+        b
+    }
+
+    fn ec2_with_opt_out(opted_out: &'static [u32]) -> aws_smithy_mocks::Rule {
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+        use aws_sdk_ec2::types::{Instance, Reservation, Tag};
+        mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.instance_ids().is_empty()
+                    && r.filters().len() == 1
+                    && r.filters()[0].name() == Some("instance-id")
+                    && r.filters()[0].values().len() <= 200
+            })
+            .then_compute_output(move |r| {
+                let mut res = Reservation::builder();
+                for v in r.filters()[0].values() {
+                    let n = u32::from_str_radix(&v[2..], 16).unwrap();
+                    let mut i = Instance::builder().instance_id(v);
+                    if opted_out.contains(&n) {
+                        // the key alone opts out, whatever the value
+                        i = i.tags(Tag::builder().key("fleet-install:opt-out").value("false").build());
+                    } else {
+                        i = i.tags(Tag::builder().key("team").value("web").build());
+                    }
+                    res = res.instances(i.build());
+                }
+                DescribeInstancesOutput::builder().reservations(res.build()).build()
+            })
+    }
+
+    fn key_of(item: &aws_sdk_dynamodb::types::TransactWriteItem) -> String {
+        item.update().unwrap().key()["instanceId"].as_s().unwrap().clone()
+    }
+
+    fn value_of(item: &aws_sdk_dynamodb::types::TransactWriteItem, attr: &str) -> Option<String> {
+        let u = item.update().unwrap();
+        let (name, _) = u
+            .expression_attribute_names()?
+            .iter()
+            .find(|(_, v)| v.as_str() == attr)?;
+        let v = u.expression_attribute_values()?.get(&name.replacen('#', ":", 1))?;
+        v.as_s().ok().cloned()
+    }
+
+    #[tokio::test]
+    async fn a_resend_skips_instances_that_opted_out_since_and_records_them() {
+        let describe = ec2_with_opt_out(&[2]);
+        let claim = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                let keys: Vec<String> = r.transact_items().iter().map(key_of).collect();
+                keys.len() == 3 && keys[0].starts_with("batch#") && keys[1..] == [id(1), id(3)]
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let skipped = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                let items = r.transact_items();
+                items.len() == 1
+                    && key_of(&items[0]) == id(2)
+                    && value_of(&items[0], "state").as_deref() == Some("skipped")
+                    && value_of(&items[0], "reasonCode").as_deref() == Some("OptedOut")
+                    && items[0].update().unwrap().condition_expression() == Some("#exec = :exec")
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let record = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 1 && key_of(&r.transact_items()[0]).starts_with("batch#"))
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let send = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.instance_ids() == [id(1), id(3)])
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-2").build())
+                    .build()
+            });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &skipped, &record]);
+        let r = handle(&ssm, &ec2, &db, &config(), input(vec![resend(&[1, 2, 3], "LinuxDoc")]))
+            .await
+            .unwrap();
+        assert_eq!(describe.num_calls(), 1);
+        assert_eq!(send.num_calls(), 1);
+        assert_eq!(skipped.num_calls(), 1);
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1), id(3)]);
+        assert_eq!(r.summary.by_state["skipped"], 1);
+        assert_eq!(r.summary.by_reason["OptedOut"], 1);
+    }
+
+    #[tokio::test]
+    async fn resend_tags_are_read_200_ids_a_call_and_first_sends_do_not_read_them() {
+        let describe = ec2_with_opt_out(&[]);
+        let tx = ok_tx();
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id("cmd").build())
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let batches: Vec<Value> = (0..5u32)
+            .map(|b| resend(&(b * 50..b * 50 + 50).collect::<Vec<_>>(), "LinuxDoc"))
+            .chain(std::iter::once(batch(&[900, 901])))
+            .collect();
+        let r = handle(&ssm, &ec2, &db, &config(), input(batches)).await.unwrap();
+        assert_eq!(r.sent, 6);
+        assert_eq!(describe.num_calls(), 2); // 250 resend ids: 200 + 50; the first send's ids are not read
+    }
+
+    #[tokio::test]
+    async fn a_resend_planned_before_a_stack_update_uses_the_current_document() {
+        let claim = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().len() == 2
+                    && r.transact_items()
+                        .iter()
+                        .all(|i| value_of(i, "document").as_deref() == Some("LinuxDoc"))
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let record = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 1)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let send = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.document_name() == Some("LinuxDoc") && r.document_version() == Some("1"))
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-new").build())
+                    .build()
+            });
+        let describe = ec2_with_opt_out(&[]);
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &record]);
+        // the batch still names the document the update deleted
+        let old = resend(&[1], "fleet-install-LinuxInstallDocument-OLD");
+        let r = handle(&ssm, &ec2, &db, &config(), input(vec![old.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(send.num_calls(), 1);
+        assert_eq!(r.in_flight[0].batch.document_name, "LinuxDoc");
+        // the batch key does not depend on the document name: a retry finds the same lock
+        let planned: Batch = serde_json::from_value(old).unwrap();
+        let current = Batch {
+            document_name: "LinuxDoc".into(),
+            ..planned.clone()
+        };
+        assert_eq!(batch_key("arn:e", &planned), batch_key("arn:e", &current));
+        // with no current name configured for the route, the batch's own name is kept
+        let mut c = config();
+        c.documents.clear();
+        assert_eq!(current_document(&c, &planned), "fleet-install-LinuxInstallDocument-OLD");
+        let env = BTreeMap::from([
+            ("LEDGER_TABLE", "t"),
+            ("LINUX_DOCUMENT_NAME", "L2"),
+            ("WINDOWS_DOCUMENT_NAME", "W2"),
+        ]);
+        let c = Config::from_env(&|k: &str| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.documents["linux"], "L2");
+        assert_eq!(c.documents["windows"], "W2");
+        assert_eq!(c.opt_out_tag, "fleet-install:opt-out");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_an_update_finds_the_command_sent_under_the_old_document_name() {
+        let lock_exists = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 3)
+            .then_error(|| {
+                let mut lock = Item::new();
+                lock.insert("updatedAt".into(), AttributeValue::S("2026-11-25T12:00:01.000Z".into()));
+                lock.insert("document".into(), AttributeValue::S("OldDoc".into()));
+                cancelled(vec![
+                    ("ConditionalCheckFailed", Some(lock)),
+                    ("None", None),
+                    ("None", None),
+                ])
+            });
+        let rest = ok_tx();
+        let list_old = mock!(aws_sdk_ssm::Client::list_commands)
+            .match_requests(|r| r.filters().iter().any(|f| f.value() == "OldDoc"))
+            .then_compute_output(|_| {
+                let key = batch_key(
+                    "arn:aws:states:us-east-1:1:execution:install:launch-1",
+                    &serde_json::from_value(resend(&[1, 2], "OldDoc")).unwrap(),
+                );
+                ListCommandsOutput::builder()
+                    .commands(
+                        Command::builder()
+                            .command_id("cmd-old")
+                            .comment(comment(&key, "arn:aws:states:us-east-1:1:execution:install:launch-1"))
+                            .instance_ids(id(1))
+                            .build(),
+                    )
+                    .build()
+            });
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
+        let describe = ec2_with_opt_out(&[]);
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list_old, &send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&lock_exists, &rest]);
+        let r = handle(&ssm, &ec2, &db, &config(), input(vec![resend(&[1, 2], "OldDoc")]))
+            .await
+            .unwrap();
+        assert_eq!(send.num_calls(), 0, "never sent twice");
+        assert_eq!(list_old.num_calls(), 1);
+        assert_eq!(r.in_flight[0].command_id, "cmd-old");
+        // the command carried only instance 1: only that one is tracked
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1)]);
+    }
+
+    #[tokio::test]
+    async fn a_reused_command_tracks_only_the_instances_it_was_sent_to() {
+        let lock_exists = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 2)
+            .then_error(|| {
+                let mut lock = Item::new();
+                lock.insert("commandId".into(), AttributeValue::S("cmd-earlier".into()));
+                lock.insert(
+                    "sentInstanceIds".into(),
+                    AttributeValue::L(vec![AttributeValue::S(id(1))]),
+                );
+                cancelled(vec![("ConditionalCheckFailed", Some(lock)), ("None", None)])
+            });
+        let rest = ok_tx();
+        // instance 2 opted out before the earlier invocation sent; it still carries the tag
+        let describe = ec2_with_opt_out(&[2]);
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&lock_exists, &rest]);
+        let r = handle(&ssm, &ec2, &db, &config(), input(vec![resend(&[1, 2], "LinuxDoc")]))
+            .await
+            .unwrap();
+        assert_eq!(send.num_calls(), 0);
+        assert_eq!(r.reused, 1);
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1)]);
     }
 
     #[tokio::test]
@@ -506,7 +949,9 @@ mod tests {
         let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&lock_exists, &rest]);
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1, 2])]))
+            .await
+            .unwrap();
         assert_eq!(send.num_calls(), 0, "must not send the same batch twice");
         assert_eq!(r.reused, 1);
         assert_eq!(r.in_flight[0].command_id, "cmd-earlier");
@@ -547,7 +992,9 @@ mod tests {
         let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list, &send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&lock_exists, &rest]);
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1])])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1])]))
+            .await
+            .unwrap();
         assert_eq!(send.num_calls(), 0);
         assert_eq!(r.in_flight[0].command_id, "cmd-found");
     }
@@ -575,7 +1022,9 @@ mod tests {
             });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &rest]);
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1, 2])]))
+            .await
+            .unwrap();
         assert_eq!(send.num_calls(), 1);
         assert_eq!(r.in_flight[0].batch.instances.len(), 1);
         assert_eq!(r.summary.by_reason["AlreadyInstalled"], 1);
@@ -612,7 +1061,9 @@ mod tests {
         });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send, &describe]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
-        let r = handle(&ssm, &db, &config(), input(vec![batch(&[1, 2])])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1, 2])]))
+            .await
+            .unwrap();
         assert_eq!(send.num_calls(), 2);
         assert_eq!(r.in_flight.len(), 1);
         assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(2)]);
@@ -633,7 +1084,7 @@ mod tests {
         });
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
-        let err = handle(&ssm, &db, &config(), input(vec![batch(&[1])]))
+        let err = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[1])]))
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
@@ -669,7 +1120,7 @@ mod tests {
             "arn:aws:states:us-east-1:1:execution:install:x{}",
             "déploiement-été-日本語-".repeat(6)
         ));
-        let r = handle(&ssm, &db, &config(), payload).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), payload).await.unwrap();
         assert_eq!(r.sent, 1);
         assert_eq!(send.num_calls(), 1);
     }
@@ -678,21 +1129,21 @@ mod tests {
     async fn empty_and_malformed_input() {
         let ssm = mock_client!(aws_sdk_ssm, []);
         let db = mock_client!(aws_sdk_dynamodb, []);
-        let r = handle(&ssm, &db, &config(), input(vec![])).await.unwrap();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(vec![])).await.unwrap();
         assert!(r.in_flight.is_empty());
-        let err = handle(&ssm, &db, &config(), serde_json::json!({"batches": "x"}))
+        let err = handle(&ssm, &no_ec2(), &db, &config(), serde_json::json!({"batches": "x"}))
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         let mut bad = batch(&[1]);
         bad["instances"][0]["instanceId"] = Value::String("i-junk; rm -rf /".into());
-        let err = handle(&ssm, &db, &config(), input(vec![batch(&[2]), bad]))
+        let err = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&[2]), bad]))
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
         assert!(err.to_string().contains("malformed instance id"), "{err}");
         let big: Vec<u32> = (0..51).collect();
-        let err = handle(&ssm, &db, &config(), input(vec![batch(&big)]))
+        let err = handle(&ssm, &no_ec2(), &db, &config(), input(vec![batch(&big)]))
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);

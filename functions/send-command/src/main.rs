@@ -11,9 +11,10 @@ async fn main() -> Result<(), Error> {
     let config = handler::Config::from_env(&fleet_core::config::env)?;
     let aws = fleet_core::aws_config().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     run(service_fn(|event: LambdaEvent<Value>| {
-        handler::handle(&ssm, &dynamodb, &config, event.payload)
+        handler::handle(&ssm, &ec2, &dynamodb, &config, event.payload)
     }))
     .await
 }

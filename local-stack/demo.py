@@ -62,7 +62,7 @@ def say(msg: str) -> None:
 
 
 def cli(stack: Stack, *args: str, check: bool = False) -> int:
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    env = stack.operator_env()   # an operator's permissions: the stack's OperatorPolicy, nothing else
     argv = [CLI, "--endpoint-url", stack.endpoint, "--outputs-file", os.path.join(ROOT, "target", "local-stack", "outputs.json"), *args]
     print("$ fleet-install " + " ".join(args), flush=True)
     rc = subprocess.run(argv, env=env).returncode

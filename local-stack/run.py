@@ -7,7 +7,7 @@ cargo lambda watch serving the Rust functions, and the SQS poller.
     .venv/bin/python local-stack/run.py down
 
 Ports (all on 127.0.0.1): MOTO_PORT (default 5055), WATCH_PORT (default 9099).
-State in target/local-stack/: pids (JSON), outputs.json, env.json, stack.json, watch.env, *.log.
+State in target/local-stack/: pids (JSON), outputs.json, env.json, stack.json, watch-<function>.env, *.log.
 FLEET_WATCH_CMD replaces the cargo lambda watch command line (used by the local stack's own tests, e.g.
 "python /tmp/research/fake_watch.py {port}").
 """
@@ -197,7 +197,7 @@ def up(args) -> None:
         # the template, and credentials from STS AssumeRole of its own role (what Lambda puts in the
         # environment), so every call it makes is checked against that role once IAM is enforced.
         sts = _sts(moto_url)
-        endpoints = {}
+        endpoints, watches = {}, {}
         watch_base = {k: v for k, v in base_env.items() if not k.startswith("AWS_")}
         for i, (fn, spec) in enumerate(sorted(info["functions"].items())):
             port = watch_port if i == 0 else _free_port()
@@ -207,14 +207,16 @@ def up(args) -> None:
                            "AWS_DEFAULT_REGION": stack_mod.REGION, "AWS_LAMBDA_FUNCTION_NAME": fn})
             env_file = os.path.join(STATE, f"watch-{fn}.env")
             with open(env_file, "w") as f:
-                f.writelines(f"{k}={v}\n" for k, v in sorted(fn_env.items()))
+                # single quotes: a session token holds characters that dotenv would otherwise refuse
+                f.writelines(f"{k}='{v}'\n" for k, v in sorted(fn_env.items()))
             watch = _spawn(f"watch-{fn}", watch_command(port, env_file), env=dict(watch_base, **fn_env))
             pids[f"watch:{fn}"] = watch.pid
+            watches[fn] = watch
             endpoints[fn] = f"http://127.0.0.1:{port}"
             _write_pids(pids)
         for fn, url in endpoints.items():
             port = int(url.rsplit(":", 1)[1])
-            _wait(lambda: _port_open(port), f"cargo lambda watch for {fn}", 120, None,
+            _wait(lambda: _port_open(port), f"cargo lambda watch for {fn}", 120, watches[fn],
                   os.path.join(STATE, f"watch-{fn}.log"))
         _post(moto_url, "/_fleet/lambda", {"endpoints": endpoints})
         info["lambdaEndpoints"] = endpoints

@@ -326,8 +326,11 @@ class Stack:
             except iam.exceptions.EntityAlreadyExistsException:
                 iam.update_assume_role_policy(RoleName=name, PolicyDocument=trust)
             for pol in props.get("Policies") or []:
-                iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"],
-                                    PolicyDocument=json.dumps(pol["PolicyDocument"]))
+                # SAM writes its generated statements without "Version"; IAM then reads them as 2008-10-17
+                # (no policy variables, none used here), moto refuses them: give moto the current version.
+                doc = dict(pol["PolicyDocument"])
+                doc.setdefault("Version", "2012-10-17")
+                iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"], PolicyDocument=json.dumps(doc))
             for arn in props.get("ManagedPolicyArns") or []:
                 iam.attach_role_policy(RoleName=name, PolicyArn=arn)   # an unknown policy fails loudly
             created.append(logical)

@@ -342,16 +342,20 @@ def denial_message(principal: str, action: str, resource: str, decision: str) ->
 
 
 def _raise_denied(service: str, message: str) -> None:
-    from moto.core.exceptions import JsonRESTError, RESTError
+    from xml.sax.saxutils import escape
+
+    from moto.core.exceptions import JsonRESTError, _RESTError
 
     if service == "ec2":
-        from moto.ec2.exceptions import EC2ClientError
-
-        err = EC2ClientError("UnauthorizedOperation", f"You are not authorized to perform this operation. {message}")
+        err = _RESTError("UnauthorizedOperation", "")
         err.code = 403
+        err.description = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code>'
+            f"<Message>{escape('You are not authorized to perform this operation. ' + message)}</Message>"
+            "</Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>")
         raise err
     if service in ("iam", "sts"):
-        err = RESTError("AccessDenied", message)
+        err = _RESTError("AccessDenied", message)
         err.code = 403
         raise err
     raise JsonRESTError("AccessDeniedException", message)
@@ -437,10 +441,14 @@ def _patch_engine_clients() -> None:
     from moto.stepfunctions.parser.asl.utils import boto_client
 
     boto_client.boto_client_for = engine_client
+    # the modules that imported boto_client_for by name (some modules of the trimmed engine do not import)
     for mod in pkgutil.walk_packages(asl.__path__, asl.__name__ + "."):
-        if "antlr" in mod.name:
+        if "antlr" in mod.name or "static_analyser" in mod.name:
             continue
-        m = importlib.import_module(mod.name)
+        try:
+            m = importlib.import_module(mod.name)
+        except ImportError:
+            continue
         if getattr(m, "boto_client_for", None) is not None and m is not boto_client:
             m.boto_client_for = engine_client
 

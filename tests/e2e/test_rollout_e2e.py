@@ -17,7 +17,8 @@ LAMBDA_TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Al
 
 
 def cli(stack, *args, timeout=300):
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    """The CLI as an operator runs it: with nothing but the stack's OperatorPolicy (IAM is enforced)."""
+    env = stack.operator_env()
     argv = [str(CLI), "--endpoint-url", stack.endpoint, "--outputs-file", str(OUTPUTS), "--output", "json", *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -58,6 +59,23 @@ def test_prereq_attaches_the_policy_exactly_where_needed(stack):
     text = json.dumps(report)
     assert "e2e-web" in text and "e2e-lambda" not in text
     assert report["dryRun"] is False and report["unreadableRoles"] == []
+
+
+@pytest.mark.expect_denials
+def test_the_operator_policy_lets_prereq_attach_nothing_but_the_instance_policies(stack):
+    """Confirmed with --allow-any-policy, another policy passes the CLI's own check, and then IAM refuses it:
+    OperatorPolicy allows iam:AttachRolePolicy only for AmazonSSMManagedInstanceCore and CommandOutputWriterPolicy."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=stack.endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_role(RoleName="e2e-admin-bait", AssumeRolePolicyDocument=EC2_TRUST)
+    admin = "arn:aws:iam::aws:policy/AdministratorAccess"
+    run = cli(stack, "prereq", "--apply", "--policy-arn", admin, "--allow-any-policy")
+    assert run.returncode != 0, run.stdout
+    assert admin not in [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName="e2e-admin-bait")["AttachedPolicies"]]
+    denied = stack.iam_denials()
+    assert any(d["action"] == "iam:AttachRolePolicy" and d["resource"].endswith("role/e2e-admin-bait") for d in denied), denied
+    assert "e2e-admin-bait" in run.stdout
 
 
 def test_a_canary_over_budget_stops_the_rollout_before_the_next_wave(stack):

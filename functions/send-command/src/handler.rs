@@ -186,7 +186,7 @@ pub async fn handle(
         if batch.instances.is_empty() {
             continue;
         }
-        if let Some(cmd) = send_batch(ssm, db, config, &req.execution, batch, &opted_out, &mut resp).await? {
+        if let Some(cmd) = send_batch(ssm, ec2, db, config, &req.execution, batch, &opted_out, &mut resp).await? {
             resp.in_flight.push(cmd);
         }
     }
@@ -199,8 +199,10 @@ pub async fn handle(
     Ok(resp)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_batch(
     ssm: &aws_sdk_ssm::Client,
+    ec2: &aws_sdk_ec2::Client,
     db: &aws_sdk_dynamodb::Client,
     config: &Config,
     exec: &Execution,
@@ -371,6 +373,7 @@ async fn send_batch(
         ..batch.clone()
     };
     let mut rejected_once = false;
+    let mut denied_once = false;
     loop {
         let request = SendRequest {
             document_name: to_send.document_name.clone(),
@@ -419,6 +422,33 @@ async fn send_batch(
             Err(SendError::InvalidInstanceId(message)) => {
                 record_rejected(db, config, exec, &to_send.instances, &message, &mut resp.summary).await?;
                 return Ok(None);
+            }
+            Err(SendError::Other(e)) if e.error_type() == fleet_core::error::ACCESS_DENIED && !denied_once => {
+                // The role denies SendCommand to instances that carry the opt-out tag (ssm:resourceTag):
+                // one was tagged after its tags were last read. Read them again; if that explains the
+                // denial, record those as skipped and send the rest; if not, the role really lacks it.
+                denied_once = true;
+                let facts = adapters::describe_ec2(ec2, &to_send.instance_ids(), &config.opt_out_tag).await?;
+                let (opted, rest): (Vec<_>, Vec<_>) = to_send
+                    .instances
+                    .iter()
+                    .cloned()
+                    .partition(|i| facts.get(&i.instance_id).is_some_and(|f| f.opted_out));
+                if opted.is_empty() {
+                    return Err(e);
+                }
+                tracing::info!(
+                    opted_out = opted.len(),
+                    "SendCommand denied: instances opted out since their tags were read"
+                );
+                record_opted_out(db, config, exec, to_send.attempt, &opted, &mut resp.summary).await?;
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                to_send = Batch {
+                    instances: rest,
+                    ..to_send
+                };
             }
             Err(SendError::Other(e)) => return Err(e),
         }
@@ -781,6 +811,59 @@ mod tests {
         assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1), id(3)]);
         assert_eq!(r.summary.by_state["skipped"], 1);
         assert_eq!(r.summary.by_reason["OptedOut"], 1);
+    }
+
+    fn denied() -> SendCommandError {
+        SendCommandError::generic(
+            aws_sdk_ssm::error::ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message("User: arn:aws:sts::1:assumed-role/r/s is not authorized to perform: ssm:SendCommand with an explicit deny in an identity-based policy")
+                .build(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_send_denied_because_an_instance_was_tagged_since_skips_it_and_sends_the_rest() {
+        // The role's Deny on opted-out instances refuses the whole call: the tags are read again.
+        let describe = ec2_with_opt_out(&[2]);
+        let refused = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.instance_ids().len() == 3)
+            .then_error(denied);
+        let send = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.instance_ids() == [id(1), id(3)])
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-3").build())
+                    .build()
+            });
+        let tx = ok_tx();
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&refused, &send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let r = handle(&ssm, &ec2, &db, &config(), input(vec![batch(&[1, 2, 3])]))
+            .await
+            .unwrap();
+        assert_eq!(refused.num_calls(), 1);
+        assert_eq!(describe.num_calls(), 1);
+        assert_eq!(send.num_calls(), 1);
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1), id(3)]);
+        assert_eq!(r.summary.by_reason["OptedOut"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_denied_for_another_reason_is_an_access_denied_error() {
+        let describe = ec2_with_opt_out(&[]);
+        let refused = mock!(aws_sdk_ssm::Client::send_command).then_error(denied);
+        let tx = ok_tx();
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&refused]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let err = handle(&ssm, &ec2, &db, &config(), input(vec![batch(&[1, 2])]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::ACCESS_DENIED, "{err}");
+        assert_eq!(refused.num_calls(), 1, "a denial nothing explains is not retried");
+        assert_eq!(describe.num_calls(), 1);
     }
 
     #[tokio::test]

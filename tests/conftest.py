@@ -1,4 +1,6 @@
 """Fixtures for the contract tests."""
+import os
+
 import pytest
 
 from project import load_asl, load_template
@@ -6,7 +8,9 @@ from project import load_asl, load_template
 
 @pytest.fixture(scope="session")
 def template():
-    return load_template()
+    # FLEET_TEMPLATE: check another template (local-stack/iam_mutations.py)
+    path = os.environ.get("FLEET_TEMPLATE")
+    return load_template(path) if path else load_template()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ one that enforces them end to end.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import re
 import sys
@@ -122,7 +123,8 @@ def code_actions(crate: str) -> set[str]:
 # ------------------------------------------------------------------------------------------- the deployed roles
 @functools.lru_cache
 def deployed() -> local_stack.Stack:
-    return local_stack.Stack("http://127.0.0.1:1")
+    # FLEET_TEMPLATE: another template to check (the mutation check in local-stack/iam_mutations.py)
+    return local_stack.Stack("http://127.0.0.1:1", template_path=os.environ.get("FLEET_TEMPLATE"))
 
 
 def function_specs() -> dict[str, dict]:

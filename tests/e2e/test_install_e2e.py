@@ -91,8 +91,12 @@ def test_malformed_and_foreign_messages_are_reported_and_nothing_is_lost(stack):
     queue, dlq = stack.outputs["InstallQueueUrl"], stack.outputs["InstallDeadLetterQueueUrl"]
     garbage = "this is not an EventBridge event"
     foreign = '{"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {"name": "b"}}}'
+    # an EC2 event's values as a JSON array: serde would take it as the struct, the trigger must not
+    positional = json.dumps(["0", "aws.ec2", "EC2 Instance State-change Notification",
+                             {"instance-id": "i-0123456789abcdef0", "state": "running"}, []])
     stack.sqs.send_message(QueueUrl=queue, MessageBody=garbage)
     stack.sqs.send_message(QueueUrl=queue, MessageBody=foreign)
+    stack.sqs.send_message(QueueUrl=queue, MessageBody=positional)
     deadline = time.time() + 120
     dead = []
     while time.time() < deadline:
@@ -100,10 +104,11 @@ def test_malformed_and_foreign_messages_are_reported_and_nothing_is_lost(stack):
         dead = [m["Body"] for m in msgs]
         attrs = stack.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
         in_queue = int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-        if garbage in dead and in_queue == 0:
+        if garbage in dead and positional in dead and in_queue == 0:
             break
         time.sleep(1)
     assert garbage in dead, "the unparseable message did not reach the DLQ"
+    assert positional in dead, "a JSON array was taken as an EC2 event"
     assert foreign not in dead, "a well-formed foreign event is dropped with a log line, not dead-lettered"
     assert in_queue == 0
 
@@ -160,3 +165,34 @@ def test_an_instance_that_goes_offline_before_the_send_is_recorded_and_the_rest_
     assert ledger[stays]["state"] == "installed"
     assert ledger[gone]["state"] != "installed" and ledger[gone].get("reason"), ledger[gone]
     assert len(stack.commands_for(gone)) == 0, "the offline instance was sent a command"
+
+
+@pytest.mark.expect_denials
+def test_an_instance_tagged_opt_out_just_before_the_send_is_never_sent_a_command(stack):
+    """IAM denies SendCommand to any instance with the opt-out tag key (the stack's OptOutSendDenyPolicy,
+    enforced here by ssm:resourceTag); send-command then reads the tags again, records the instance as
+    skipped and sends the rest."""
+    since = time.time() - 1
+    stack.inject_fault(function="send-command", delaySeconds=6, times=1)
+    try:
+        late, other = stack.launch(2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            faults = requests.get(f"{stack.endpoint}/_fleet/faults", timeout=5).json()
+            if faults and faults[0].get("times", 1) == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("send-command was never invoked")
+        stack.ec2.create_tags(Resources=[late], Tags=[{"Key": stack.outputs["OptOutTagKey"], "Value": ""}])
+        (ex,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
+    finally:
+        stack.clear_faults()
+    assert ex["status"] == "SUCCEEDED", stack.sfn.describe_execution(executionArn=ex["executionArn"])
+    ledger = stack.ledger()
+    assert (ledger[late]["state"], ledger[late]["reasonCode"]) == ("skipped", "OptedOut"), ledger[late]
+    assert ledger[other]["state"] == "installed"
+    assert stack.commands_for(late) == []
+    denied = stack.iam_denials()
+    assert denied and all(d["action"] == "ssm:SendCommand" and d["decision"] == "explicit" for d in denied), denied
+    assert any(d["resource"].endswith(f"instance/{late}") for d in denied)

@@ -109,6 +109,25 @@ def test_a_good_rollout_covers_every_target_exactly_once(stack):
     assert (ledger[opted[0]]["state"], ledger[opted[0]]["reasonCode"]) == ("skipped", "OptedOut")
 
 
+def test_a_rollout_named_with_multibyte_characters_runs(stack):
+    """Names are cut at character boundaries: a long multibyte rollout name once panicked plan-rollout (byte
+    slicing; release builds abort on panic). 78 characters, 2 or 3 bytes each: every chunk's child
+    execution name has to be cut."""
+    ids = existing_fleet(stack, 3, "unicode", **{"fleet-sim:platform": "Linux|Ubuntu|22.04"})
+    name = ("déploiement-été-日本語-" * 4)[:78]
+    assert len(name) == 78 and len(name.encode()) > 80
+    r = cli(stack, "rollout", "--tag", "team=unicode", "--canary", "1", "--wave-size", "2", "--pause", "0",
+            "--name", name, "--wait", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name
+    d = stack.sfn.describe_execution(executionArn=arn)
+    assert d["status"] == "SUCCEEDED", d
+    ledger = stack.ledger()
+    assert all(ledger[i]["state"] == "installed" for i in ids), [ledger.get(i) for i in ids]
+    children = [e["name"] for e in stack.executions() if e["startDate"] >= d["startDate"]]
+    assert children and all(len(c) <= 80 for c in children), children
+
+
 def test_replay_reruns_only_the_failed_instances(stack):
     since = time.time() - 1
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))

@@ -19,7 +19,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ACTION = re.compile(r'^(\s*)(- |Action: )"?([a-z0-9-]+:[A-Za-z*]+)"?\s*$')
+ACTION = re.compile(r'^(\s*)(- |Action: |"Action": )"?([a-z0-9-]+:[A-Za-z*]+)"?(,?)\s*$')
 EXTRA = {"StartInstallFunctionRole", "OptOutSendDenyPolicy"}
 
 
@@ -55,7 +55,8 @@ def main() -> int:
                 if not m or m.group(3).startswith("sts:"):
                     continue
                 mutated = list(lines)
-                mutated[i] = f"{m.group(1)}Action: []" if m.group(2) == "Action: " else f"{m.group(1)}# removed"
+                mutated[i] = {"Action: ": f"{m.group(1)}Action: []",
+                              '"Action": ': f'{m.group(1)}"Action": []{m.group(4)}'}.get(m.group(2), f"{m.group(1)}# removed")
                 path = os.path.join(tmp, "template.yaml")
                 with open(path, "w") as f:
                     f.write("\n".join(mutated))

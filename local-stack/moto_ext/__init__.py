@@ -13,12 +13,14 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext, ssm_agent
+    from . import api_fixes, counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext, ssm_agent, ssm_settings
 
     perf.install()
     sfn.install()
     redrive.install()
     ssm_agent.install()
+    ssm_settings.install()
+    api_fixes.install()
     ec2_ext.install()
     counter.install()
     dynamodb_ext.install()

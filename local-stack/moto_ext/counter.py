@@ -8,7 +8,8 @@ for calls the Step Functions engine makes itself (its SDK integrations use the a
 for the SQS trigger's invocations). POST {"key": n} adds to a count.
 
 The same router serves the local stack's other controls: /_fleet/faults (fault injection, see sfn.py),
-/_fleet/ec2/run-instances (a large simulated fleet at once, see ec2_ext.bulk_launch), /_fleet/health.
+/_fleet/ec2/run-instances (a large simulated fleet at once, see ec2_ext.bulk_launch),
+/_fleet/events/ec2-running (EC2 "running" events for given instances, see api_fixes.post_ec2_running), /_fleet/health.
 """
 
 from __future__ import annotations
@@ -144,6 +145,15 @@ def install() -> None:
                     body = json.dumps(ec2_ext.bulk_launch(json.loads(environ["wsgi.input"].read(size) or b"{}"))).encode()
                     status = "200 OK"
                 except (ValueError, KeyError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif path == "/_fleet/events/ec2-running" and method == "POST":
+                from . import api_fixes
+
+                try:
+                    size = int(environ.get("CONTENT_LENGTH") or 0)
+                    out = api_fixes.post_ec2_running(json.loads(environ["wsgi.input"].read(size) or b"{}"))
+                    body, status = json.dumps(out).encode(), "200 OK"
+                except (ValueError, KeyError, TypeError) as ex:
                     body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
             elif path.startswith(("/_fleet/iam", "/_fleet/lambda")):
                 from . import iam_ext, sfn

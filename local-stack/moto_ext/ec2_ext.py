@@ -24,8 +24,10 @@ def _events_enabled() -> bool:
     return os.environ.get("FLEET_SIM_EC2_EVENTS", "1") not in ("0", "false", "no")
 
 
-def emit_state_change(ec2_backend, instance_ids: list[str], state: str = "running") -> None:
-    if not instance_ids or not _events_enabled():
+def emit_state_change(ec2_backend, instance_ids: list[str], state: str = "running", force: bool = False) -> None:
+    """Put EC2's state-change events on the default bus through the backend (as EC2 does; the PutEvents API
+    refuses "aws." sources from callers). force: even with FLEET_SIM_EC2_EVENTS=0 (an explicit request)."""
+    if not instance_ids or not (force or _events_enabled()):
         return
     from moto.events.models import events_backends
 

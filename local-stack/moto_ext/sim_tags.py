@@ -22,10 +22,32 @@ FAIL_ATTEMPTS = PREFIX + "fail-attempts"
 #: "true": the agent is already installed and running; every install succeeds at once and says so.
 INSTALLED = PREFIX + "installed"
 
+#: The SSM Agent version the instance starts with (default LATEST_AGENT_VERSION). Install documents that declare a
+#: parameter with interpolationType ENV_VAR fail (exit 2) below ENV_VAR_MIN_AGENT_VERSION; without an instance
+#: profile the agent registers through DHMC only from DHMC_MIN_AGENT_VERSION.
+AGENT_VERSION = PREFIX + "agent-version"
+#: "fail": AWS-UpdateSSMAgent fails on this instance (ResponseCode 1); anything else: it succeeds.
+AGENT_UPDATE = PREFIX + "agent-update"
+#: Seconds an AWS-UpdateSSMAgent run takes once delivered (default 2).
+AGENT_UPDATE_SECONDS = PREFIX + "agent-update-seconds"
+#: The version AWS-UpdateSSMAgent installs when its `version` parameter is empty (default LATEST_AGENT_VERSION).
+AGENT_UPDATE_TO = PREFIX + "agent-update-to"
+#: N (1-255): an install ends Failed with ResponseCode N and the document's own message for that exit code
+#: (every send, or only the first FAIL_ATTEMPTS sends when that tag is set).
+EXIT_CODE = PREFIX + "exit-code"
+
 # "true": the instance was running long before fleet-install was deployed (the fleet a rollout covers):
 # RunInstances emits no "running" event for it and its launch time lies a week back.
 EXISTING = PREFIX + "existing"
-ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED, EXISTING)
+ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED, EXISTING,
+       AGENT_VERSION, AGENT_UPDATE, AGENT_UPDATE_SECONDS, AGENT_UPDATE_TO, EXIT_CODE)
+
+#: The current SSM Agent release: what a new instance runs, and the latest DescribeInstanceInformation knows of.
+LATEST_AGENT_VERSION = "3.3.3050.0"
+#: Parameters with interpolationType ENV_VAR need this agent or later.
+ENV_VAR_MIN_AGENT_VERSION = "3.3.2746.0"
+#: Default Host Management Configuration (an instance without a profile) needs this agent or later.
+DHMC_MIN_AGENT_VERSION = "3.2.582.0"
 
 DEFAULT_LINUX_PLATFORM = ("Linux", "Amazon Linux", "2023")
 DEFAULT_WINDOWS_PLATFORM = ("Windows", "Microsoft Windows Server 2022 Datacenter", "10.0.20348")
@@ -87,3 +109,47 @@ def platform(tags: dict, ec2_platform: str | None) -> tuple[str, str, str]:
         if parts[0] in ("Linux", "Windows", "MacOS"):
             return parts[0], parts[1], parts[2]
     return DEFAULT_WINDOWS_PLATFORM if (ec2_platform or "").lower() == "windows" else DEFAULT_LINUX_PLATFORM
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Dotted version -> tuple of ints for numeric comparison ("3.3.10.0" > "3.3.9.0"); junk parts count as 0."""
+    out = []
+    for part in str(version or "").strip().split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    while len(out) > 1 and out[-1] == 0:
+        out.pop()
+    return tuple(out)
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    return version_key(version) >= version_key(minimum)
+
+
+def agent_version(tags: dict) -> str:
+    return (tags.get(AGENT_VERSION) or "").strip() or LATEST_AGENT_VERSION
+
+
+def agent_update_fails(tags: dict) -> bool:
+    return tags.get(AGENT_UPDATE, "").strip().lower() == "fail"
+
+
+def agent_update_seconds(tags: dict) -> float:
+    return _float(tags.get(AGENT_UPDATE_SECONDS), 2.0)
+
+
+def agent_update_to(tags: dict) -> str:
+    return (tags.get(AGENT_UPDATE_TO) or "").strip() or LATEST_AGENT_VERSION
+
+
+def exit_code(tags: dict) -> int | None:
+    """The exit code of a failing install, or None (unset, 0 or not a number in 1-255)."""
+    try:
+        n = int(str(tags.get(EXIT_CODE, "")).strip())
+    except ValueError:
+        return None
+    return n if 1 <= n <= 255 else None
+
+
+def fail_attempts_set(tags: dict) -> bool:
+    return FAIL_ATTEMPTS in tags

@@ -29,7 +29,11 @@ from moto.ssm.responses import SimpleSystemManagerResponse as _Resp
 
 from . import sim_tags as T
 
-AGENT_VERSION = "3.3.1142.0"
+from . import install_outcomes as O
+
+#: The latest SSM Agent the simulation knows (IsLatestVersion compares with it).
+AGENT_VERSION = T.LATEST_AGENT_VERSION
+UPDATE_AGENT_DOCUMENT = "AWS-UpdateSSMAgent"
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -119,6 +123,9 @@ class Invocation:
     plugins: list[str]
     skipped_plugins: list[str]
     cancelled_at: float | None = None  # seconds after RequestedDateTime
+    stdout: str | None = None    # when set: StandardOutputContent (else output), and stderr StandardErrorContent
+    stderr: str = ""
+    agent_version_after: str | None = None   # AWS-UpdateSSMAgent: the version the agent runs once this succeeds
 
 
 @dataclass
@@ -148,6 +155,8 @@ class SimState:
         self.last_ping: dict[str, float] = {}
         self.sends: dict[str, int] = {}
         self.installed: set[str] = set()
+        #: instance id -> [(command, invocation, version)] of AWS-UpdateSSMAgent runs, in send order
+        self.upgrades: dict[str, list] = {}
         self.commands: list[Command] = []
         self.by_id: dict[str, Command] = {}
 
@@ -172,6 +181,30 @@ def has_instance_profile(ec2_backend, instance) -> bool:
     return instance.id in getattr(ec2_backend, "iam_instance_profile_associations", {})
 
 
+def current_agent_version(st: SimState, instance, tags: dict, now: float) -> str:
+    """The agent version the instance runs now: its tag (or the latest), or what a finished update installed."""
+    version = T.agent_version(tags)
+    for cmd, inv, target in st.upgrades.get(instance.id, ()):
+        if inv_status(cmd, inv, now)[0] == "Success":
+            version = target
+    return version
+
+
+def imdsv2_required(instance) -> bool:
+    return getattr(getattr(instance, "metadata_options", None), "http_tokens", "optional") == "required"
+
+
+def dhmc_credentials(ssm_backend, instance, tags: dict, now: float) -> bool:
+    """Default Host Management Configuration: the agent of an instance without a profile gets credentials of
+    the setting's role when the role exists, IMDSv2 is required and the agent is 3.2.582.0 or later."""
+    from .ssm_settings import dhmc_role
+
+    if not imdsv2_required(instance) or dhmc_role(ssm_backend) is None:
+        return False
+    version = current_agent_version(sim_state(ssm_backend), instance, tags, now)
+    return T.version_at_least(version, T.DHMC_MIN_AGENT_VERSION)
+
+
 # ----------------------------------------------------------------------------------- registration
 def registration(ssm_backend, instance, now: float) -> str | None:
     """None when SSM does not list the instance, else its PingStatus (Online or ConnectionLost)."""
@@ -180,7 +213,8 @@ def registration(ssm_backend, instance, now: float) -> str | None:
     if state in ("terminated", "shutting-down"):
         return None
     tags = T.tags_of(instance)
-    if not T.is_managed(tags) or not has_instance_profile(_ec2(ssm_backend), instance):
+    if not T.is_managed(tags) or not (has_instance_profile(_ec2(ssm_backend), instance)
+                                      or dhmc_credentials(ssm_backend, instance, tags, now)):
         # no agent, or no role: real SSM never hears from it (an earlier registration goes stale)
         return "ConnectionLost" if instance.id in st.registered_at else None
     with st.lock:
@@ -196,14 +230,16 @@ def registration(ssm_backend, instance, now: float) -> str | None:
 
 def instance_information(ssm_backend, instance, ping: str, now: float) -> dict:
     st = sim_state(ssm_backend)
-    ptype, pname, pversion = T.platform(T.tags_of(instance), getattr(instance, "platform", None))
+    tags = T.tags_of(instance)
+    ptype, pname, pversion = T.platform(tags, getattr(instance, "platform", None))
+    version = current_agent_version(st, instance, tags, now)
     ip = instance.private_ip or "10.0.0.1"
     info = {
         "InstanceId": instance.id,
         "PingStatus": ping,
         "LastPingDateTime": _dt(st.last_ping.get(instance.id, now)),
-        "AgentVersion": AGENT_VERSION,
-        "IsLatestVersion": True,
+        "AgentVersion": version,
+        "IsLatestVersion": T.version_at_least(version, AGENT_VERSION),
         "PlatformType": ptype,
         "PlatformName": pname,
         "PlatformVersion": pversion,
@@ -365,27 +401,98 @@ def _doc_steps(doc) -> list[tuple[str, str | None]]:
     return steps or [("aws:runShellScript", None)]
 
 
-def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]) -> Invocation:
+def declares_env_var(doc) -> bool:
+    """True when the document declares a parameter with interpolationType ENV_VAR (SSM Agent 3.3.2746.0+)."""
+    params = (doc.content_json or {}).get("parameters") or {}
+    return any(isinstance(p, dict) and str(p.get("interpolationType", "")).upper() == "ENV_VAR"
+               for p in params.values())
+
+
+def is_update_agent(doc) -> bool:
+    return "aws:updateSsmAgent" in ((doc.content_json or {}).get("runtimeConfig") or {})
+
+
+def _host(instance, platform) -> str:
+    return ("EC2AMAZ-" + instance.id[-7:].upper()) if platform[0] == "Windows" else \
+        f"ip-{(instance.private_ip or '10.0.0.1').replace('.', '-')}"
+
+
+def _script_failure(iid, platform, n, dur, code, stdout, message, run, skipped) -> Invocation:
+    stderr = f"fleet-install: ERROR: {message}\nfailed to run commands: exit status {code}"
+    return Invocation(iid, platform, n, 0, dur, "Failed", "Failed", code, O.combined_output(stdout, stderr),
+                      run, skipped, stdout=stdout, stderr=stderr)
+
+
+def _plan_update(st: SimState, instance, platform, parameters: dict, now: float, run, skipped) -> Invocation:
+    """AWS-UpdateSSMAgent on one instance (the aws:updateSsmAgent plugin)."""
     tags = T.tags_of(instance)
     iid = instance.id
-    st.sends[iid] = st.sends.get(iid, 0) + 1
-    n = st.sends[iid]
+    current = current_agent_version(st, instance, tags, now)
+    wanted = O._param(parameters, "version")
+    allow_downgrade = O._param(parameters, "allowDowngrade", "false").lower() == "true"
+    target = wanted or T.agent_update_to(tags)
+    dur = T.agent_update_seconds(tags)
+    head = f"Updating amazon-ssm-agent from {current} to {target}\nSuccessfully downloaded manifest\n"
+    if T.agent_update_fails(tags):
+        out = (head + f"Successfully downloaded updater version {target}\n"
+               f"failed to install/update the agent: amazon-ssm-agent {target} installation failed, "
+               f"rolled back to {current}")
+        return Invocation(iid, platform, 0, 0, dur, "Failed", "Failed", 1, out, run, skipped)
+    if T.version_key(target) == T.version_key(current):
+        out = (f"amazon-ssm-agent {current} is already latest, update skipped" if not wanted else
+               f"amazon-ssm-agent {current} has already been installed, update skipped")
+        return Invocation(iid, platform, 0, 0, min(dur, 0.5), "Success", "Success", 0, out, run, skipped)
+    if T.version_key(target) < T.version_key(current) and not allow_downgrade:
+        if not wanted:
+            out = f"amazon-ssm-agent {current} is already latest, update skipped"
+            return Invocation(iid, platform, 0, 0, min(dur, 0.5), "Success", "Success", 0, out, run, skipped)
+        out = (f"failed to install/update the agent: updating amazon-ssm-agent from {current} to the older "
+               f"version {target} requires allowDowngrade true")
+        return Invocation(iid, platform, 0, 0, min(dur, 0.5), "Failed", "Failed", 1, out, run, skipped)
+    out = (head + f"Successfully downloaded updater version {target}\n"
+           f"Initiating amazon-ssm-agent update to {target}\n"
+           f"amazon-ssm-agent updated successfully to {target}")
+    return Invocation(iid, platform, 0, 0, dur, "Success", "Success", 0, out, run, skipped,
+                      agent_version_after=target)
+
+
+def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str], parameters: dict | None = None,
+                     now: float | None = None) -> Invocation:
+    now = time.time() if now is None else now
+    parameters = parameters or {}
+    tags = T.tags_of(instance)
+    iid = instance.id
     steps = _doc_steps(doc)
     run = [name for name, plat in steps if plat in (None, platform[0])]
     skipped = [name for name, plat in steps if plat not in (None, platform[0])]
+    if is_update_agent(doc):
+        return _plan_update(st, instance, platform, parameters, now, run, skipped)
+    st.sends[iid] = st.sends.get(iid, 0) + 1
+    n = st.sends[iid]
     service = "fleet-agent"
     dur = T.install_seconds(tags)
     if not run:
         return Invocation(iid, platform, n, 0, 0, "Failed", "Failed", -1,
                           f"Step execution skipped due to unsatisfied preconditions: platformType is {platform[0]}. "
                           f"No step of document {doc.name} applies to this instance.", [], skipped)
+    if declares_env_var(doc) and not T.version_at_least(current_agent_version(st, instance, tags, now),
+                                                          T.ENV_VAR_MIN_AGENT_VERSION):
+        # The agent does not set SSM_* variables: the script's parameter check fails before anything else.
+        return _script_failure(iid, platform, n, min(dur, 0.2), 2, "", O.env_var_failure(platform), run, skipped)
     if T.already_installed(tags) or iid in st.installed:
         return Invocation(iid, platform, n, 0, 0.2, "Success", "Success", 0,
                           f"{service} is already installed and running; nothing to do.", run, skipped)
-    outcome = "Failed" if n <= T.fail_attempts(tags) else T.outcome(tags)
+    code = T.exit_code(tags)
+    if T.fail_attempts_set(tags):
+        outcome = "Failed" if n <= T.fail_attempts(tags) else T.outcome(tags)
+    else:
+        outcome = "Failed" if code is not None else T.outcome(tags)
     if outcome == "Success":
         return Invocation(iid, platform, n, 0, dur, "Success", "Success", 0,
                           f"Downloaded installer, checksum verified.\n{service}: agent installed and running.", run, skipped)
+    if outcome == "Failed" and code not in (None, 1):
+        stdout, message = O.failure(platform, code, parameters, _host(instance, platform))
+        return _script_failure(iid, platform, n, dur, code, stdout, message, run, skipped)
     if outcome == "Failed":
         return Invocation(iid, platform, n, 0, dur, "Failed", "Failed", 1,
                           f"install failed: simulated failure (send {n} to {iid})\n"
@@ -460,7 +567,8 @@ def send_command_impl(backend, req: dict) -> Command:
         plans = []
         for iid in ids:
             inst = ec2.get_instance_by_id(iid)
-            plans.append(_plan_invocation(st, doc, inst, T.platform(T.tags_of(inst), getattr(inst, "platform", None))))
+            plans.append(_plan_invocation(st, doc, inst, T.platform(T.tags_of(inst), getattr(inst, "platform", None)),
+                                          parameters, now))
         # MaxConcurrency: an invocation leaves Pending when a slot is free
         slots = max(1, _limit(cmd.max_concurrency, len(ids), 50))
         busy: list[float] = []
@@ -472,6 +580,8 @@ def send_command_impl(backend, req: dict) -> Command:
             inv.end = begin + inv.end
             heapq.heappush(busy, inv.end)
             cmd.invocations[inv.instance_id] = inv
+            if inv.agent_version_after:
+                st.upgrades.setdefault(inv.instance_id, []).append((cmd, inv, inv.agent_version_after))
         st.commands.append(cmd)
         st.by_id[cmd.command_id] = cmd
     return cmd
@@ -708,9 +818,11 @@ def get_command_invocation(self):
             "ExecutionElapsedTime": f"PT{elapsed:.3f}S",
             "ExecutionEndDateTime": _dt(cmd.requested + inv.end).isoformat() + "Z" if status not in ACTIVE else "",
             "Status": status, "StatusDetails": details,
-            "StandardOutputContent": inv.output[-24000:] if status not in ACTIVE and status != "Cancelled" else "",
+            "StandardOutputContent": (inv.output if inv.stdout is None else inv.stdout)[-24000:]
+            if status not in ACTIVE and status != "Cancelled" else "",
             "StandardOutputUrl": "", "StandardErrorContent": "" if status != "Failed" or not inv.response_code > 0
-            else "failed to run commands: exit status 1", "StandardErrorUrl": "",
+            else (inv.stderr or f"failed to run commands: exit status {inv.response_code}")[-8000:],
+            "StandardErrorUrl": "",
         }
         if cmd.cloudwatch:
             out["CloudWatchOutputConfig"] = cmd.cloudwatch
@@ -735,6 +847,8 @@ def cancel_command(self):
 
 def successful_install_hook(st: SimState, cmd: Command, now: float) -> None:
     """Remember installs that succeeded, so that a later send reports "already installed"."""
+    if cmd.document_name == UPDATE_AGENT_DOCUMENT:
+        return
     for iid, inv in cmd.invocations.items():
         if inv_status(cmd, inv, now)[0] == "Success" and inv.plugins:
             st.installed.add(iid)

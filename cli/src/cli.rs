@@ -101,7 +101,9 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Find the IAM roles EC2 can assume that lack the SSM managed policy (attach it with
-    /// --apply); list running instances that have no instance profile at all.
+    /// --apply); show whether Default Host Management Configuration is on (turn it on with
+    /// --apply --enable-default-host-management); list running instances that have no instance
+    /// profile at all, and whether DHMC can reach them.
     Prereq(PrereqArgs),
     /// Show the rollout that would run for these tags, without running it.
     Preview(PreviewArgs),
@@ -133,6 +135,14 @@ pub struct PrereqArgs {
     /// CommandOutputWriterPolicy.
     #[arg(long, requires = "policy_arn")]
     pub allow_any_policy: bool,
+    /// Turn on Default Host Management Configuration in the Region if it is off: create the role
+    /// AWSSystemsManagerDefaultEC2InstanceManagementRole (path /service-role/, trusted by
+    /// ssm.amazonaws.com) or use the existing one, attach AmazonSSMManagedEC2InstanceDefaultPolicy,
+    /// and set the SSM setting to it. Only with --apply; without it, prereq says what it would do
+    /// and changes nothing. A setting that already names a role is left as it is. DHMC reaches
+    /// only instances with IMDSv2 required and SSM Agent 3.2.582.0 or later.
+    #[arg(long)]
+    pub enable_default_host_management: bool,
 }
 
 /// Targets and wave sizes, shared by preview and rollout.

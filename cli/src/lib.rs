@@ -1,11 +1,13 @@
 //! fleet-install's operator CLI: one module per command, each with a function that takes SDK
 //! clients (tested with aws-smithy-mocks) and a report that prints as a table or JSON.
 
+pub mod agent;
 pub mod args;
 pub mod aws;
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod dhmc;
 pub mod ledger;
 pub mod table;
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::cli::{partition_of, ssm_policy_arn, PrereqArgs, PARTITIONS};
 use crate::context::{Context, Progress, Report};
+use crate::dhmc::DhmcReport;
 use crate::table::{key_values, section, Table};
 use crate::UsageError;
 
@@ -43,6 +44,8 @@ pub struct UnreadableRole {
     pub reason: String,
 }
 
+/// A running instance without an instance profile, and whether Default Host Management
+/// Configuration can reach it (IMDSv2 required, SSM Agent 3.2.582.0 or later).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BareInstance {
@@ -50,6 +53,53 @@ pub struct BareInstance {
     pub name: String,
     pub platform: String,
     pub launch_time: String,
+    /// EC2 MetadataOptions.HttpTokens: required (IMDSv2 only) or optional (IMDSv1 allowed);
+    /// empty when EC2 did not say.
+    pub http_tokens: String,
+    /// EC2 MetadataOptions.HttpEndpoint: enabled or disabled; empty when EC2 did not say.
+    pub http_endpoint: String,
+    /// SSM Agent version from DescribeInstanceInformation, when SSM still lists the instance
+    /// (e.g. ConnectionLost); None: unknown.
+    pub agent_version: Option<String>,
+    /// SSM's PingStatus, when SSM lists the instance.
+    pub ping_status: Option<String>,
+    /// Can DHMC reach it: yes, no, unknown.
+    pub dhmc: String,
+    /// Why not, or why unknown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dhmc_reasons: Vec<String>,
+}
+
+/// Why DHMC cannot reach an instance with IMDSv1 allowed.
+pub const IMDSV1_ALLOWED: &str = "IMDSv1 allowed (HttpTokens optional)";
+/// Why DHMC cannot reach an instance whose metadata service is off.
+pub const IMDS_DISABLED: &str = "instance metadata service disabled";
+
+/// Whether DHMC can reach an instance ("yes", "no", "unknown") and why not or why unknown.
+pub fn dhmc_reach(http_tokens: &str, http_endpoint: &str, agent_version: Option<&str>) -> (String, Vec<String>) {
+    let min = crate::agent::DHMC_MIN_AGENT_VERSION;
+    let mut blockers = Vec::new();
+    let mut unknown = Vec::new();
+    if http_endpoint.eq_ignore_ascii_case("disabled") {
+        blockers.push(IMDS_DISABLED.to_string());
+    } else if http_tokens.is_empty() {
+        unknown.push("IMDS settings unknown".to_string());
+    } else if !http_tokens.eq_ignore_ascii_case("required") {
+        blockers.push(IMDSV1_ALLOWED.to_string());
+    }
+    match agent_version.map(|v| (v, crate::agent::older_than(v, min))) {
+        Some((v, Some(true))) => blockers.push(format!("SSM Agent {v} older than {min}")),
+        Some((_, Some(false))) => {}
+        Some((v, None)) => unknown.push(format!("SSM Agent version {v:?} unreadable")),
+        None => unknown.push("SSM Agent version unknown (SSM does not list the instance)".to_string()),
+    }
+    if !blockers.is_empty() {
+        ("no".into(), blockers)
+    } else if !unknown.is_empty() {
+        ("unknown".into(), unknown)
+    } else {
+        ("yes".into(), Vec::new())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,13 +114,79 @@ pub struct PrereqReport {
     pub roles: Vec<RoleRow>,
     /// Roles whose trust policy could not be read, and ListRoles pages that could not be read.
     pub unreadable_roles: Vec<UnreadableRole>,
+    /// The Region the DHMC setting and the instances are read in.
+    pub region: String,
+    /// Default Host Management Configuration: its state, and what was (or would be) done to turn it on.
+    pub default_host_management: DhmcReport,
+    /// Running instances without an instance profile (the ones DHMC is for), with whether DHMC
+    /// can reach each.
     pub instances_without_profile: Vec<BareInstance>,
+    /// Why the instances' SSM Agent versions could not be read (they are then unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_versions_error: Option<String>,
 }
 
 impl PrereqReport {
-    /// Roles that could not be checked or changed, and unreadable trust policies or pages.
+    /// Roles that could not be checked or changed, unreadable trust policies or pages, and a
+    /// DHMC step that failed (only with --enable-default-host-management).
     pub fn failed(&self) -> usize {
-        self.roles.iter().filter(|r| r.action == "failed").count() + self.unreadable_roles.len()
+        self.roles.iter().filter(|r| r.action == "failed").count()
+            + self.unreadable_roles.len()
+            + usize::from(self.default_host_management.failed())
+    }
+
+    /// Instances without an instance profile that DHMC cannot reach.
+    pub fn dhmc_unreachable(&self) -> Vec<&BareInstance> {
+        self.instances_without_profile
+            .iter()
+            .filter(|i| i.dhmc == "no")
+            .collect()
+    }
+
+    fn dhmc_line(&self) -> String {
+        let d = &self.default_host_management;
+        let region = if self.region.is_empty() {
+            "this Region"
+        } else {
+            self.region.as_str()
+        };
+        match d.state.as_str() {
+            "on" => format!(
+                "on in {region}: role {} (for instances without an instance profile; IMDSv2 and SSM Agent {} or later needed)",
+                d.role.clone().unwrap_or_default(),
+                crate::agent::DHMC_MIN_AGENT_VERSION
+            ),
+            "off" => format!(
+                "off in {region}: instances without an instance profile cannot register{}",
+                if d.enable_requested {
+                    ""
+                } else {
+                    " (prereq --apply --enable-default-host-management turns it on)"
+                }
+            ),
+            _ => format!("unknown in {region}: {}", d.reason.clone().unwrap_or_default()),
+        }
+    }
+
+    fn instances_line(&self) -> String {
+        let n = self.instances_without_profile.len();
+        if n == 0 {
+            return String::new();
+        }
+        let count =
+            |pred: &dyn Fn(&BareInstance) -> bool| self.instances_without_profile.iter().filter(|i| pred(i)).count();
+        let imds = count(&|i| i.dhmc_reasons.iter().any(|r| r == IMDSV1_ALLOWED || r == IMDS_DISABLED));
+        let old_agent = count(&|i| {
+            i.dhmc_reasons
+                .iter()
+                .any(|r| r.starts_with("SSM Agent ") && r.contains(" older than "))
+        });
+        let unknown_agent = count(&|i| i.agent_version.is_none());
+        format!(
+            "DHMC cannot reach {} of {n} running instances without an instance profile (IMDSv1 allowed or IMDS off: {imds}, SSM Agent older than {}: {old_agent}); SSM Agent version unknown for {unknown_agent}",
+            self.dhmc_unreachable().len(),
+            crate::agent::DHMC_MIN_AGENT_VERSION
+        )
     }
 }
 
@@ -104,6 +220,7 @@ impl Report for PrereqReport {
                     }
                 ),
             ),
+            ("DHMC", self.dhmc_line()),
             (
                 "Unreadable",
                 match self.unreadable_roles.len() {
@@ -137,16 +254,71 @@ impl Report for PrereqReport {
                 "none",
             ));
         }
-        let mut bare = Table::new(&["INSTANCE", "NAME", "PLATFORM", "LAUNCHED"]);
+        let d = &self.default_host_management;
+        if !d.steps.is_empty() {
+            let mut t = Table::new(&["STEP", "TARGET", "ACTION"]);
+            for st in &d.steps {
+                let action = match &st.reason {
+                    Some(reason) => format!("{}: {reason}", st.action),
+                    None => st.action.clone(),
+                };
+                t.row([st.step.clone(), st.target.clone(), action]);
+            }
+            out.push('\n');
+            out.push_str(&section(
+                if self.dry_run {
+                    "Default Host Management Configuration (dry run: nothing changed; --apply changes it)"
+                } else {
+                    "Default Host Management Configuration"
+                },
+                &t,
+                "nothing to do",
+            ));
+        }
+        let mut bare = Table::new(&["INSTANCE", "NAME", "PLATFORM", "LAUNCHED", "IMDS", "SSM AGENT", "DHMC"]);
         for i in &self.instances_without_profile {
-            bare.row([&i.instance_id, &i.name, &i.platform, &i.launch_time]);
+            let imds = if i.http_endpoint.eq_ignore_ascii_case("disabled") {
+                "disabled"
+            } else {
+                match i.http_tokens.as_str() {
+                    "required" => "v2 required",
+                    "" => "unknown",
+                    _ => "v1 allowed",
+                }
+            };
+            let agent = match (&i.agent_version, &i.ping_status) {
+                (Some(v), Some(p)) => format!("{v} ({p})"),
+                (Some(v), None) => v.clone(),
+                (None, _) => "unknown".to_string(),
+            };
+            let dhmc = match i.dhmc.as_str() {
+                "yes" => "yes".to_string(),
+                other => format!("{other}: {}", i.dhmc_reasons.join("; ")),
+            };
+            bare.row([
+                i.instance_id.clone(),
+                i.name.clone(),
+                i.platform.clone(),
+                i.launch_time.clone(),
+                imds.to_string(),
+                agent,
+                dhmc,
+            ]);
         }
         out.push('\n');
         out.push_str(&section(
-            "Running instances without an instance profile (attach one with a role above; a policy alone cannot help them)",
+            "Running instances without an instance profile (attach one with a role above, or turn on DHMC for those it can reach; a policy alone cannot help them)",
             &bare,
             "none",
         ));
+        let line = self.instances_line();
+        if !line.is_empty() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if let Some(e) = &self.agent_versions_error {
+            out.push_str(&format!("SSM Agent versions could not be read: {e}\n"));
+        }
         out
     }
 }
@@ -220,19 +392,47 @@ pub async fn run(ctx: &Context, args: &PrereqArgs) -> Result<PrereqReport> {
         writer.as_ref().map(|w| w.as_deref().map_err(Clone::clone)),
         args.allow_any_policy,
     )?;
-    prereq(&ctx.iam(), &ctx.ec2(), &policy_arn, args.apply, ctx.progress).await
+    let clients = Clients {
+        iam: ctx.iam(),
+        ec2: ctx.ec2(),
+        ssm: ctx.ssm(),
+    };
+    let options = Options {
+        policy_arn,
+        apply: args.apply,
+        enable_default_host_management: args.enable_default_host_management,
+        partition: partition.to_string(),
+        region: ctx.sdk.region().map(|r| r.to_string()).unwrap_or_default(),
+    };
+    prereq(&clients, &options, ctx.progress).await
+}
+
+/// The clients prereq calls.
+pub struct Clients {
+    pub iam: aws_sdk_iam::Client,
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+}
+
+/// What prereq does.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The policy every EC2-assumable role needs.
+    pub policy_arn: String,
+    /// Change things (attach, create the DHMC role, turn DHMC on); otherwise only report.
+    pub apply: bool,
+    pub enable_default_host_management: bool,
+    /// The partition of the DHMC managed policy.
+    pub partition: String,
+    pub region: String,
 }
 
 /// List the roles EC2 can assume, attach `policy_arn` where it is missing (only if `apply`),
-/// report roles whose trust policy could not be read, and list running instances without an
-/// instance profile.
-pub async fn prereq(
-    iam: &aws_sdk_iam::Client,
-    ec2: &aws_sdk_ec2::Client,
-    policy_arn: &str,
-    apply: bool,
-    progress: Progress,
-) -> Result<PrereqReport> {
+/// report roles whose trust policy could not be read, read (and with
+/// `enable_default_host_management`, turn on) DHMC, and list running instances without an
+/// instance profile with whether DHMC can reach them.
+pub async fn prereq(c: &Clients, o: &Options, progress: Progress) -> Result<PrereqReport> {
+    let (iam, ec2, policy_arn, apply) = (&c.iam, &c.ec2, o.policy_arn.as_str(), o.apply);
     let listed = list_roles(iam, progress).await?;
     let roles_listed = listed.roles.len();
     let mut unreadable_roles = Vec::new();
@@ -261,8 +461,35 @@ pub async fn prereq(
         progress.update(format!("checking role {}/{}: {role}", n + 1, assumable.len()));
         rows.push(ensure_policy(iam, role, policy_arn, apply).await);
     }
+    progress.update("reading Default Host Management Configuration");
+    let default_host_management =
+        crate::dhmc::dhmc(&c.ssm, iam, &o.partition, o.enable_default_host_management, apply).await;
     progress.update("listing running instances");
-    let instances_without_profile = instances_without_profile(ec2).await?;
+    let mut instances_without_profile = instances_without_profile(ec2).await?;
+    progress.update(format!(
+        "asking SSM about {} instances without an instance profile",
+        instances_without_profile.len()
+    ));
+    let ids: Vec<String> = instances_without_profile
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let (ssm_facts, agent_versions_error) = match fleet_core::adapters::describe_ssm(&c.ssm, &ids).await {
+        Ok(f) => (f, None),
+        Err(e) => (
+            Default::default(),
+            Some(format!("ssm:DescribeInstanceInformation: {e}")),
+        ),
+    };
+    for i in &mut instances_without_profile {
+        if let Some(f) = ssm_facts.get(&i.instance_id) {
+            i.agent_version = Some(f.agent_version.clone()).filter(|v| !v.is_empty());
+            i.ping_status = Some(f.ping_status.clone()).filter(|v| !v.is_empty());
+        }
+        let (dhmc, reasons) = dhmc_reach(&i.http_tokens, &i.http_endpoint, i.agent_version.as_deref());
+        i.dhmc = dhmc;
+        i.dhmc_reasons = reasons;
+    }
     progress.clear();
     Ok(PrereqReport {
         policy_arn: policy_arn.to_string(),
@@ -270,7 +497,10 @@ pub async fn prereq(
         roles_listed,
         roles: rows,
         unreadable_roles,
+        region: o.region.clone(),
+        default_host_management,
         instances_without_profile,
+        agent_versions_error,
     })
 }
 
@@ -380,7 +610,7 @@ async fn ensure_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str, 
     }
 }
 
-async fn has_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str) -> Result<bool, String> {
+pub(crate) async fn has_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn: &str) -> Result<bool, String> {
     let mut marker: Option<String> = None;
     loop {
         let resp = iam
@@ -433,6 +663,20 @@ async fn instances_without_profile(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Bare
                     .to_string(),
                 platform: i.platform_details().unwrap_or_default().to_string(),
                 launch_time: i.launch_time().map(crate::aws::rfc3339).unwrap_or_default(),
+                http_tokens: i
+                    .metadata_options()
+                    .and_then(|m| m.http_tokens())
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                http_endpoint: i
+                    .metadata_options()
+                    .and_then(|m| m.http_endpoint())
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                agent_version: None,
+                ping_status: None,
+                dhmc: String::new(),
+                dhmc_reasons: Vec::new(),
             });
         }
         token = resp.next_token().map(str::to_string);
@@ -490,6 +734,14 @@ fn one_or_many(v: Option<&Value>) -> Vec<&str> {
 
 /// True when a statement allows the EC2 service principal to assume the role.
 pub fn ec2_can_assume(policy: &Value) -> bool {
+    service_can_assume(policy, "ec2")
+}
+
+/// True when a statement allows `<service>.amazonaws.com` (or `.amazonaws.com.cn`) to assume
+/// the role.
+pub fn service_can_assume(policy: &Value, service: &str) -> bool {
+    let principal = format!("{service}.amazonaws.com");
+    let principal_cn = format!("{principal}.cn");
     let statements: Vec<&Value> = match policy.get("Statement") {
         Some(Value::Array(a)) => a.iter().collect(),
         Some(s @ Value::Object(_)) => vec![s],
@@ -500,10 +752,10 @@ pub fn ec2_can_assume(policy: &Value) -> bool {
         let assume = one_or_many(st.get("Action"))
             .iter()
             .any(|a| a.eq_ignore_ascii_case("sts:AssumeRole") || *a == "sts:*" || *a == "*");
-        let ec2 = one_or_many(st.get("Principal").and_then(|p| p.get("Service")))
+        let trusted = one_or_many(st.get("Principal").and_then(|p| p.get("Service")))
             .iter()
-            .any(|s| s.eq_ignore_ascii_case("ec2.amazonaws.com") || s.eq_ignore_ascii_case("ec2.amazonaws.com.cn"));
-        allow && assume && ec2
+            .any(|s| s.eq_ignore_ascii_case(&principal) || s.eq_ignore_ascii_case(&principal_cn));
+        allow && assume && trusted
     })
 }
 
@@ -518,6 +770,9 @@ mod tests {
     use aws_sdk_iam::operation::list_roles::{ListRolesError, ListRolesOutput};
     use aws_sdk_iam::types::error::UnmodifiableEntityException;
     use aws_sdk_iam::types::{AttachedPolicy, Role};
+    use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
+    use aws_sdk_ssm::operation::get_service_setting::GetServiceSettingOutput;
+    use aws_sdk_ssm::types::ServiceSetting;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     const POLICY: &str = crate::cli::DEFAULT_POLICY_ARN;
@@ -576,6 +831,43 @@ mod tests {
             .assume_role_policy_document(encode(trust))
             .build()
             .unwrap()
+    }
+
+    /// An SSM client whose DHMC setting is off and which lists no instance.
+    fn ssm_off() -> aws_sdk_ssm::Client {
+        let setting = mock!(aws_sdk_ssm::Client::get_service_setting).then_output(|| setting_output("$None"));
+        let info = mock!(aws_sdk_ssm::Client::describe_instance_information)
+            .then_output(|| DescribeInstanceInformationOutput::builder().build());
+        mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&setting, &info])
+    }
+
+    fn setting_output(value: &str) -> GetServiceSettingOutput {
+        GetServiceSettingOutput::builder()
+            .service_setting(
+                ServiceSetting::builder()
+                    .setting_id(crate::dhmc::DHMC_SETTING_ID)
+                    .setting_value(value)
+                    .status(if value == "$None" { "Default" } else { "Customized" })
+                    .build(),
+            )
+            .build()
+    }
+
+    async fn run_prereq(
+        iam: aws_sdk_iam::Client,
+        ec2: aws_sdk_ec2::Client,
+        ssm: aws_sdk_ssm::Client,
+        apply: bool,
+        enable: bool,
+    ) -> Result<PrereqReport> {
+        let options = Options {
+            policy_arn: POLICY.to_string(),
+            apply,
+            enable_default_host_management: enable,
+            partition: "aws".into(),
+            region: "eu-west-1".into(),
+        };
+        prereq(&Clients { iam, ec2, ssm }, &options, Progress::disabled()).await
     }
 
     fn no_instances() -> aws_smithy_mocks::Rule {
@@ -678,7 +970,7 @@ mod tests {
             });
         let ec2 = mock_client!(aws_sdk_ec2, [&profiled]);
 
-        let report = prereq(&iam, &ec2, POLICY, true, Progress::disabled()).await.unwrap();
+        let report = run_prereq(iam, ec2, ssm_off(), true, false).await.unwrap();
         assert_eq!(report.roles_listed, 4);
         let actions: Vec<(&str, Option<bool>, &str)> = report
             .roles
@@ -729,7 +1021,7 @@ mod tests {
             mock!(aws_sdk_iam::Client::attach_role_policy).then_output(|| AttachRolePolicyOutput::builder().build());
         let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles, &policies, &attach]);
         let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
-        let report = prereq(&iam, &ec2, POLICY, false, Progress::disabled()).await.unwrap();
+        let report = run_prereq(iam, ec2, ssm_off(), false, false).await.unwrap();
         assert_eq!(report.roles[0].action, "would attach");
         assert_eq!(attach.num_calls(), 0);
         assert!(report.dry_run);
@@ -797,7 +1089,7 @@ mod tests {
             [&roles, &get_hidden, &get_fetched, &policies, &attach]
         );
         let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
-        let report = prereq(&iam, &ec2, POLICY, false, Progress::disabled()).await.unwrap();
+        let report = run_prereq(iam, ec2, ssm_off(), false, false).await.unwrap();
         assert_eq!(report.roles_listed, 5);
         assert_eq!(
             report.roles.iter().map(|r| r.role.as_str()).collect::<Vec<_>>(),
@@ -857,9 +1149,7 @@ mod tests {
         });
         let iam = mock_client!(aws_sdk_iam, [&roles]);
         let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
-        let err = prereq(&iam, &ec2, POLICY, false, Progress::disabled())
-            .await
-            .unwrap_err();
+        let err = run_prereq(iam, ec2, ssm_off(), false, false).await.unwrap_err();
         assert!(format!("{err:#}").contains("iam:ListRoles"), "{err:#}");
     }
 

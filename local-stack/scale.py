@@ -154,6 +154,7 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
         "targets": targets,
         "optedOut": len(skipped),
         "status": d["status"],
+        **({"error": d.get("error"), "cause": (d.get("cause") or "")[:2000]} if d["status"] != "SUCCEEDED" else {}),
         "seconds": round(seconds, 1),
         "waves": output.get("waves", []),
         "installedReported": sum(w.get("installed", 0) for w in output.get("waves", [])),

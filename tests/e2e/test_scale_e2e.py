@@ -31,7 +31,7 @@ def test_a_100k_target_rollout_stays_within_payload_and_history_limits(stack):
           f"({r['maxPayloadAt']}), largest history {r['maxHistoryEvents']} events (rollout {r['rolloutHistoryEvents']}), "
           f"{r['childExecutions']} install executions; figures in {out.relative_to(ROOT)}")
 
-    assert r["status"] == "SUCCEEDED", r
+    assert r["status"] == "SUCCEEDED", f"{r.get('error')}: {r.get('cause')}"
     assert r["maxPayloadBytes"] < PAYLOAD_LIMIT
     assert r["maxHistoryEvents"] < HISTORY_LIMIT
     # a canary of 500, then waves of 10 %: 1 + 10 waves, every target in exactly one wave

@@ -3,8 +3,9 @@
 moto 5.2.5 has neither. GetServiceSetting / UpdateServiceSetting / ResetServiceSetting answer for the DHMC setting
 ``/ssm/managed-instance/default-ec2-instance-management-role`` (also given as its full ARN), in botocore's
 shapes: ``ServiceSetting {SettingId, SettingValue, LastModifiedDate, LastModifiedUser, ARN, Status}``; by
-default ``Status: Default`` and no SettingValue (the model's SettingValue has length 1 or more), after an update
-``Customized`` with the role name as the value. Any other setting id: ``ServiceSettingNotFound``.
+default ``Status: Default`` with SettingValue ``$None`` (what SSM answers for this unset setting; the model's
+SettingValue has length 1 or more, so never ""), after an update ``Customized`` with the role name as the value.
+Any other setting id: ``ServiceSettingNotFound``.
 
 With the setting naming a role that exists in IAM (``name`` or ``path/name``, e.g.
 ``service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole``), ssm_agent registers instances without an
@@ -24,6 +25,8 @@ from moto.ssm.responses import SimpleSystemManagerResponse as _Resp
 from .ssm_agent import _Err, validation
 
 DHMC_SETTING_ID = "/ssm/managed-instance/default-ec2-instance-management-role"
+#: SettingValue of the unset (default) DHMC setting.
+UNSET_VALUE = "$None"
 SETTINGS = {DHMC_SETTING_ID}
 
 UPDATE_AGENT_DOCUMENT = "AWS-UpdateSSMAgent"
@@ -127,7 +130,8 @@ def _setting_view(backend, sid: str) -> dict:
                      "LastModifiedUser": stored["user"], "Status": "Customized"})
     else:
         reset = _settings(backend).get(("reset", sid))
-        view.update({"LastModifiedDate": reset["modified"] if reset else datetime.datetime(2023, 1, 1),
+        view.update({"SettingValue": UNSET_VALUE,
+                     "LastModifiedDate": reset["modified"] if reset else datetime.datetime(2023, 1, 1),
                      "LastModifiedUser": reset["user"] if reset else "System", "Status": "Default"})
     return view
 
@@ -165,6 +169,8 @@ def dhmc_role(ssm_backend) -> str | None:
     if not stored:
         return None
     value = stored["value"].strip().strip("/")
+    if not value or value == UNSET_VALUE:
+        return None
     name = value.split("/")[-1]
     path = "/" + "/".join(value.split("/")[:-1]) + "/" if "/" in value else None
     try:

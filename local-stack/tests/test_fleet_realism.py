@@ -239,13 +239,16 @@ DHMC_ARN = f"arn:aws:ssm:us-east-1:123456789012:servicesetting{DHMC}"
 def test_dhmc_service_setting(env):
     got = env.ssm.get_service_setting(SettingId=DHMC)["ServiceSetting"]
     assert (got["SettingId"], got["Status"], got["ARN"]) == (DHMC, "Default", DHMC_ARN)
-    assert "SettingValue" not in got
+    assert got["SettingValue"] == "$None" and got["LastModifiedUser"] == "System"
     env.ssm.update_service_setting(SettingId=DHMC_ARN, SettingValue="service-role/DhmcRole")
     got = env.ssm.get_service_setting(SettingId=DHMC_ARN)["ServiceSetting"]
     assert (got["SettingValue"], got["Status"]) == ("service-role/DhmcRole", "Customized")
     assert got["LastModifiedUser"] == "arn:aws:iam::123456789012:root"
     reset = env.ssm.reset_service_setting(SettingId=DHMC)["ServiceSetting"]
-    assert reset["Status"] == "Default" and "SettingValue" not in reset
+    assert reset["Status"] == "Default" and reset["SettingValue"] == "$None"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        env.ssm.update_service_setting(SettingId=DHMC, SettingValue="")
+    assert error_code(e) == "ValidationException"
     for bad in ("/ssm/no/such/setting", "arn:aws:ssm:eu-west-1:123456789012:servicesetting" + DHMC):
         with pytest.raises(botocore.exceptions.ClientError) as e:
             env.ssm.get_service_setting(SettingId=bad)

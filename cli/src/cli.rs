@@ -314,6 +314,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(p.policy_arn.as_deref(), Some("arn:aws:iam::1:policy/x"));
+        // Without --apply, --enable-default-host-management is a dry run: prereq says what it would do.
+        let p = prereq(&["--enable-default-host-management"]).unwrap();
+        assert!(p.enable_default_host_management && !p.apply);
+        let p = prereq(&["--apply", "--enable-default-host-management"]).unwrap();
+        assert!(p.enable_default_host_management && p.apply);
     }
 
     #[test]

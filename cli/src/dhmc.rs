@@ -317,3 +317,258 @@ pub async fn dhmc(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_iam::operation::attach_role_policy::AttachRolePolicyOutput;
+    use aws_sdk_iam::operation::create_role::CreateRoleOutput;
+    use aws_sdk_iam::operation::get_role::GetRoleOutput;
+    use aws_sdk_iam::operation::list_attached_role_policies::ListAttachedRolePoliciesOutput;
+    use aws_sdk_iam::types::error::NoSuchEntityException;
+    use aws_sdk_iam::types::{AttachedPolicy, Role};
+    use aws_sdk_ssm::operation::get_service_setting::{GetServiceSettingError, GetServiceSettingOutput};
+    use aws_sdk_ssm::operation::update_service_setting::UpdateServiceSettingOutput;
+    use aws_sdk_ssm::types::ServiceSetting;
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    const POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedEC2InstanceDefaultPolicy";
+    const VALUE: &str = "service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole";
+
+    fn setting(value: &'static str) -> Rule {
+        mock!(aws_sdk_ssm::Client::get_service_setting)
+            .match_requests(|r| r.setting_id() == Some(DHMC_SETTING_ID))
+            .then_output(move || {
+                GetServiceSettingOutput::builder()
+                    .service_setting(
+                        ServiceSetting::builder()
+                            .setting_id(DHMC_SETTING_ID)
+                            .setting_value(value)
+                            .build(),
+                    )
+                    .build()
+            })
+    }
+
+    fn update() -> Rule {
+        mock!(aws_sdk_ssm::Client::update_service_setting)
+            .match_requests(|r| r.setting_id() == Some(DHMC_SETTING_ID) && r.setting_value() == Some(VALUE))
+            .then_output(|| UpdateServiceSettingOutput::builder().build())
+    }
+
+    fn role(path: &str, trust: &str) -> Role {
+        Role::builder()
+            .role_name(DHMC_ROLE_NAME)
+            .path(path)
+            .role_id("AROADHMC")
+            .arn(format!("arn:aws:iam::123456789012:role{path}{DHMC_ROLE_NAME}"))
+            .create_date(aws_smithy_types::DateTime::from_secs(0))
+            .assume_role_policy_document(trust)
+            .build()
+            .unwrap()
+    }
+
+    fn no_role() -> Rule {
+        mock!(aws_sdk_iam::Client::get_role).then_error(|| {
+            GetRoleError::NoSuchEntityException(
+                NoSuchEntityException::builder()
+                    .message("The role with name AWSSystemsManagerDefaultEC2InstanceManagementRole cannot be found.")
+                    .build(),
+            )
+        })
+    }
+
+    fn create() -> Rule {
+        mock!(aws_sdk_iam::Client::create_role)
+            .match_requests(|r| {
+                r.role_name() == Some(DHMC_ROLE_NAME)
+                    && r.path() == Some(DHMC_ROLE_PATH)
+                    && r.assume_role_policy_document().is_some_and(|d| {
+                        let p = parse_trust_policy(d).unwrap();
+                        service_can_assume(&p, "ssm") && !service_can_assume(&p, "ec2")
+                    })
+            })
+            .then_output(|| {
+                CreateRoleOutput::builder()
+                    .role(role(DHMC_ROLE_PATH, DHMC_TRUST_POLICY))
+                    .build()
+            })
+    }
+
+    fn attach() -> Rule {
+        mock!(aws_sdk_iam::Client::attach_role_policy)
+            .match_requests(|r| r.role_name() == Some(DHMC_ROLE_NAME) && r.policy_arn() == Some(POLICY))
+            .then_output(|| AttachRolePolicyOutput::builder().build())
+    }
+
+    fn steps(r: &DhmcReport) -> Vec<(&str, &str, &str)> {
+        r.steps
+            .iter()
+            .map(|s| (s.step.as_str(), s.target.as_str(), s.action.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn off_without_apply_says_what_it_would_do_and_changes_nothing() {
+        let (get, upd, get_role, create, attach) = (setting("$None"), update(), no_role(), create(), attach());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &create, &attach]);
+        let r = dhmc(&ssm, &iam, "aws", true, false).await;
+        assert_eq!((r.state.as_str(), r.role.as_deref()), ("off", None));
+        assert_eq!(
+            steps(&r),
+            vec![
+                ("role", VALUE, "would create"),
+                ("policy", POLICY, "would attach"),
+                ("setting", VALUE, "would turn on"),
+            ]
+        );
+        assert_eq!(create.num_calls() + attach.num_calls() + upd.num_calls(), 0);
+        assert!(!r.failed());
+    }
+
+    #[tokio::test]
+    async fn apply_creates_the_role_attaches_the_policy_and_turns_it_on() {
+        let (get, upd, get_role, create, attach) = (setting("$None"), update(), no_role(), create(), attach());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &create, &attach]);
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert_eq!(
+            steps(&r),
+            vec![
+                ("role", VALUE, "created"),
+                ("policy", POLICY, "attached"),
+                ("setting", VALUE, "turned on"),
+            ]
+        );
+        assert_eq!((create.num_calls(), attach.num_calls(), upd.num_calls()), (1, 1, 1));
+        assert!(!r.failed());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["state"], "off");
+        assert_eq!(json["steps"][2]["action"], "turned on");
+    }
+
+    #[tokio::test]
+    async fn an_existing_role_is_used_and_given_the_policy_if_missing() {
+        let trust = crate::dhmc::DHMC_TRUST_POLICY;
+        let get_role = mock!(aws_sdk_iam::Client::get_role)
+            .match_requests(|r| r.role_name() == Some(DHMC_ROLE_NAME))
+            .then_output(move || GetRoleOutput::builder().role(role(DHMC_ROLE_PATH, trust)).build());
+        let listed = mock!(aws_sdk_iam::Client::list_attached_role_policies).then_output(|| {
+            ListAttachedRolePoliciesOutput::builder()
+                .attached_policies(
+                    AttachedPolicy::builder()
+                        .policy_arn("arn:aws:iam::aws:policy/ReadOnlyAccess")
+                        .build(),
+                )
+                .build()
+        });
+        let (get, upd, create, attach) = (setting(""), update(), create(), attach());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &listed, &create, &attach]);
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert_eq!(r.state, "off");
+        assert_eq!(
+            steps(&r),
+            vec![
+                ("role", VALUE, "exists"),
+                ("policy", POLICY, "attached"),
+                ("setting", VALUE, "turned on"),
+            ]
+        );
+        assert_eq!((create.num_calls(), attach.num_calls(), upd.num_calls()), (0, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_role_at_the_root_path_with_the_policy_is_named_without_a_path() {
+        let get_role = mock!(aws_sdk_iam::Client::get_role)
+            .then_output(|| GetRoleOutput::builder().role(role("/", DHMC_TRUST_POLICY)).build());
+        let listed = mock!(aws_sdk_iam::Client::list_attached_role_policies).then_output(|| {
+            ListAttachedRolePoliciesOutput::builder()
+                .attached_policies(AttachedPolicy::builder().policy_arn(POLICY).build())
+                .build()
+        });
+        let upd = mock!(aws_sdk_ssm::Client::update_service_setting)
+            .match_requests(|r| r.setting_value() == Some(DHMC_ROLE_NAME))
+            .then_output(|| UpdateServiceSettingOutput::builder().build());
+        let (get, attach) = (setting("$None"), attach());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &listed, &attach]);
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert_eq!(
+            steps(&r),
+            vec![
+                ("role", DHMC_ROLE_NAME, "exists"),
+                ("policy", POLICY, "already"),
+                ("setting", DHMC_ROLE_NAME, "turned on"),
+            ]
+        );
+        assert_eq!((attach.num_calls(), upd.num_calls()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_setting_that_is_on_is_shown_and_left_alone() {
+        let (get, upd, get_role) = (setting("MyFleetDhmcRole"), update(), no_role());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role]);
+        let r = dhmc(&ssm, &iam, "aws", false, false).await;
+        assert_eq!((r.state.as_str(), r.role.as_deref()), ("on", Some("MyFleetDhmcRole")));
+        assert!(r.steps.is_empty());
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert_eq!(steps(&r), vec![("setting", "MyFleetDhmcRole", "already on")]);
+        assert_eq!((get_role.num_calls(), upd.num_calls()), (0, 0));
+        assert!(!r.failed());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_setting_is_unknown_and_never_overwritten() {
+        let get = mock!(aws_sdk_ssm::Client::get_service_setting).then_error(|| {
+            GetServiceSettingError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User is not authorized to perform: ssm:GetServiceSetting")
+                    .build(),
+            )
+        });
+        let (upd, get_role, create) = (update(), no_role(), create());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &create]);
+        let r = dhmc(&ssm, &iam, "aws", false, false).await;
+        assert_eq!(r.state, "unknown");
+        assert!(r
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("ssm:GetServiceSetting: AccessDeniedException"));
+        assert!(!r.failed(), "reading alone is not a failure");
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert!(r.failed());
+        assert_eq!(steps(&r), vec![("setting", DHMC_SETTING_ID, "failed")]);
+        assert_eq!(get_role.num_calls() + create.num_calls() + upd.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_existing_role_ssm_cannot_assume_is_a_failure() {
+        let ec2_trust = r#"{"Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        let get_role = mock!(aws_sdk_iam::Client::get_role)
+            .then_output(move || GetRoleOutput::builder().role(role(DHMC_ROLE_PATH, ec2_trust)).build());
+        let (get, upd, attach) = (setting("$None"), update(), attach());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&get, &upd]);
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&get_role, &attach]);
+        let r = dhmc(&ssm, &iam, "aws", true, true).await;
+        assert!(r.failed());
+        assert_eq!(steps(&r), vec![("role", VALUE, "failed")]);
+        assert!(r.steps[0].reason.as_deref().unwrap().contains("ssm.amazonaws.com"));
+        assert_eq!(attach.num_calls() + upd.num_calls(), 0);
+    }
+
+    #[test]
+    fn names_and_values() {
+        assert_eq!(setting_value("/service-role/", DHMC_ROLE_NAME), VALUE);
+        assert_eq!(setting_value("/", "R"), "R");
+        assert_eq!(
+            dhmc_policy_arn("aws-cn"),
+            "arn:aws-cn:iam::aws:policy/AmazonSSMManagedEC2InstanceDefaultPolicy"
+        );
+    }
+}

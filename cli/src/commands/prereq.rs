@@ -1153,6 +1153,150 @@ mod tests {
         assert!(format!("{err:#}").contains("iam:ListRoles"), "{err:#}");
     }
 
+    #[tokio::test]
+    async fn instances_dhmc_cannot_reach_are_listed_with_why() {
+        use aws_sdk_ec2::types::{HttpTokensState, InstanceMetadataEndpointState, InstanceMetadataOptionsResponse};
+        use aws_sdk_ssm::types::{InstanceInformation, PingStatus};
+        let roles = mock!(aws_sdk_iam::Client::list_roles)
+            .then_output(|| ListRolesOutput::builder().set_roles(Some(vec![])).build().unwrap());
+        let iam = mock_client!(aws_sdk_iam, [&roles]);
+        let bare = |id: &str, tokens: HttpTokensState, endpoint: InstanceMetadataEndpointState| {
+            Instance::builder()
+                .instance_id(id)
+                .platform_details("Linux/UNIX")
+                .metadata_options(
+                    InstanceMetadataOptionsResponse::builder()
+                        .http_tokens(tokens)
+                        .http_endpoint(endpoint)
+                        .build(),
+                )
+                .build()
+        };
+        let instances = mock!(aws_sdk_ec2::Client::describe_instances).then_output(move || {
+            use HttpTokensState::{Optional, Required};
+            use InstanceMetadataEndpointState::{Disabled, Enabled};
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .instances(bare("i-0000000000000000a", Required, Enabled))
+                        .instances(bare("i-0000000000000000b", Optional, Enabled))
+                        .instances(bare("i-0000000000000000c", Required, Enabled))
+                        .instances(bare("i-0000000000000000d", Required, Enabled))
+                        .instances(bare("i-0000000000000000e", Required, Disabled))
+                        .build(),
+                )
+                .build()
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, [&instances]);
+        let setting = mock!(aws_sdk_ssm::Client::get_service_setting).then_output(|| setting_output("$None"));
+        let info = mock!(aws_sdk_ssm::Client::describe_instance_information)
+            .match_requests(|r| {
+                r.filters()
+                    .iter()
+                    .any(|f| f.key() == "InstanceIds" && f.values().len() == 5)
+            })
+            .then_output(|| {
+                let i = |id: &str, v: &str, p: PingStatus| {
+                    InstanceInformation::builder()
+                        .instance_id(id)
+                        .agent_version(v)
+                        .ping_status(p)
+                        .build()
+                };
+                DescribeInstanceInformationOutput::builder()
+                    .instance_information_list(i("i-0000000000000000a", "3.3.40.0", PingStatus::Online))
+                    .instance_information_list(i("i-0000000000000000b", "3.3.40.0", PingStatus::ConnectionLost))
+                    .instance_information_list(i("i-0000000000000000c", "3.1.1080.0", PingStatus::ConnectionLost))
+                    .build()
+            });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&setting, &info]);
+        let report = run_prereq(iam, ec2, ssm, false, false).await.unwrap();
+        assert_eq!(info.num_calls(), 1);
+        let reach: Vec<(&str, &str, Option<&str>)> = report
+            .instances_without_profile
+            .iter()
+            .map(|i| (i.instance_id.as_str(), i.dhmc.as_str(), i.agent_version.as_deref()))
+            .collect();
+        assert_eq!(
+            reach,
+            vec![
+                ("i-0000000000000000a", "yes", Some("3.3.40.0")),
+                ("i-0000000000000000b", "no", Some("3.3.40.0")),
+                ("i-0000000000000000c", "no", Some("3.1.1080.0")),
+                ("i-0000000000000000d", "unknown", None),
+                ("i-0000000000000000e", "no", None),
+            ]
+        );
+        assert_eq!(report.dhmc_unreachable().len(), 3);
+        assert_eq!(report.failed(), 0);
+        let text = report.to_table();
+        println!("{text}");
+        assert!(text.contains("DHMC    off in eu-west-1: instances without an instance profile cannot register (prereq --apply --enable-default-host-management turns it on)\n"), "{text}");
+        assert!(text.contains("i-0000000000000000b        Linux/UNIX            v1 allowed   3.3.40.0 (ConnectionLost)    no: IMDSv1 allowed (HttpTokens optional)"), "{text}");
+        assert!(text.contains("no: SSM Agent 3.1.1080.0 older than 3.2.582.0"), "{text}");
+        assert!(text.contains("v2 required  unknown                      unknown: SSM Agent version unknown (SSM does not list the instance)"), "{text}");
+        assert!(text.contains("DHMC cannot reach 3 of 5 running instances without an instance profile (IMDSv1 allowed or IMDS off: 2, SSM Agent older than 3.2.582.0: 1); SSM Agent version unknown for 2"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["defaultHostManagement"]["state"], "off");
+        assert_eq!(json["region"], "eu-west-1");
+        assert_eq!(json["instancesWithoutProfile"][1]["httpTokens"], "optional");
+        assert_eq!(
+            json["instancesWithoutProfile"][3]["agentVersion"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["instancesWithoutProfile"][4]["dhmcReasons"][0], IMDS_DISABLED);
+    }
+
+    #[tokio::test]
+    async fn enabling_dhmc_shows_its_steps_and_a_failed_step_fails_prereq() {
+        let roles = mock!(aws_sdk_iam::Client::list_roles)
+            .then_output(|| ListRolesOutput::builder().set_roles(Some(vec![])).build().unwrap());
+        let no_role = mock!(aws_sdk_iam::Client::get_role).then_error(|| {
+            GetRoleError::NoSuchEntityException(aws_sdk_iam::types::error::NoSuchEntityException::builder().build())
+        });
+        let iam = || mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles, &no_role]);
+        let ec2 = || mock_client!(aws_sdk_ec2, [&no_instances()]);
+        let report = run_prereq(iam(), ec2(), ssm_off(), false, true).await.unwrap();
+        assert_eq!(report.failed(), 0);
+        let text = report.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("Default Host Management Configuration (dry run: nothing changed; --apply changes it)\n"),
+            "{text}"
+        );
+        assert!(text.contains("role     service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole    would create: trusted by ssm.amazonaws.com\n"), "{text}");
+        assert!(
+            text.contains("policy   arn:aws:iam::aws:policy/AmazonSSMManagedEC2InstanceDefaultPolicy  would attach\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("setting  service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole    would turn on\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DHMC    off in eu-west-1: instances without an instance profile cannot register\n"),
+            "{text}"
+        );
+
+        let denied = mock!(aws_sdk_iam::Client::create_role).then_error(|| {
+            aws_sdk_iam::operation::create_role::CreateRoleError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("AccessDenied")
+                    .message("not authorized to perform: iam:CreateRole")
+                    .build(),
+            )
+        });
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles, &no_role, &denied]);
+        let report = run_prereq(iam, ec2(), ssm_off(), true, true).await.unwrap();
+        assert_eq!(report.failed(), 1);
+        let text = report.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("failed: iam:CreateRole: AccessDenied: not authorized"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn only_the_ssm_and_writer_policies_without_confirmation() {
         let writer = "arn:aws:iam::123456789012:policy/fleet-install-CommandOutputWriterPolicy-ABC";

@@ -47,6 +47,9 @@ LOGGING = {"logs:CreateLogStream", "logs:PutLogEvents"}
 #: The one policy not written in template.yaml that a function role may carry (SAM adds it to generated roles).
 SAM_BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 MUTATING_PREFIXES = ("Describe", "List", "Get", "Query", "Scan", "BatchGet")
+#: The AWS-owned document send-command runs for SSM Agents too old for the install documents.
+AGENT_UPDATE_DOCUMENT = re.search(r'pub const AGENT_UPDATE_DOCUMENT: &str = "([^"]+)";',
+                                  (CORE / "routing.rs").read_text()).group(1)
 
 
 @functools.lru_cache
@@ -174,6 +177,8 @@ def resources_for(action: str, spec: dict) -> list[str]:
     if action == "ssm:SendCommand":
         docs = [st.resolve({"Fn::Sub": f"arn:aws:ssm:${{AWS::Region}}:${{AWS::AccountId}}:document/${{{d}}}"})
                 for d in ("LinuxInstallDocument", "WindowsInstallDocument")]
+        # AWS's own agent update (routing::AGENT_UPDATE_DOCUMENT): an AWS-owned document has no account in its ARN.
+        docs.append(st.resolve({"Fn::Sub": f"arn:aws:ssm:${{AWS::Region}}::document/{AGENT_UPDATE_DOCUMENT}"}))
         return docs + ["arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"]
     if action == "states:StartExecution":
         return [st.physical["InstallStateMachine"]["Arn"]]
@@ -279,6 +284,11 @@ def test_send_command_is_denied_on_opted_out_instances():
     # other documents than the stack's are not allowed at all
     other = "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
     assert iam_ext.evaluate(docs, "ssm:SendCommand", other, {}) != iam_ext.Decision.ALLOW
+    # AWS-UpdateSSMAgent is allowed as AWS owns it (no account), not a same-named document of this account
+    update = f"arn:aws:ssm:us-east-1::document/{AGENT_UPDATE_DOCUMENT}"
+    assert iam_ext.evaluate(docs, "ssm:SendCommand", update, {}) == iam_ext.Decision.ALLOW
+    own = f"arn:aws:ssm:us-east-1:123456789012:document/{AGENT_UPDATE_DOCUMENT}"
+    assert iam_ext.evaluate(docs, "ssm:SendCommand", own, {}) != iam_ext.Decision.ALLOW
 
 
 def test_trigger_reads_only_its_own_queue():

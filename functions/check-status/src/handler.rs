@@ -2,9 +2,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use fleet_core::adapters::{self, Invocation};
 use fleet_core::ledger::{self, n, s, Guard, LedgerWrite};
-use fleet_core::model::{Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE};
-use fleet_core::routing::MAX_BATCH;
-use fleet_core::status::{failure_reason, outcome, InvocationOutcome};
+use fleet_core::model::{
+    AgentUpdated, Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE,
+};
+use fleet_core::routing::{self, MAX_BATCH};
+use fleet_core::status::{
+    agent_update_failed_reason, exit_code_reason, failure_reason, invocation_outcome, InvocationOutcome,
+};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +27,13 @@ pub struct Request {
     /// running, so that one resend carries every failure (fuller batches, fewer transitions).
     #[serde(default)]
     pub retry: Vec<Batch>,
+    /// Instances still to be looked at by filter-managed (registering): returned with those whose agent
+    /// update succeeded here, which go back through filter-managed to their install.
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// Instances whose agent this execution updated earlier: returned with those updated here.
+    #[serde(default)]
+    pub agent_updated: Vec<AgentUpdated>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -34,10 +45,13 @@ pub struct Response {
     pub retry: Vec<Batch>,
     pub summary: Summary,
     pub finished: bool,
+    /// The pending instances given, and those whose agent update succeeded in this check.
+    pub pending: Vec<String>,
+    pub agent_updated: Vec<AgentUpdated>,
 }
 
-/// (route, document, version, parameters, next attempt): instances that can share a resend.
-type RetryKey = (String, String, String, String, u32);
+/// (route, document, version, parameters, minimum agent, next attempt): instances that can share a resend.
+type RetryKey = (String, String, String, String, Option<String>, u32);
 
 /// The instances to re-send as `attempt` with the same document and parameters as `batch`.
 fn retry_group<'g>(
@@ -50,6 +64,7 @@ fn retry_group<'g>(
         batch.document_name.clone(),
         batch.document_version.clone(),
         serde_json::to_string(&batch.parameters).unwrap_or_default(),
+        batch.min_agent_version.clone(),
         attempt,
     );
     &mut groups
@@ -106,6 +121,7 @@ pub async fn handle(
     }
     let mut in_flight = Vec::new();
     let mut finals: Vec<Final> = Vec::new();
+    let mut updated: Vec<(&BatchInstance, &SentCommand)> = Vec::new();
     let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
     for b in &req.retry {
         retry_group(&mut retry_groups, b, b.attempt).extend(b.instances.iter().cloned());
@@ -122,8 +138,12 @@ pub async fn handle(
                 running.push(inst.clone());
                 continue;
             };
-            match outcome(&inv.status, &inv.status_details) {
+            let route = cmd.batch.route.as_str();
+            match invocation_outcome(route, &inv.status, &inv.status_details, inv.response_code) {
                 InvocationOutcome::Running => running.push(inst.clone()),
+                // The agent is updated: not final, the instance goes back through filter-managed,
+                // which sees the new version and sends it on to its install.
+                InvocationOutcome::Succeeded if cmd.batch.is_agent_update() => updated.push((inst, cmd)),
                 InvocationOutcome::Succeeded => finals.push(Final {
                     instance: inst,
                     command: cmd,
@@ -142,12 +162,16 @@ pub async fn handle(
                     );
                     retry_group(&mut retry_groups, &cmd.batch, cmd.batch.attempt + 1).push(inst.clone());
                 }
-                InvocationOutcome::Failed { code, .. } => finals.push(Final {
+                // The agent could not be updated: too old for the install, which is not sent. Not a
+                // failed install: recorded as unmanaged, with what to do.
+                InvocationOutcome::Failed { code, .. } if cmd.batch.is_agent_update() => finals.push(Final {
                     instance: inst,
                     command: cmd,
-                    state: LedgerState::Failed,
+                    state: LedgerState::Unmanaged,
                     code,
-                    reason: failure_reason(
+                    reason: agent_update_failed_reason(
+                        inst.agent_version.as_deref(),
+                        cmd.batch.min_agent_version.as_deref(),
                         &inv.status,
                         &inv.status_details,
                         inv.response_code,
@@ -156,6 +180,35 @@ pub async fn handle(
                     ),
                     status_detail: inv.status_details.clone(),
                 }),
+                InvocationOutcome::Failed { code, .. } => {
+                    let exit = inv
+                        .response_code
+                        .and_then(|c| routing::exit_code(route, c))
+                        .filter(|e| e.reason_code == code);
+                    let reason = match exit {
+                        Some(e) => exit_code_reason(
+                            e,
+                            cmd.batch.attempt,
+                            routing::document_of_route(route).map(|d| d.min_agent_version),
+                            &inv.output,
+                        ),
+                        None => failure_reason(
+                            &inv.status,
+                            &inv.status_details,
+                            inv.response_code,
+                            cmd.batch.attempt,
+                            &inv.output,
+                        ),
+                    };
+                    finals.push(Final {
+                        instance: inst,
+                        command: cmd,
+                        state: LedgerState::Failed,
+                        code,
+                        reason,
+                        status_detail: inv.status_details.clone(),
+                    })
+                }
             }
         }
         if !running.is_empty() {
@@ -169,19 +222,29 @@ pub async fn handle(
         }
     }
     let now = ledger::now_rfc3339();
-    let writes: Vec<LedgerWrite> = finals
+    let mut writes: Vec<LedgerWrite> = finals
         .iter()
         .map(|f| {
             let mut fields = ledger::base_fields(f.state, &req.execution, &now);
             fields.extend([
                 ("reasonCode", s(f.code.as_str())),
                 ("reason", s(&f.reason)),
-                ("commandId", s(&f.command.command_id)),
-                ("attempts", n(f.command.batch.attempt)),
                 ("platform", s(&f.instance.platform)),
-                ("document", s(&f.command.batch.document_name)),
-                ("documentVersion", s(&f.command.batch.document_version)),
             ]);
+            if f.command.batch.is_agent_update() {
+                // `attempts` and `commandId` stay the install's.
+                fields.extend([
+                    ("agentUpdateCommandId", s(&f.command.command_id)),
+                    ("agentUpdateAttempts", n(f.command.batch.attempt)),
+                ]);
+            } else {
+                fields.extend([
+                    ("commandId", s(&f.command.command_id)),
+                    ("attempts", n(f.command.batch.attempt)),
+                    ("document", s(&f.command.batch.document_name)),
+                    ("documentVersion", s(&f.command.batch.document_version)),
+                ]);
+            }
             if !f.status_detail.is_empty() {
                 fields.push(("statusDetail", s(&f.status_detail)));
             }
@@ -192,6 +255,34 @@ pub async fn handle(
             }
         })
         .collect();
+    // Updated agents: still installing (this execution keeps the instance), on the way to the install.
+    writes.extend(updated.iter().map(|(inst, cmd)| {
+        let mut fields = ledger::base_fields(LedgerState::Installing, &req.execution, &now);
+        let from = inst.agent_version.as_deref().unwrap_or("");
+        fields.extend([
+            ("reasonCode", s(ReasonCode::AgentUpdated.as_str())),
+            (
+                "reason",
+                s(format!(
+                    "SSM Agent {} updated by AWS-UpdateSSMAgent (command {}); the install follows once SSM reports the new version",
+                    if from.is_empty() { "(version unknown)" } else { from },
+                    cmd.command_id
+                )),
+            ),
+            ("platform", s(&inst.platform)),
+            ("agentUpdateCommandId", s(&cmd.command_id)),
+            ("agentUpdateAttempts", n(cmd.batch.attempt)),
+            ("agentUpdatedAt", s(&now)),
+        ]);
+        if !from.is_empty() {
+            fields.push(("agentUpdatedFrom", s(from)));
+        }
+        LedgerWrite {
+            key: inst.instance_id.clone(),
+            fields,
+            guard: Guard::OwnedByExecution,
+        }
+    }));
     let result = ledger::write_all(db, table, &req.execution, writes).await?;
     let refused: std::collections::HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
     let mut summary = req.summary;
@@ -202,6 +293,26 @@ pub async fn handle(
         } else {
             summary.add(f.state.as_str(), Some(&f.instance.platform), f.code);
         }
+    }
+    let mut pending = req.pending;
+    let mut agent_updated = req.agent_updated;
+    let mut now_updated = Vec::new();
+    for (inst, _) in &updated {
+        if refused.contains(inst.instance_id.as_str()) {
+            summary.add(DUPLICATE, Some(&inst.platform), ReasonCode::SupersededByNewerRun);
+        } else {
+            summary.agent_updated += 1;
+            if !pending.contains(&inst.instance_id) {
+                pending.push(inst.instance_id.clone());
+            }
+            now_updated.push(inst.instance_id.clone());
+        }
+    }
+    if !now_updated.is_empty() {
+        agent_updated.push(AgentUpdated {
+            updated_at: now.clone(),
+            instance_ids: now_updated,
+        });
     }
     let mut retry = Vec::new();
     for (_, (template, mut instances)) in retry_groups {
@@ -219,6 +330,7 @@ pub async fn handle(
         finished_instances = finals.len(),
         retrying = retry.iter().map(|b| b.instances.len()).sum::<usize>(),
         still_running = in_flight.iter().map(|c| c.batch.instances.len()).sum::<usize>(),
+        agents_updated = updated.len(),
         "checked command status"
     );
     Ok(Response {
@@ -226,6 +338,8 @@ pub async fn handle(
         retry,
         summary,
         finished,
+        pending,
+        agent_updated,
     })
 }
 

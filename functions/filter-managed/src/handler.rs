@@ -1,8 +1,8 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use fleet_core::classify::{classify, Classification};
-use fleet_core::model::{InstanceNote, ManagedInstance};
+use fleet_core::model::{AgentUpdated, InstanceNote, ManagedInstance, ReasonCode};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,6 +11,9 @@ pub struct Config {
     pub opt_out_tag: String,
     /// The ledger, where a rollout keeps each chunk's targets.
     pub ledger_table: String,
+    /// AutoUpdateSsmAgent: an instance whose SSM Agent is older than its document needs gets
+    /// AWS-UpdateSSMAgent first (true), or is recorded AgentTooOld and sent nothing (false).
+    pub auto_update_agent: bool,
 }
 
 impl Config {
@@ -18,6 +21,15 @@ impl Config {
         Ok(Config {
             opt_out_tag: fleet_core::config::optional(get, "OPT_OUT_TAG_KEY", "fleet-install:opt-out"),
             ledger_table: fleet_core::config::required(get, "LEDGER_TABLE")?,
+            auto_update_agent: match fleet_core::config::optional(get, "AUTO_UPDATE_SSM_AGENT", "true").as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(FleetError::Configuration(format!(
+                        "environment variable AUTO_UPDATE_SSM_AGENT={other:?} is neither \"true\" nor \"false\""
+                    )))
+                }
+            },
         })
     }
 }
@@ -31,6 +43,10 @@ pub struct Request {
     #[serde(default)]
     pub targets_key: Option<String>,
     pub registration_deadline_seconds: i64,
+    /// Instances whose agent this execution already updated: never updated again, and waited for
+    /// (agent restarting, new version not reported yet) until the deadline counted from the update.
+    #[serde(default)]
+    pub agent_updated: Vec<AgentUpdated>,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -40,6 +56,8 @@ pub struct Response {
     pub pending: Vec<String>,
     pub unmanaged: Vec<InstanceNote>,
     pub skipped: Vec<InstanceNote>,
+    /// Managed instances whose SSM Agent is older than their install document needs: AWS-UpdateSSMAgent first.
+    pub agent_update: Vec<ManagedInstance>,
 }
 
 pub async fn handle(
@@ -93,8 +111,19 @@ pub async fn handle(
         fleet_core::adapters::describe_ssm(ssm, &candidates).await?
     };
     let deadline = Duration::seconds(req.registration_deadline_seconds);
+    let updated_at: HashMap<&str, DateTime<Utc>> = req
+        .agent_updated
+        .iter()
+        .filter_map(|g| {
+            let at = DateTime::parse_from_rfc3339(&g.updated_at).ok()?.with_timezone(&Utc);
+            Some(g.instance_ids.iter().map(move |id| (id.as_str(), at)))
+        })
+        .flatten()
+        .collect();
     let mut resp = Response::default();
     for id in &ids {
+        // Updated by this execution and still inside the deadline counted from the update.
+        let update_waits = updated_at.get(id.as_str()).filter(|at| now < **at + deadline);
         match classify(
             id,
             ec2_facts.get(id),
@@ -103,8 +132,35 @@ pub async fn handle(
             deadline,
             &config.opt_out_tag,
         ) {
-            Classification::Managed(m) => resp.managed.push(m),
+            Classification::Managed(m) => match fleet_core::agent::needs_update(&m) {
+                None => resp.managed.push(m),
+                Some(_) if update_waits.is_some() => resp.pending.push(id.clone()),
+                Some(minimum) => {
+                    let reason = match updated_at.get(id.as_str()) {
+                        Some(at) => fleet_core::agent::still_old_reason(
+                            &m.agent_version,
+                            minimum,
+                            &fleet_core::classify::age(now - *at),
+                        ),
+                        None if !config.auto_update_agent => {
+                            fleet_core::agent::update_disabled_reason(&m.agent_version, minimum)
+                        }
+                        None => {
+                            resp.agent_update.push(m);
+                            continue;
+                        }
+                    };
+                    resp.unmanaged.push(InstanceNote {
+                        instance_id: id.clone(),
+                        reason_code: ReasonCode::AgentTooOld,
+                        reason,
+                        platform: Some(fleet_core::classify::platform_label(&m.platform_type, &m.platform_name)),
+                    });
+                }
+            },
             Classification::PendingRegistration => resp.pending.push(id.clone()),
+            // Offline right after its agent update (the agent restarts): wait, as for a registration.
+            Classification::Unmanaged(_) if update_waits.is_some() => resp.pending.push(id.clone()),
             Classification::Unmanaged(n) => resp.unmanaged.push(n),
             Classification::Skipped(n) => resp.skipped.push(n),
         }
@@ -115,6 +171,7 @@ pub async fn handle(
         pending = resp.pending.len(),
         unmanaged = resp.unmanaged.len(),
         skipped = resp.skipped.len(),
+        agent_update = resp.agent_update.len(),
         "classified instances"
     );
     Ok(resp)
@@ -170,7 +227,7 @@ mod tests {
             .platform_type(PlatformType::Linux)
             .platform_name("Amazon Linux")
             .platform_version("2023")
-            .agent_version("3.3.1")
+            .agent_version("3.3.3050.0")
             .build()
     }
 
@@ -178,6 +235,7 @@ mod tests {
         Config {
             opt_out_tag: "fleet-install:opt-out".into(),
             ledger_table: "ledger".into(),
+            auto_update_agent: true,
         }
     }
 

@@ -177,7 +177,20 @@ pub struct Invocation {
 
 impl From<&CommandInvocation> for Invocation {
     fn from(ci: &CommandInvocation) -> Self {
-        let plugin = ci.command_plugins().first();
+        // The plugin that failed tells the exit code (a step skipped by its precondition reports 0).
+        let plugins = ci.command_plugins();
+        let plugin = plugins
+            .iter()
+            .find(|p| {
+                matches!(
+                    p.status(),
+                    Some(
+                        aws_sdk_ssm::types::CommandPluginStatus::Failed
+                            | aws_sdk_ssm::types::CommandPluginStatus::TimedOut
+                    )
+                )
+            })
+            .or_else(|| plugins.first());
         Invocation {
             instance_id: ci.instance_id().unwrap_or_default().to_string(),
             status: ci.status().map(|s| s.as_str().to_string()).unwrap_or_default(),

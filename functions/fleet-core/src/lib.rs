@@ -3,6 +3,7 @@
 //! AWS adapters the functions use.
 
 pub mod adapters;
+pub mod agent;
 pub mod classify;
 pub mod config;
 pub mod error;

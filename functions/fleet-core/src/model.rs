@@ -47,9 +47,24 @@ pub enum ReasonCode {
     AlreadyInstalled,
     InProgressElsewhere,
     SupersededByNewerRun,
+    // the SSM Agent is older than the install document needs (recorded as unmanaged: it is not a
+    // failed install, the reason says what to do)
+    AgentTooOld,
+    // on the way, not final: AWS-UpdateSSMAgent succeeded, the install follows
+    AgentUpdated,
     // command outcomes
     Installed,
     CommandFailed,
+    // the install documents' own exit codes (routing::EXIT_CODES)
+    BadParameter,
+    UnsupportedPlatform,
+    DownloadFailed,
+    ChecksumMismatch,
+    InstallFailed,
+    ServiceNotRunning,
+    InstallerTimedOut,
+    RebootStarted,
+    RebootRequired,
     ExecutionTimedOut,
     DeliveryTimedOut,
     Undeliverable,
@@ -76,8 +91,19 @@ impl ReasonCode {
             ReasonCode::AlreadyInstalled => "AlreadyInstalled",
             ReasonCode::InProgressElsewhere => "InProgressElsewhere",
             ReasonCode::SupersededByNewerRun => "SupersededByNewerRun",
+            ReasonCode::AgentTooOld => "AgentTooOld",
+            ReasonCode::AgentUpdated => "AgentUpdated",
             ReasonCode::Installed => "Installed",
             ReasonCode::CommandFailed => "CommandFailed",
+            ReasonCode::BadParameter => "BadParameter",
+            ReasonCode::UnsupportedPlatform => "UnsupportedPlatform",
+            ReasonCode::DownloadFailed => "DownloadFailed",
+            ReasonCode::ChecksumMismatch => "ChecksumMismatch",
+            ReasonCode::InstallFailed => "InstallFailed",
+            ReasonCode::ServiceNotRunning => "ServiceNotRunning",
+            ReasonCode::InstallerTimedOut => "InstallerTimedOut",
+            ReasonCode::RebootStarted => "RebootStarted",
+            ReasonCode::RebootRequired => "RebootRequired",
             ReasonCode::ExecutionTimedOut => "ExecutionTimedOut",
             ReasonCode::DeliveryTimedOut => "DeliveryTimedOut",
             ReasonCode::Undeliverable => "Undeliverable",
@@ -148,6 +174,9 @@ pub struct InstanceNote {
 pub struct BatchInstance {
     pub instance_id: String,
     pub platform: String,
+    /// In an agent-update batch: the SSM Agent version the instance reported (for the reason if the update fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// At most 50 instances that get the same document with the same parameters.
@@ -161,6 +190,27 @@ pub struct Batch {
     /// 1 for the first send, 2 for the first retry, ...
     pub attempt: u32,
     pub instances: Vec<BatchInstance>,
+    /// In an agent-update batch: the SSM Agent version the install document needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agent_version: Option<String>,
+}
+
+impl Batch {
+    /// True for a batch of AWS-UpdateSSMAgent (route `agent-update`), not an install.
+    pub fn is_agent_update(&self) -> bool {
+        self.route == crate::routing::AGENT_UPDATE_ROUTE
+    }
+}
+
+/// Instances whose SSM Agent this execution updated (AWS-UpdateSSMAgent succeeded), at the time
+/// check-status saw it. filter-managed neither updates them again nor gives up on them (agent
+/// restarting, version not reported yet) before the registration deadline counted from then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentUpdated {
+    /// RFC 3339.
+    pub updated_at: String,
+    pub instance_ids: Vec<String>,
 }
 
 impl Batch {
@@ -190,6 +240,10 @@ pub struct Summary {
     pub by_platform: BTreeMap<String, BTreeMap<String, u64>>,
     #[serde(default)]
     pub by_reason: BTreeMap<String, u64>,
+    /// Instances whose SSM Agent was updated (AWS-UpdateSSMAgent) on the way to their install; each
+    /// is also counted once in its final state.
+    #[serde(default)]
+    pub agent_updated: u64,
 }
 
 /// Summary key for instances another run owns (not written to the ledger again).

@@ -43,6 +43,206 @@ pub const WINDOWS_PARAMETERS: &[&str] = &[
     "ExecutionTimeoutSeconds",
 ];
 
+/// The route of SSM Agent updates: instances whose agent is older than their document needs get
+/// AWS's own `AWS-UpdateSSMAgent` first, batched and sent like any install.
+pub const AGENT_UPDATE_ROUTE: &str = "agent-update";
+/// The AWS-owned document that updates the SSM Agent (its ARN has no account:
+/// `arn:<partition>:ssm:<region>::document/AWS-UpdateSSMAgent`).
+pub const AGENT_UPDATE_DOCUMENT: &str = "AWS-UpdateSSMAgent";
+/// AWS-UpdateSSMAgent is sent at its default version and with no parameters (it installs the latest agent).
+pub const AGENT_UPDATE_DOCUMENT_VERSION: &str = "$DEFAULT";
+
+/// Parameters with `interpolationType: ENV_VAR` reach the script as environment variables only from
+/// SSM Agent 3.3.2746.0 on; an older agent runs the script without them (the documents exit 2).
+pub const ENV_VAR_MIN_AGENT_VERSION: &str = "3.3.2746.0";
+
+/// What one of the install documents' exit codes means, what to do about it, and whether it is
+/// worth another attempt. A code is retried only when its cause can clear on its own; a
+/// permanent one ends the instance at once with its reason (a resend would fail the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCode {
+    pub code: i32,
+    pub reason_code: ReasonCode,
+    /// What the document says happened.
+    pub meaning: &'static str,
+    /// What a person does about it.
+    pub fix: &'static str,
+    pub retry: bool,
+}
+
+/// The exit codes of both install documents (documents/*.yml, "Exit codes"). 2-7 are common to both;
+/// 8-10 only the Windows document returns. Any other non-zero code (1: an unexpected error) stays a
+/// generic, retried CommandFailed.
+pub const EXIT_CODES: &[ExitCode] = &[
+    // Permanent: the same parameters fail the same way, and an old agent does not update itself.
+    ExitCode {
+        code: 2,
+        reason_code: ReasonCode::BadParameter,
+        meaning: "a document parameter is missing or invalid",
+        fix: "check the stack's installer parameters (URL, SHA-256, service name); if they are right, the SSM Agent is too old to pass ENV_VAR parameters to the script: update it (AWS-UpdateSSMAgent) and run the install again",
+        retry: false,
+    },
+    // Permanent: the OS, privileges or tools do not change between attempts.
+    ExitCode {
+        code: 3,
+        reason_code: ReasonCode::UnsupportedPlatform,
+        meaning: "the operating system or environment is not supported (unknown distribution, no package manager, downloader, SHA-256 tool or service manager, or not run as root/Administrator)",
+        fix: "install the agent on this instance by hand, or exclude it with the opt-out tag",
+        retry: false,
+    },
+    // Transient: a network, DNS or repository hiccup at boot often clears within minutes.
+    ExitCode {
+        code: 4,
+        reason_code: ReasonCode::DownloadFailed,
+        meaning: "the installer download failed",
+        fix: "check that the instance reaches the installer URL over HTTPS (route, proxy, DNS, security groups) and that the URL is right",
+        retry: true,
+    },
+    // Permanent: the file at the URL does not match the configured hash; a resend downloads the same file.
+    ExitCode {
+        code: 5,
+        reason_code: ReasonCode::ChecksumMismatch,
+        meaning: "the downloaded installer does not match its SHA-256",
+        fix: "publish the right file at the installer URL or set the stack's InstallerSha256 parameter to its SHA-256",
+        retry: false,
+    },
+    // Permanent: the documents already wait out a busy package manager (apt's DPkg::Lock::Timeout of
+    // 300 s, yum/dnf's own lock wait, msiexec 1618 retried), so a failure here is the package itself
+    // (broken package, conflict, missing dependency), which a resend meets again.
+    ExitCode {
+        code: 6,
+        reason_code: ReasonCode::InstallFailed,
+        meaning: "the installer or package manager failed",
+        fix: "read the command output in CloudWatch Logs for the package manager's error, fix the package or the instance, then run the install again",
+        retry: false,
+    },
+    // Transient: a service slow to start on a busy new instance; the next run finds the agent
+    // installed, starts it and waits again.
+    ExitCode {
+        code: 7,
+        reason_code: ReasonCode::ServiceNotRunning,
+        meaning: "the agent's service is not running after install and start",
+        fix: "check the service's logs on the instance (systemctl status / journalctl, or the Windows event log) and the service name parameter",
+        retry: true,
+    },
+    // Permanent: an installer that waits for a window nobody clicks hangs again, and every retry
+    // would hold the instance for InstallerTimeoutSeconds.
+    ExitCode {
+        code: 8,
+        reason_code: ReasonCode::InstallerTimedOut,
+        meaning: "the installer did not finish within InstallerTimeoutSeconds and was killed",
+        fix: "make the installer silent (InstallerArguments, e.g. /quiet /norestart) or raise InstallerTimeoutSeconds",
+        retry: false,
+    },
+    // Transient: the installer restarted the instance itself; a later run, after the restart,
+    // finds the agent installed and checks its service.
+    ExitCode {
+        code: 9,
+        reason_code: ReasonCode::RebootStarted,
+        meaning: "the installer started a reboot (1641) before the service could be checked",
+        fix: "nothing, once the instance is back; if it keeps rebooting, install it by hand",
+        retry: true,
+    },
+    // Permanent: nothing reboots the instance on its own (the documents never reboot).
+    ExitCode {
+        code: 10,
+        reason_code: ReasonCode::RebootRequired,
+        meaning: "the installer needs a reboot (3010) and the service is not running",
+        fix: "reboot the instance in a maintenance window; the next install run (or the service after the restart) completes it",
+        retry: false,
+    },
+];
+
+/// The exit codes each document returns (the Linux document stops at 7).
+const LINUX_EXIT_CODES: &[ExitCode] = EXIT_CODES.split_at(6).0;
+
+/// An install document's facts: where it is routed, the variable that names it, its parameters,
+/// the oldest SSM Agent that runs it, and its exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentSpec {
+    pub kind: DocumentKind,
+    pub route: &'static str,
+    pub name_variable: &'static str,
+    pub parameters: &'static [&'static str],
+    pub min_agent_version: &'static str,
+    pub exit_codes: &'static [ExitCode],
+}
+
+/// The install documents.
+pub const DOCUMENTS: &[DocumentSpec] = &[
+    DocumentSpec {
+        kind: DocumentKind::Linux,
+        route: LINUX_ROUTE,
+        name_variable: "LINUX_DOCUMENT_NAME",
+        parameters: LINUX_PARAMETERS,
+        // every parameter is interpolationType ENV_VAR
+        min_agent_version: ENV_VAR_MIN_AGENT_VERSION,
+        exit_codes: LINUX_EXIT_CODES,
+    },
+    DocumentSpec {
+        kind: DocumentKind::Windows,
+        route: WINDOWS_ROUTE,
+        name_variable: "WINDOWS_DOCUMENT_NAME",
+        parameters: WINDOWS_PARAMETERS,
+        min_agent_version: ENV_VAR_MIN_AGENT_VERSION,
+        exit_codes: EXIT_CODES,
+    },
+];
+
+impl DocumentKind {
+    pub fn spec(self) -> &'static DocumentSpec {
+        DOCUMENTS
+            .iter()
+            .find(|d| d.kind == self)
+            .expect("every document kind has a spec")
+    }
+}
+
+/// The install document of a route (linux, windows); None for agent updates and unknown routes.
+pub fn document_of_route(route: &str) -> Option<&'static DocumentSpec> {
+    DOCUMENTS.iter().find(|d| d.route == route)
+}
+
+/// What an install document's exit code means; None for 0, for codes it does not define, and for
+/// routes that are not install documents.
+pub fn exit_code(route: &str, code: i32) -> Option<&'static ExitCode> {
+    document_of_route(route)?.exit_codes.iter().find(|e| e.code == code)
+}
+
+/// The oldest SSM Agent that can run the install document this platform routes to; None when the
+/// platform has no document.
+pub fn min_agent_version(platform_type: &str, platform_name: &str) -> Option<&'static str> {
+    lookup(platform_type, platform_name).map(|(_, kind)| kind.spec().min_agent_version)
+}
+
+/// A dotted numeric version ("3.3.2746.0"); None when empty or a part is not a number.
+pub fn parse_version(v: &str) -> Option<Vec<u64>> {
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    v.split('.').map(|p| p.parse::<u64>().ok()).collect()
+}
+
+/// Compare two versions numerically part by part (missing parts count as 0: "3.3" = "3.3.0.0",
+/// "3.10" > "3.9"); None when either is unreadable.
+pub fn compare_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let (a, b) = (parse_version(a)?, parse_version(b)?);
+    let part = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    Some(
+        (0..a.len().max(b.len()))
+            .map(|i| part(&a, i).cmp(&part(&b, i)))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal),
+    )
+}
+
+/// True when `version` is older than `minimum`; None when either is unreadable (an instance whose
+/// agent version SSM does not report is not held back: the document's exit code 2 tells then).
+pub fn older_than(version: &str, minimum: &str) -> Option<bool> {
+    compare_versions(version, minimum).map(|o| o.is_lt())
+}
+
 /// A platform family the routing table knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
@@ -167,6 +367,7 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
                 .push(BatchInstance {
                     instance_id: inst.instance_id.clone(),
                     platform: family.label().to_string(),
+                    agent_version: None,
                 }),
             None => {
                 let what = format!(
@@ -200,6 +401,56 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
                 parameters: target.parameters.clone(),
                 attempt,
                 instances: chunk.to_vec(),
+                min_agent_version: None,
+            });
+        }
+    }
+    Routed { batches, skipped }
+}
+
+/// Batches of AWS-UpdateSSMAgent (route `agent-update`) for managed instances whose SSM Agent is older
+/// than their install document needs. Each batch names the minimum it updates towards and each
+/// instance its current version (for the reason if the update fails). An instance whose document is
+/// not configured is skipped with the same reason as `route` gives (updating it would serve nothing).
+pub fn route_agent_updates(
+    instances: &[ManagedInstance],
+    table: &RouteTable,
+    attempt: u32,
+    max_batch: usize,
+) -> Routed {
+    let max_batch = max_batch.clamp(1, MAX_BATCH);
+    let mut by_minimum: BTreeMap<&'static str, Vec<BatchInstance>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for inst in instances {
+        if !seen.insert(inst.instance_id.as_str()) {
+            continue;
+        }
+        match lookup(&inst.platform_type, &inst.platform_name) {
+            Some((family, kind)) if table.target(kind).is_some() => by_minimum
+                .entry(kind.spec().min_agent_version)
+                .or_default()
+                .push(BatchInstance {
+                    instance_id: inst.instance_id.clone(),
+                    platform: family.label().to_string(),
+                    agent_version: Some(inst.agent_version.clone()),
+                }),
+            // Same as route(): no document for the platform, or it is not configured.
+            _ => skipped.extend(route(std::slice::from_ref(inst), table, attempt, max_batch).skipped),
+        }
+    }
+    let mut batches = Vec::new();
+    for (minimum, mut members) in by_minimum {
+        members.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        for chunk in members.chunks(max_batch) {
+            batches.push(Batch {
+                route: AGENT_UPDATE_ROUTE.into(),
+                document_name: AGENT_UPDATE_DOCUMENT.into(),
+                document_version: AGENT_UPDATE_DOCUMENT_VERSION.into(),
+                parameters: BTreeMap::new(),
+                attempt,
+                instances: chunk.to_vec(),
+                min_agent_version: Some(minimum.to_string()),
             });
         }
     }

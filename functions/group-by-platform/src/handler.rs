@@ -1,5 +1,5 @@
 use fleet_core::model::{Batch, InstanceNote, ManagedInstance, ReasonCode};
-use fleet_core::routing::{route, RouteTable, MAX_BATCH};
+use fleet_core::routing::{route, route_agent_updates, RouteTable, MAX_BATCH};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,6 +8,9 @@ use serde_json::Value;
 #[serde(rename_all = "camelCase")]
 pub struct Request {
     pub managed: Vec<ManagedInstance>,
+    /// Managed instances whose SSM Agent is too old for their document: AWS-UpdateSSMAgent batches.
+    #[serde(default)]
+    pub agent_update: Vec<ManagedInstance>,
     #[serde(default = "first_attempt")]
     pub attempt: u32,
 }
@@ -35,11 +38,15 @@ pub async fn handle(table: &RouteTable, payload: Value) -> Result<Response, Flee
     }
     // A malformed id never reaches a batch (send-command would write it as a ledger key): it is
     // skipped with the reason, and record-unmanaged counts it without writing it.
-    let (managed, malformed): (Vec<_>, Vec<_>) = req
-        .managed
-        .into_iter()
-        .partition(|m| fleet_core::model::is_valid_instance_id(&m.instance_id));
+    let valid = |m: &ManagedInstance| fleet_core::model::is_valid_instance_id(&m.instance_id);
+    let (managed, mut malformed): (Vec<_>, Vec<_>) = req.managed.into_iter().partition(valid);
+    let (agent_update, malformed_update): (Vec<_>, Vec<_>) = req.agent_update.into_iter().partition(valid);
+    malformed.extend(malformed_update);
     let mut routed = route(&managed, table, req.attempt, MAX_BATCH);
+    // Agent updates go out with the installs, in their own batches (route agent-update).
+    let updates = route_agent_updates(&agent_update, table, req.attempt, MAX_BATCH);
+    routed.batches.extend(updates.batches);
+    routed.skipped.extend(updates.skipped);
     for m in malformed {
         tracing::warn!(
             instance_id = fleet_core::text::clip(&m.instance_id, 64),
@@ -54,6 +61,7 @@ pub async fn handle(table: &RouteTable, payload: Value) -> Result<Response, Flee
     }
     tracing::info!(
         managed = managed.len(),
+        agent_update = agent_update.len(),
         batches = routed.batches.len(),
         skipped = routed.skipped.len(),
         "routed instances"

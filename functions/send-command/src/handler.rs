@@ -17,7 +17,7 @@ use chrono::{Duration, Utc};
 use fleet_core::adapters::{self, FoundCommand, SendError, SendRequest};
 use fleet_core::ledger::{self, get_s, n, s, Guard, Item, LedgerWrite};
 use fleet_core::model::{Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE};
-use fleet_core::routing::{batch_key, DOCUMENT_NAME_VARIABLES};
+use fleet_core::routing::{batch_key, AGENT_UPDATE_DOCUMENT, AGENT_UPDATE_ROUTE, DOCUMENT_NAME_VARIABLES};
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,6 +48,8 @@ impl Config {
             documents: [
                 (DOCUMENT_NAME_VARIABLES[0].0, optional(get, "LINUX_DOCUMENT_NAME", "")),
                 (DOCUMENT_NAME_VARIABLES[1].0, optional(get, "WINDOWS_DOCUMENT_NAME", "")),
+                // AWS's own document: its name never changes.
+                (AGENT_UPDATE_ROUTE, AGENT_UPDATE_DOCUMENT.to_string()),
             ]
             .into_iter()
             .filter(|(_, name)| !name.is_empty())
@@ -246,14 +248,39 @@ async fn send_batch(
             ("platform", s(&i.platform)),
             ("document", s(&batch.document_name)),
             ("documentVersion", s(&batch.document_version)),
-            ("attempts", n(batch.attempt)),
             ("batchKey", s(&key)),
-            ("reasonCode", s("Installing")),
-            (
-                "reason",
-                s(format!("attempt {} sent with {}", batch.attempt, batch.document_name)),
-            ),
         ]);
+        if batch.is_agent_update() {
+            // `attempts` counts the install's attempts only.
+            f.extend([
+                ("agentUpdateAttempts", n(batch.attempt)),
+                ("reasonCode", s("UpdatingAgent")),
+                (
+                    "reason",
+                    s(format!(
+                        "{}: {} sent (attempt {}); the install follows",
+                        fleet_core::agent::too_old(
+                            i.agent_version.as_deref().unwrap_or(""),
+                            batch
+                                .min_agent_version
+                                .as_deref()
+                                .unwrap_or(fleet_core::routing::ENV_VAR_MIN_AGENT_VERSION)
+                        ),
+                        batch.document_name,
+                        batch.attempt
+                    )),
+                ),
+            ]);
+        } else {
+            f.extend([
+                ("attempts", n(batch.attempt)),
+                ("reasonCode", s("Installing")),
+                (
+                    "reason",
+                    s(format!("attempt {} sent with {}", batch.attempt, batch.document_name)),
+                ),
+            ]);
+        }
         writes.push(LedgerWrite {
             key: i.instance_id.clone(),
             fields: f,

@@ -78,6 +78,20 @@ pub struct NotInstalled {
     pub platform: String,
 }
 
+/// Instances to install whose SSM Agent is older than their document needs, by platform.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentUpdateRow {
+    pub platform: String,
+    pub document: String,
+    /// The oldest SSM Agent the document runs on.
+    pub minimum_agent_version: String,
+    /// Instances whose AgentVersion (DescribeInstanceInformation) is below the minimum.
+    pub instances: usize,
+    /// Instances whose AgentVersion SSM did not report or that is not a version.
+    pub version_unknown: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviewReport {
@@ -94,8 +108,35 @@ pub struct PreviewReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wave_percent: Option<f64>,
     pub totals: Vec<TotalRow>,
+    /// Instances to install that need an SSM Agent update first, by platform and document.
+    pub agent_updates: Vec<AgentUpdateRow>,
     pub waves: Vec<PreviewWave>,
     pub not_installed: Vec<NotInstalled>,
+}
+
+impl PreviewReport {
+    /// Instances to install that need an SSM Agent update.
+    pub fn agent_updates_needed(&self) -> usize {
+        self.agent_updates.iter().map(|a| a.instances).sum()
+    }
+
+    fn agent_line(&self) -> String {
+        let installable: usize = self
+            .totals
+            .iter()
+            .filter(|t| t.ssm == "managed" && t.document != "-")
+            .map(|t| t.instances)
+            .sum();
+        let unknown: usize = self.agent_updates.iter().map(|a| a.version_unknown).sum();
+        let mut line = format!(
+            "{} of {installable} instances to install need an SSM Agent update (AgentVersion below their document's minimum)",
+            self.agent_updates_needed()
+        );
+        if unknown > 0 {
+            line.push_str(&format!("; agent version unknown for {unknown}"));
+        }
+        line
+    }
 }
 
 impl Report for PreviewReport {
@@ -115,6 +156,7 @@ impl Report for PreviewReport {
                 ),
             ),
             ("Waves", format!("canary {}, then {sizes}", self.canary)),
+            ("Agent", self.agent_line()),
         ]);
         let mut totals = Table::new(&["PLATFORM", "SSM", "DOCUMENT", "INSTANCES"]).numeric(&[3]);
         for t in &self.totals {
@@ -127,6 +169,31 @@ impl Report for PreviewReport {
         }
         out.push('\n');
         out.push_str(&section("Totals", &totals, "no running instance has these tags"));
+        if !self.agent_updates.is_empty() {
+            let mut t = Table::new(&[
+                "PLATFORM",
+                "DOCUMENT",
+                "MINIMUM AGENT",
+                "NEED UPDATE",
+                "VERSION UNKNOWN",
+            ])
+            .numeric(&[3, 4]);
+            for a in &self.agent_updates {
+                t.row([
+                    a.platform.clone(),
+                    a.document.clone(),
+                    a.minimum_agent_version.clone(),
+                    a.instances.to_string(),
+                    a.version_unknown.to_string(),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&section(
+                "SSM Agent updates needed (AgentVersion below the document's minimum)",
+                &t,
+                "none",
+            ));
+        }
         let mut waves = Table::new(&[
             "WAVE",
             "LABEL",
@@ -303,8 +370,26 @@ pub fn build(
         }
     }
     let routed = route(&managed, &settings.routes, 1, MAX_BATCH);
+    let mut agent_updates: BTreeMap<(String, String, String), (usize, usize)> = BTreeMap::new();
     for b in &routed.batches {
+        let minimum = crate::agent::document_min_agent_version(&b.route);
         for i in &b.instances {
+            if let Some(minimum) = minimum {
+                let version = ssm_facts
+                    .get(&i.instance_id)
+                    .map(|f| f.agent_version.as_str())
+                    .unwrap_or_default();
+                let old = crate::agent::older_than(version, minimum);
+                if old != Some(false) {
+                    let e = agent_updates
+                        .entry((i.platform.clone(), b.document_name.clone(), minimum.to_string()))
+                        .or_default();
+                    match old {
+                        Some(_) => e.0 += 1,
+                        None => e.1 += 1,
+                    }
+                }
+            }
             outcomes.insert(
                 i.instance_id.clone(),
                 Outcome::Install {
@@ -395,6 +480,18 @@ pub fn build(
                 document,
                 instances,
             })
+            .collect(),
+        agent_updates: agent_updates
+            .into_iter()
+            .map(
+                |((platform, document, minimum_agent_version), (instances, version_unknown))| AgentUpdateRow {
+                    platform,
+                    document,
+                    minimum_agent_version,
+                    instances,
+                    version_unknown,
+                },
+            )
             .collect(),
         waves,
         not_installed,
@@ -523,6 +620,111 @@ mod tests {
         assert_eq!(json["waveSize"], 4);
         assert!(json.get("wavePercent").is_none());
         assert_eq!(json["waves"][0]["instanceIds"].as_array().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn instances_below_their_documents_minimum_agent_are_counted_by_platform() {
+        use aws_sdk_ec2::types::{IamInstanceProfile, InstanceState, InstanceStateName};
+        use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
+        use aws_sdk_ssm::types::{InstanceInformation, PingStatus, PlatformType};
+        let instances = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            let i = |n: usize| {
+                Instance::builder()
+                    .instance_id(id(n))
+                    .state(InstanceState::builder().name(InstanceStateName::Running).build())
+                    .iam_instance_profile(IamInstanceProfile::builder().arn("arn:p").build())
+                    .launch_time(aws_smithy_types::DateTime::from_secs(0))
+                    .build()
+            };
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .set_instances(Some((0..6).map(i).collect()))
+                        .build(),
+                )
+                .build()
+        });
+        let info = mock!(aws_sdk_ssm::Client::describe_instance_information).then_output(|| {
+            let i = |n: usize, t: PlatformType, name: &str, v: &str| {
+                InstanceInformation::builder()
+                    .instance_id(id(n))
+                    .ping_status(PingStatus::Online)
+                    .platform_type(t)
+                    .platform_name(name)
+                    .agent_version(v)
+                    .build()
+            };
+            DescribeInstanceInformationOutput::builder()
+                .instance_information_list(i(0, PlatformType::Linux, "Ubuntu", "3.3.1142.0"))
+                .instance_information_list(i(1, PlatformType::Linux, "Ubuntu", "3.3.2746.0"))
+                .instance_information_list(i(2, PlatformType::Linux, "Ubuntu", "3.2.582.0"))
+                .instance_information_list(i(
+                    3,
+                    PlatformType::Windows,
+                    "Microsoft Windows Server 2022",
+                    "3.3.2100.0",
+                ))
+                .instance_information_list(i(4, PlatformType::Linux, "Amazon Linux", ""))
+                .instance_information_list(i(
+                    5,
+                    PlatformType::Windows,
+                    "Microsoft Windows Server 2019",
+                    "3.3.3050.0",
+                ))
+                .build()
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, [&instances]);
+        let ssm = mock_client!(aws_sdk_ssm, [&info]);
+        let r = preview(
+            &ec2,
+            &ssm,
+            &settings(),
+            &tags(),
+            1,
+            WaveSize::Percent(50.0),
+            now(),
+            Progress::disabled(),
+        )
+        .await
+        .unwrap();
+        let rows: Vec<(&str, &str, &str, usize, usize)> = r
+            .agent_updates
+            .iter()
+            .map(|a| {
+                (
+                    a.platform.as_str(),
+                    a.document.as_str(),
+                    a.minimum_agent_version.as_str(),
+                    a.instances,
+                    a.version_unknown,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("Amazon Linux", "LinuxDoc", "3.3.2746.0", 0, 1),
+                ("Ubuntu", "LinuxDoc", "3.3.2746.0", 2, 0),
+                ("Windows", "WinDoc", "3.3.2746.0", 1, 0),
+            ]
+        );
+        assert_eq!(r.agent_updates_needed(), 3);
+        let text = r.to_table();
+        println!("{text}");
+        assert!(text.contains(
+            "Agent    3 of 6 instances to install need an SSM Agent update (AgentVersion below their document's minimum); agent version unknown for 1\n"
+        ), "{text}");
+        assert!(
+            text.contains("SSM Agent updates needed (AgentVersion below the document's minimum)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Ubuntu        LinuxDoc  3.3.2746.0               2                0\n"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["agentUpdates"][2]["platform"], "Windows");
+        assert_eq!(json["agentUpdates"][2]["minimumAgentVersion"], "3.3.2746.0");
     }
 
     #[tokio::test]

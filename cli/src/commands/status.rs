@@ -30,12 +30,58 @@ pub enum Kind {
     Other,
 }
 
+/// The ledger's reason code for an instance whose SSM Agent is older than its install document
+/// needs and could not be updated.
+pub const AGENT_TOO_OLD: &str = "AgentTooOld";
+/// The ledger's reason code for an instance whose SSM Agent was updated (AWS-UpdateSSMAgent) on
+/// the way to its install (not final: the install follows).
+pub const AGENT_UPDATED: &str = "AgentUpdated";
+
+/// Instances of one platform whose SSM Agent was too old or was updated, as the ledger records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRow {
+    pub platform: String,
+    /// Reason code AgentTooOld: the agent is below the document's minimum and was not updated.
+    pub agent_too_old: u64,
+    /// Reason code AgentUpdated: the agent was updated; the install follows.
+    pub agent_updated: u64,
+}
+
+/// Count the ledger's AgentTooOld and AgentUpdated instances by platform ("unknown" without one).
+pub fn agent_rows(rows: &[LedgerRow]) -> Vec<AgentRow> {
+    let mut by: BTreeMap<String, AgentRow> = BTreeMap::new();
+    for r in rows {
+        let code = r.reason_code.as_deref().unwrap_or_default();
+        if code != AGENT_TOO_OLD && code != AGENT_UPDATED {
+            continue;
+        }
+        let platform = r
+            .platform
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        let e = by.entry(platform.clone()).or_insert_with(|| AgentRow {
+            platform,
+            ..Default::default()
+        });
+        if code == AGENT_TOO_OLD {
+            e.agent_too_old += 1;
+        } else {
+            e.agent_updated += 1;
+        }
+    }
+    by.into_values().collect()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerSection {
     /// The execution ARN, or the ARN prefix of a rollout's install executions.
     pub execution_filter: String,
     pub by_state: BTreeMap<String, u64>,
+    /// Instances whose SSM Agent was too old (AgentTooOld) or updated (AgentUpdated), by platform.
+    pub agent: Vec<AgentRow>,
     pub failed: Vec<LedgerRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -72,6 +118,9 @@ pub struct StatusReport {
     /// Installs: counts by state, platform and reason (when it has ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// Installs: instances whose SSM Agent the run updated on the way (the summary's agentUpdated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_updated: Option<u64>,
     pub ledger: LedgerSection,
 }
 
@@ -107,6 +156,12 @@ impl Report for StatusReport {
             ),
             ("Source", self.source.clone().unwrap_or_default()),
             ("Targets", self.targets.map(|t| t.to_string()).unwrap_or_default()),
+            (
+                "Agent",
+                self.agent_updated
+                    .map(|n| format!("{n} instance(s) had their SSM Agent updated on the way to the install"))
+                    .unwrap_or_default(),
+            ),
             ("Error", self.error.clone().unwrap_or_default()),
             ("Cause", self.cause.clone().unwrap_or_default()),
         ]);
@@ -138,6 +193,22 @@ impl Report for StatusReport {
         ));
         if let Some(note) = &self.ledger.note {
             out.push_str(&format!("Note: {note}\n"));
+        }
+        if !self.ledger.agent.is_empty() {
+            let mut agent = Table::new(&["PLATFORM", "AGENT TOO OLD", "AGENT UPDATED"]).numeric(&[1, 2]);
+            for a in &self.ledger.agent {
+                agent.row([
+                    a.platform.clone(),
+                    a.agent_too_old.to_string(),
+                    a.agent_updated.to_string(),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&section(
+                "SSM Agent (ledger: AgentTooOld, below the install document's minimum and not updated; AgentUpdated, updated on the way)",
+                &agent,
+                "none",
+            ));
         }
         let mut failed =
             Table::new(&["INSTANCE", "PLATFORM", "REASON CODE", "ATTEMPTS", "UPDATED", "REASON"]).numeric(&[3]);
@@ -405,6 +476,7 @@ pub async fn report(
         waves: None,
         source: None,
         summary: None,
+        agent_updated: None,
         ledger: LedgerSection::default(),
     };
     let filter = match kind {
@@ -440,6 +512,10 @@ pub async fn report(
                 r.summary = o
                     .get("summary")
                     .and_then(|s| serde_json::from_value::<Summary>(s.clone()).ok());
+                r.agent_updated = o
+                    .get("summary")
+                    .and_then(|s| s.get("agentUpdated"))
+                    .and_then(Value::as_u64);
             }
             ExecutionFilter::Exact(desc.execution_arn().to_string())
         }
@@ -452,6 +528,7 @@ pub async fn report(
     for row in &rows {
         *r.ledger.by_state.entry(row.state.clone()).or_default() += 1;
     }
+    r.ledger.agent = agent_rows(&rows);
     r.ledger.failed = rows.into_iter().filter(|row| row.state == "failed").collect();
     r.ledger.failed.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     Ok(r)
@@ -562,9 +639,11 @@ mod tests {
             waves: Some(vec![serde_json::from_value(result(0, 7, 3)).unwrap()]),
             source: None,
             summary: None,
+            agent_updated: None,
             ledger: LedgerSection {
                 execution_filter: "arn:aws:states:eu-west-1:1:execution:Install:rollout-20261125T180000-w*".into(),
                 by_state: BTreeMap::from([("failed".into(), 3), ("installed".into(), 7)]),
+                agent: vec![],
                 failed: vec![LedgerRow {
                     instance_id: "i-0123456789abcdef0".into(),
                     state: "failed".into(),
@@ -674,5 +753,86 @@ mod tests {
             vec!["i-0000000000000000a"]
         );
         assert!(!r.to_table().contains('#'));
+    }
+    #[tokio::test]
+    async fn agent_too_old_and_updated_are_counted_by_platform() {
+        use crate::ledger::tests::item;
+        use aws_sdk_dynamodb::operation::scan::ScanOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use aws_smithy_mocks::{mock, mock_client};
+
+        let arn = "arn:aws:states:r:1:execution:Install:run-2";
+        let row = |id: &str, state: &str, code: &str, platform: &str| {
+            let mut i = item(id, state, "2026-11-25T01:00:00.000Z");
+            i.insert("executionArn".into(), AttributeValue::S(arn.into()));
+            i.insert("reasonCode".into(), AttributeValue::S(code.into()));
+            i.insert("platform".into(), AttributeValue::S(platform.into()));
+            i
+        };
+        let scan = mock!(aws_sdk_dynamodb::Client::scan).then_output(move || {
+            ScanOutput::builder()
+                .items(row("i-0000000000000000a", "unmanaged", "AgentTooOld", "Ubuntu"))
+                .items(row("i-0000000000000000b", "unmanaged", "AgentTooOld", "Ubuntu"))
+                .items(row("i-0000000000000000c", "failed", "AgentTooOld", "Windows"))
+                .items(row("i-0000000000000000d", "in_progress", "AgentUpdated", "Ubuntu"))
+                .items(row("i-0000000000000000e", "installed", "Installed", "Ubuntu"))
+                .items(row("i-0000000000000000f", "failed", "CommandFailed", "RHEL"))
+                .build()
+        });
+        let db = mock_client!(aws_sdk_dynamodb, [&scan]);
+        let sfn = mock_client!(aws_sdk_sfn, []);
+        let outputs = StackOutputs::new(
+            BTreeMap::from([
+                ("LedgerTableName".to_string(), "ledger".to_string()),
+                (
+                    "InstallStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Install".to_string(),
+                ),
+                (
+                    "RolloutStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Rollout".to_string(),
+                ),
+            ]),
+            "test",
+        );
+        let output = serde_json::json!({"source": "api", "summary": {"byState": {"installed": 1}, "byPlatform": {}, "byReason": {}, "agentUpdated": 2}});
+        let desc = DescribeExecutionOutput::builder()
+            .execution_arn(arn)
+            .state_machine_arn("arn:aws:states:r:1:stateMachine:Install")
+            .name("run-2")
+            .status(aws_sdk_sfn::types::ExecutionStatus::Succeeded)
+            .start_date(aws_smithy_types::DateTime::from_secs(0))
+            .output(output.to_string())
+            .build()
+            .unwrap();
+        let r = report(&sfn, &db, &outputs, &desc).await.unwrap();
+        assert_eq!(
+            r.ledger.agent,
+            vec![
+                AgentRow {
+                    platform: "Ubuntu".into(),
+                    agent_too_old: 2,
+                    agent_updated: 1
+                },
+                AgentRow {
+                    platform: "Windows".into(),
+                    agent_too_old: 1,
+                    agent_updated: 0
+                },
+            ]
+        );
+        assert_eq!(r.agent_updated, Some(2));
+        let text = r.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("Agent      2 instance(s) had their SSM Agent updated on the way to the install\n"),
+            "{text}"
+        );
+        assert!(text.contains("PLATFORM  AGENT TOO OLD  AGENT UPDATED\nUbuntu                2              1\nWindows               1              0\n"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["ledger"]["agent"][0]["agentTooOld"], 2);
+        assert_eq!(json["agentUpdated"], 2);
+        // Without such instances the section is left out.
+        assert!(agent_rows(&[]).is_empty());
     }
 }

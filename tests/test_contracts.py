@@ -262,3 +262,75 @@ def test_trigger_matches_the_brief(template):
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert template["Parameters"]["QueueDelaySeconds"]["Default"] in (180, "180")
     assert template["Parameters"]["BatchWindowSeconds"]["Default"] in (180, "180")
+
+
+# --- SSM Agent version and exit codes (routing.rs's DocumentSpec and EXIT_CODES) ----------------------
+
+ROUTING = ROOT / "functions/fleet-core/src/routing.rs"
+
+
+def script_exit_codes(kind):
+    """The exit codes listed in a document script's "Exit codes" comment."""
+    doc = load_document(DOCS[kind])
+    script = "\n".join("\n".join(step["inputs"]["runCommand"]) for step in doc["mainSteps"])
+    block = script.split("Exit codes", 1)[1].splitlines()[1:]
+    codes = set()
+    for line in block:
+        if not line.strip().startswith("#"):
+            break
+        m = re.match(r"\s*#\s+(\d+)\s", line)
+        if m:
+            codes.add(int(m.group(1)))
+    return codes
+
+
+def rust_exit_codes():
+    text = ROUTING.read_text()
+    block = re.search(r"pub const EXIT_CODES: &\[ExitCode\] = &\[(.*?)\n\];", text, re.S).group(1)
+    codes = [int(c) for c in re.findall(r"\bcode: (\d+),", block)]
+    linux = int(re.search(r"const LINUX_EXIT_CODES: &\[ExitCode\] = EXIT_CODES\.split_at\((\d+)\)\.0;", text).group(1))
+    return {"linux": set(codes[:linux]), "windows": set(codes)}
+
+
+@pytest.mark.parametrize("kind", sorted(DOCS))
+def test_every_exit_code_a_document_returns_has_its_meaning_in_the_routing_table(kind):
+    """0 is success and 1 (Windows: an unexpected error) stays a generic, retried failure; every other code
+    the script documents is mapped, and nothing is mapped that the script does not return."""
+    documented = script_exit_codes(kind) - {0, 1}
+    assert documented, f"{DOCS[kind]}: no exit codes found in its script"
+    assert rust_exit_codes()[kind] == documented
+
+
+@pytest.mark.parametrize("kind", sorted(DOCS))
+def test_the_documents_minimum_agent_is_the_routing_tables(kind):
+    minimum = re.search(r'pub const ENV_VAR_MIN_AGENT_VERSION: &str = "([^"]+)";', ROUTING.read_text()).group(1)
+    text = (ROOT / "documents" / DOCS[kind]).read_text()
+    assert "interpolationType: ENV_VAR" in text
+    assert f"SSM Agent {minimum}" in text, f"{DOCS[kind]} does not name SSM Agent {minimum}"
+
+
+def test_auto_update_ssm_agent_is_a_true_false_switch_read_by_filter_managed(template):
+    p = template["Parameters"]["AutoUpdateSsmAgent"]
+    assert p["AllowedValues"] == ["true", "false"] and p["Default"] == "true"
+    env = template["Resources"]["FilterManagedFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AUTO_UPDATE_SSM_AGENT"] == {"Ref": "AutoUpdateSsmAgent"}
+
+
+def test_agent_updates_travel_through_the_workflow(asl):
+    """An instance whose agent is updated goes back through Filter Managed Instances in the same execution:
+    check-status returns it in `pending` and the update's time in `agentUpdated`, which filter-managed reads."""
+    states = all_states(asl)
+    assert states["Load Settings"]["Assign"]["agentUpdated"] == []
+    assert states["Filter Managed Instances"]["Parameters"]["agentUpdated.$"] == "$agentUpdated"
+    assert states["Group By Platform"]["Parameters"]["agentUpdate.$"] == "$.agentUpdate"
+    newly = states["Anything Newly Resolved?"]["Choices"][0]["Or"]
+    assert {"Variable": "$.agentUpdate[0]", "IsPresent": True} in newly
+    check = states["Check Command Status"]
+    assert check["Parameters"]["pending.$"] == "$pending"
+    assert check["Parameters"]["agentUpdated.$"] == "$agentUpdated"
+    assert check["Assign"]["pending.$"] == "$.pending"
+    assert check["Assign"]["pendingCount.$"] == "States.ArrayLength($.pending)"
+    assert check["Assign"]["agentUpdated.$"] == "$.agentUpdated"
+    # pending instances are looked at again by Filter Managed Instances
+    left = {c["Variable"]: c["Next"] for c in states["Anything Left To Do?"]["Choices"]}
+    assert states[left["$pendingCount"]]["Next"] == "Filter Managed Instances"

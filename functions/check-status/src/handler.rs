@@ -346,7 +346,8 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
+    use aws_sdk_dynamodb::operation::transact_write_items::{TransactWriteItemsError, TransactWriteItemsOutput};
+    use aws_sdk_dynamodb::types::CancellationReason;
     use aws_sdk_ssm::operation::list_command_invocations::{ListCommandInvocationsError, ListCommandInvocationsOutput};
     use aws_sdk_ssm::types::{CommandInvocation, CommandInvocationStatus, CommandPlugin};
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
@@ -446,6 +447,181 @@ mod tests {
         assert!(!r.finished);
         assert_eq!(list.num_calls(), 2);
         assert_eq!(tx.num_calls(), 1);
+    }
+
+    fn field<'a>(
+        r: &'a aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput,
+        key: &str,
+        name: &str,
+    ) -> Option<&'a str> {
+        let u = r.transact_items().iter().filter_map(|i| i.update()).find(|u| {
+            u.key()
+                .get("instanceId")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some(key)
+        })?;
+        let (placeholder, _) = u.expression_attribute_names()?.iter().find(|(_, v)| *v == name)?;
+        u.expression_attribute_values()?
+            .get(&placeholder.replacen('#', ":", 1))
+            .and_then(|v| v.as_s().ok().or(v.as_n().ok()))
+            .map(String::as_str)
+    }
+
+    #[tokio::test]
+    async fn exit_codes_end_permanent_failures_at_once_and_retry_the_rest() {
+        // windows command, attempt 1 of 3: 2, 3, 5, 6, 8, 10 are final now; 4, 7, 9 and an unknown 1 are retried
+        let codes = [2, 3, 4, 5, 6, 7, 8, 9, 10, 1];
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(move || {
+            let mut out = ListCommandInvocationsOutput::builder();
+            for code in codes {
+                out = out.command_invocations(inv(
+                    code as u32,
+                    CommandInvocationStatus::Failed,
+                    "Failed",
+                    code,
+                    &format!("fleet-install: ERROR: code {code}"),
+                ));
+            }
+            out.build()
+        });
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().len() == 6
+                    && field(r, &id(5), "reasonCode") == Some("ChecksumMismatch")
+                    && field(r, &id(5), "state") == Some("failed")
+                    && field(r, &id(5), "attempts") == Some("1")
+                    && field(r, &id(5), "reason").is_some_and(|s| {
+                        s.contains("exit code 5") && s.contains("not retried") && s.ends_with("ERROR: code 5")
+                    })
+                    && field(r, &id(2), "reason").is_some_and(|s| s.contains("SSM Agent 3.3.2746.0 or later"))
+                    && field(r, &id(10), "reasonCode") == Some("RebootRequired")
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, [&tx]);
+        let mut cmd = command("c1", 1, &[2, 3, 4, 5, 6, 7, 8, 9, 10, 1]);
+        cmd["route"] = "windows".into();
+        cmd["documentName"] = "WinDoc".into();
+        let r = handle(&ssm, &db, "ledger", input(vec![cmd])).await.unwrap();
+        assert_eq!(tx.num_calls(), 1);
+        assert_eq!(r.summary.by_state["failed"], 6);
+        for reason in [
+            "BadParameter",
+            "UnsupportedPlatform",
+            "ChecksumMismatch",
+            "InstallFailed",
+            "InstallerTimedOut",
+            "RebootRequired",
+        ] {
+            assert_eq!(r.summary.by_reason[reason], 1, "{reason}");
+        }
+        let mut retried: Vec<String> = r.retry.iter().flat_map(|b| b.instance_ids()).collect();
+        retried.sort();
+        assert_eq!(retried, vec![id(1), id(4), id(7), id(9)]);
+        assert!(r.retry.iter().all(|b| b.attempt == 2 && b.route == "windows"));
+        // on the last attempt a retried code ends with its own reason code
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(inv(4, CommandInvocationStatus::Failed, "Failed", 4, "download failed"))
+                .build()
+        });
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                field(r, &id(4), "reasonCode") == Some("DownloadFailed")
+                    && field(r, &id(4), "reason").is_some_and(|s| s.contains("still failing after 3 attempts"))
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, [&tx]);
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c3", 3, &[4])]))
+            .await
+            .unwrap();
+        assert_eq!(r.summary.by_reason["DownloadFailed"], 1);
+        assert!(r.retry.is_empty());
+    }
+
+    fn update_command(cid: &str, attempt: u32, ids: &[u32]) -> Value {
+        serde_json::json!({
+            "commandId": cid, "batchKey": "k", "route": "agent-update", "documentName": "AWS-UpdateSSMAgent",
+            "documentVersion": "$DEFAULT", "parameters": {}, "attempt": attempt, "minAgentVersion": "3.3.2746.0",
+            "instances": ids.iter().map(|n| serde_json::json!({"instanceId": id(*n), "platform": "Ubuntu", "agentVersion": "3.3.1142.0"})).collect::<Vec<_>>()
+        })
+    }
+
+    #[tokio::test]
+    async fn an_updated_agent_goes_back_to_filter_managed_and_a_failed_update_ends_agent_too_old() {
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(inv(1, CommandInvocationStatus::Success, "Success", 0, "updated"))
+                .command_invocations(inv(
+                    2,
+                    CommandInvocationStatus::Failed,
+                    "Failed",
+                    1,
+                    "updater could not download",
+                ))
+                .command_invocations(inv(3, CommandInvocationStatus::TimedOut, "Delivery Timed Out", -1, ""))
+                .command_invocations(inv(4, CommandInvocationStatus::Success, "Success", 0, "updated"))
+                .build()
+        });
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().len() == 3
+                    // updated: still installing, the install's attempts untouched
+                    && field(r, &id(1), "state") == Some("installing")
+                    && field(r, &id(1), "reasonCode") == Some("AgentUpdated")
+                    && field(r, &id(1), "agentUpdatedFrom") == Some("3.3.1142.0")
+                    && field(r, &id(1), "agentUpdateCommandId") == Some("u1")
+                    && field(r, &id(1), "attempts").is_none()
+                    // failed: unmanaged AgentTooOld with what to do, never an install failure
+                    && field(r, &id(2), "state") == Some("unmanaged")
+                    && field(r, &id(2), "reasonCode") == Some("AgentTooOld")
+                    && field(r, &id(2), "attempts").is_none()
+                    && field(r, &id(2), "commandId").is_none()
+                    && field(r, &id(2), "reason").is_some_and(|s| {
+                        s.starts_with("SSM Agent 3.3.1142.0 is older than 3.3.2746.0")
+                            && s.contains("AWS-UpdateSSMAgent failed: Failed, exit code 1 after 1 attempt: updater could not download")
+                    })
+            })
+            .sequence()
+            .error(|| {
+                // instance 4 was taken over by a newer run
+                TransactWriteItemsError::TransactionCanceledException(
+                    aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                        // written in this order: the failed update (2), then the updated agents (1, 4)
+                        .cancellation_reasons(CancellationReason::builder().code("None").build())
+                        .cancellation_reasons(CancellationReason::builder().code("None").build())
+                        .cancellation_reasons(CancellationReason::builder().code("ConditionalCheckFailed").build())
+                        .build(),
+                )
+            })
+            .build();
+        let rest = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &rest]);
+        let mut req = input(vec![update_command("u1", 1, &[1, 2, 3, 4])]);
+        req["pending"] = serde_json::json!([id(9)]);
+        req["agentUpdated"] = serde_json::json!([{"updatedAt": "2026-11-25T12:00:00.000Z", "instanceIds": [id(8)]}]);
+        let r = handle(&ssm, &db, "ledger", req).await.unwrap();
+        // 1 is pending again (filter-managed sends it on to its install), with the time of its update
+        assert_eq!(r.pending, vec![id(9), id(1)]);
+        assert_eq!(r.agent_updated.len(), 2);
+        assert_eq!(r.agent_updated[1].instance_ids, vec![id(1)]);
+        assert_eq!(r.summary.agent_updated, 1);
+        assert_eq!(r.summary.by_state.get("installed"), None);
+        // 2: AgentTooOld, counted as unmanaged; 4: another run's
+        assert_eq!(r.summary.by_state["unmanaged"], 1);
+        assert_eq!(r.summary.by_reason["AgentTooOld"], 1);
+        assert_eq!(r.summary.by_reason["SupersededByNewerRun"], 1);
+        // 3: not delivered, the update is sent again
+        assert_eq!(r.retry.len(), 1);
+        assert!(r.retry[0].is_agent_update() && r.retry[0].attempt == 2);
+        assert_eq!(r.retry[0].min_agent_version.as_deref(), Some("3.3.2746.0"));
+        assert_eq!(r.retry[0].instances[0].agent_version.as_deref(), Some("3.3.1142.0"));
+        assert_eq!(r.retry[0].instance_ids(), vec![id(3)]);
+        assert!(r.in_flight.is_empty());
     }
 
     #[tokio::test]

@@ -299,6 +299,125 @@ mod tests {
         assert_eq!(ssm_rule.num_calls(), 1);
     }
 
+    fn with_agent(n: u32, ping: PingStatus, agent: &str) -> InstanceInformation {
+        let mut i = info(n, ping);
+        i.agent_version = Some(agent.into());
+        i
+    }
+
+    /// Instances 1-5 running (launched a week ago), SSM as given.
+    async fn classify_with(
+        infos: Vec<InstanceInformation>,
+        config: &Config,
+        agent_updated: Value,
+        deadline: i64,
+    ) -> Response {
+        let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            let mut r = Reservation::builder();
+            for n in 1..=5 {
+                r = r.instances(instance(n, InstanceStateName::Running, 7 * 86400, true, false));
+            }
+            DescribeInstancesOutput::builder().reservations(r.build()).build()
+        });
+        let ssm_rule = mock!(aws_sdk_ssm::Client::describe_instance_information).then_output(move || {
+            DescribeInstanceInformationOutput::builder()
+                .set_instance_information_list(Some(infos.clone()))
+                .build()
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, [&ec2_rule]);
+        let ssm = mock_client!(aws_sdk_ssm, [&ssm_rule]);
+        let payload = serde_json::json!({
+            "instanceIds": (1..=5).map(id).collect::<Vec<_>>(),
+            "registrationDeadlineSeconds": deadline,
+            "agentUpdated": agent_updated,
+        });
+        handle(&ec2, &ssm, &no_db(), config, now(), payload).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_agent_older_than_its_document_needs_is_updated_first() {
+        let infos = vec![
+            with_agent(1, PingStatus::Online, "3.3.1142.0"),
+            with_agent(2, PingStatus::Online, "3.3.2746.0"),
+            with_agent(3, PingStatus::Online, "3.3.3050.0"),
+            with_agent(4, PingStatus::Online, ""),
+        ];
+        let r = classify_with(infos.clone(), &config(), serde_json::json!([]), 900).await;
+        assert_eq!(r.agent_update.len(), 1);
+        assert_eq!(r.agent_update[0].instance_id, id(1));
+        assert_eq!(r.agent_update[0].agent_version, "3.3.1142.0");
+        // recent enough, or a version SSM does not report: installed as usual
+        assert_eq!(
+            r.managed.iter().map(|m| m.instance_id.clone()).collect::<Vec<_>>(),
+            vec![id(2), id(3), id(4)]
+        );
+        // AutoUpdateSsmAgent=false: AgentTooOld, sent nothing
+        let off = Config {
+            auto_update_agent: false,
+            ..config()
+        };
+        let r = classify_with(infos, &off, serde_json::json!([]), 900).await;
+        assert!(r.agent_update.is_empty());
+        assert_eq!(r.unmanaged.len(), 2); // 1 and the never-registered 5
+        let note = r.unmanaged.iter().find(|n| n.instance_id == id(1)).unwrap();
+        assert_eq!(note.reason_code, ReasonCode::AgentTooOld);
+        assert!(
+            note.reason
+                .starts_with("SSM Agent 3.3.1142.0 is older than 3.3.2746.0, which the install document needs"),
+            "{}",
+            note.reason
+        );
+        assert!(note.reason.contains("AutoUpdateSsmAgent"), "{}", note.reason);
+        assert_eq!(note.platform.as_deref(), Some("Amazon Linux"));
+    }
+
+    #[tokio::test]
+    async fn an_updated_agent_is_installed_once_ssm_reports_it_and_never_updated_twice() {
+        // updated 5 minutes ago: 1 now reports the new version, 2 still the old one, 3 is offline (restarting)
+        let updated = serde_json::json!([{
+            "updatedAt": (now() - Duration::seconds(300)).to_rfc3339(),
+            "instanceIds": [id(1), id(2), id(3)]
+        }]);
+        let infos = vec![
+            with_agent(1, PingStatus::Online, "3.3.3050.0"),
+            with_agent(2, PingStatus::Online, "3.3.1142.0"),
+            with_agent(3, PingStatus::ConnectionLost, "3.3.1142.0"),
+        ];
+        let r = classify_with(infos.clone(), &config(), updated.clone(), 900).await;
+        assert_eq!(r.managed.len(), 1);
+        assert_eq!(r.managed[0].instance_id, id(1));
+        assert!(r.agent_update.is_empty(), "never sent a second update");
+        assert_eq!(r.pending, vec![id(2), id(3)]);
+        // past the deadline counted from the update: AgentTooOld (2), and 3 unmanaged as any offline instance
+        let r = classify_with(infos, &config(), updated, 120).await;
+        assert!(r.agent_update.is_empty() && r.pending.is_empty());
+        let note = r.unmanaged.iter().find(|n| n.instance_id == id(2)).unwrap();
+        assert_eq!(note.reason_code, ReasonCode::AgentTooOld);
+        assert!(
+            note.reason.contains("5 min after AWS-UpdateSSMAgent succeeded"),
+            "{}",
+            note.reason
+        );
+        let offline = r.unmanaged.iter().find(|n| n.instance_id == id(3)).unwrap();
+        assert_eq!(offline.reason_code, ReasonCode::ConnectionLost);
+    }
+
+    #[test]
+    fn auto_update_is_read_from_the_environment() {
+        let get = |v: &'static str| {
+            move |k: &str| match k {
+                "LEDGER_TABLE" => Some("t".to_string()),
+                "AUTO_UPDATE_SSM_AGENT" => Some(v.to_string()),
+                _ => None,
+            }
+        };
+        assert!(Config::from_env(&get("true")).unwrap().auto_update_agent);
+        assert!(!Config::from_env(&get("false")).unwrap().auto_update_agent);
+        assert!(Config::from_env(&get("")).unwrap().auto_update_agent);
+        let err = Config::from_env(&get("yes")).err().unwrap();
+        assert!(err.to_string().contains("AUTO_UPDATE_SSM_AGENT"), "{err}");
+    }
+
     #[tokio::test]
     async fn asks_ssm_in_batches_of_fifty() {
         let ec2_rule = mock!(aws_sdk_ec2::Client::describe_instances).then_compute_output(|req| {

@@ -605,6 +605,137 @@ mod tests {
     }
 
     #[test]
+    fn versions_compare_numerically_by_dotted_parts() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("3.3.2746.0", "3.3.2746.0"), Some(Equal));
+        assert_eq!(compare_versions("3.3.2746", "3.3.2746.0"), Some(Equal));
+        assert_eq!(compare_versions("3.10.0.0", "3.9.9999.0"), Some(Greater));
+        assert_eq!(compare_versions("3.3.999.0", "3.3.2746.0"), Some(Less));
+        assert_eq!(compare_versions("4", "3.3.2746.0"), Some(Greater));
+        assert_eq!(compare_versions(" 3.3.3050.0 ", "3.3.2746.0"), Some(Greater));
+        assert_eq!(older_than("3.3.1142.0", ENV_VAR_MIN_AGENT_VERSION), Some(true));
+        assert_eq!(older_than("3.3.2745.99", ENV_VAR_MIN_AGENT_VERSION), Some(true));
+        assert_eq!(older_than("3.3.2746.0", ENV_VAR_MIN_AGENT_VERSION), Some(false));
+        assert_eq!(older_than("3.3.3050.0", ENV_VAR_MIN_AGENT_VERSION), Some(false));
+        for unreadable in ["", "3.x.1", "3..1", "v3.3", "-1.0"] {
+            assert_eq!(
+                older_than(unreadable, ENV_VAR_MIN_AGENT_VERSION),
+                None,
+                "{unreadable:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_document_states_its_minimum_agent_and_platforms_find_it() {
+        for spec in DOCUMENTS {
+            assert_eq!(spec.kind.spec(), spec);
+            assert_eq!(document_of_route(spec.route), Some(spec));
+            assert!(parse_version(spec.min_agent_version).is_some());
+            assert_eq!(
+                DOCUMENT_NAME_VARIABLES
+                    .iter()
+                    .find(|(r, _)| *r == spec.route)
+                    .map(|(_, v)| *v),
+                Some(spec.name_variable)
+            );
+        }
+        assert_eq!(min_agent_version("Linux", "Ubuntu"), Some(ENV_VAR_MIN_AGENT_VERSION));
+        assert_eq!(
+            min_agent_version("Windows", "Microsoft Windows Server 2022"),
+            Some(ENV_VAR_MIN_AGENT_VERSION)
+        );
+        assert_eq!(min_agent_version("MacOS", "macOS"), None);
+        assert_eq!(document_of_route(AGENT_UPDATE_ROUTE), None);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_only_what_can_clear_on_its_own_is_retried() {
+        let codes: Vec<i32> = EXIT_CODES.iter().map(|e| e.code).collect();
+        assert_eq!(codes, (2..=10).collect::<Vec<_>>());
+        let reasons: std::collections::BTreeSet<_> = EXIT_CODES.iter().map(|e| e.reason_code).collect();
+        assert_eq!(reasons.len(), EXIT_CODES.len(), "one reason code per exit code");
+        let retried: Vec<i32> = EXIT_CODES.iter().filter(|e| e.retry).map(|e| e.code).collect();
+        assert_eq!(retried, vec![4, 7, 9]);
+        assert!(EXIT_CODES.iter().all(|e| !e.meaning.is_empty() && !e.fix.is_empty()));
+        // the Linux document returns 2-7, the Windows one 2-10
+        assert_eq!(
+            exit_code(LINUX_ROUTE, 5).map(|e| e.reason_code),
+            Some(ReasonCode::ChecksumMismatch)
+        );
+        assert_eq!(exit_code(LINUX_ROUTE, 8), None);
+        assert_eq!(
+            exit_code(WINDOWS_ROUTE, 8).map(|e| e.reason_code),
+            Some(ReasonCode::InstallerTimedOut)
+        );
+        assert_eq!(
+            exit_code(WINDOWS_ROUTE, 10).map(|e| e.reason_code),
+            Some(ReasonCode::RebootRequired)
+        );
+        for unknown in [0, 1, 11, 255, -1] {
+            assert_eq!(exit_code(WINDOWS_ROUTE, unknown), None, "{unknown}");
+        }
+        // AWS-UpdateSSMAgent's codes are not ours
+        assert_eq!(exit_code(AGENT_UPDATE_ROUTE, 2), None);
+    }
+
+    fn aged(n: usize, t: &str, name: &str, agent: &str) -> ManagedInstance {
+        ManagedInstance {
+            agent_version: agent.into(),
+            ..inst(n, t, name)
+        }
+    }
+
+    #[test]
+    fn agent_updates_go_in_batches_of_fifty_to_aws_update_ssm_agent() {
+        let mut all: Vec<_> = (0..120).map(|n| aged(n, "Linux", "Ubuntu", "3.3.1142.0")).collect();
+        all.push(aged(500, "Windows", "Microsoft Windows Server 2019", "3.2.582.0"));
+        all.push(aged(3, "Linux", "Ubuntu", "3.3.1142.0")); // duplicate
+        all.push(aged(600, "MacOS", "macOS", "1.0"));
+        let r = route_agent_updates(&all, &table(), 1, 50);
+        assert_eq!(
+            r.batches.iter().map(|b| b.instances.len()).collect::<Vec<_>>(),
+            vec![50, 50, 21]
+        );
+        for b in &r.batches {
+            assert_eq!(b.route, AGENT_UPDATE_ROUTE);
+            assert!(b.is_agent_update());
+            assert_eq!(b.document_name, "AWS-UpdateSSMAgent");
+            assert_eq!(b.document_version, "$DEFAULT");
+            assert!(b.parameters.is_empty());
+            assert_eq!(b.min_agent_version.as_deref(), Some(ENV_VAR_MIN_AGENT_VERSION));
+            assert!(b.instances.iter().all(|i| i.agent_version.is_some()));
+        }
+        let win = r
+            .batches
+            .iter()
+            .flat_map(|b| &b.instances)
+            .find(|i| i.instance_id == inst(500, "", "").instance_id)
+            .unwrap();
+        assert_eq!(
+            (win.platform.as_str(), win.agent_version.as_deref()),
+            ("Windows", Some("3.2.582.0"))
+        );
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].reason_code, ReasonCode::NoRoute);
+        // a document that is not configured: its instances are not updated for nothing
+        let mut t = table();
+        t.windows = None;
+        let r = route_agent_updates(&all, &t, 1, 50);
+        assert_eq!(r.batches.iter().map(|b| b.instances.len()).sum::<usize>(), 120);
+        assert_eq!(r.skipped.len(), 2);
+        assert!(
+            r.skipped[0].reason.contains("Windows document"),
+            "{}",
+            r.skipped[0].reason
+        );
+        // installs and updates of the same instances never share a batch key
+        let install = route(&all[..1], &table(), 1, 50).batches.remove(0);
+        let update = route_agent_updates(&all[..1], &table(), 1, 50).batches.remove(0);
+        assert_ne!(batch_key("arn:e", &install), batch_key("arn:e", &update));
+    }
+
+    #[test]
     fn chunks_split_evenly() {
         let v: Vec<u32> = (0..101).collect();
         let c = chunks(&v, 50);

@@ -238,6 +238,159 @@ mod tests {
         );
     }
 
+    fn inv(route: &str, status: &str, details: &str, code: i32) -> InvocationOutcome {
+        invocation_outcome(route, status, details, Some(code))
+    }
+
+    #[test]
+    fn install_exit_codes_decide_the_reason_and_the_retry() {
+        let failed = |route: &str, code: i32| inv(route, "Failed", "Failed", code);
+        for (code, reason, retryable) in [
+            (2, ReasonCode::BadParameter, false),
+            (3, ReasonCode::UnsupportedPlatform, false),
+            (4, ReasonCode::DownloadFailed, true),
+            (5, ReasonCode::ChecksumMismatch, false),
+            (6, ReasonCode::InstallFailed, false),
+            (7, ReasonCode::ServiceNotRunning, true),
+        ] {
+            for route in ["linux", "windows"] {
+                assert_eq!(
+                    failed(route, code),
+                    Failed {
+                        code: reason,
+                        retryable
+                    },
+                    "{route} {code}"
+                );
+            }
+        }
+        for (code, reason, retryable) in [
+            (8, ReasonCode::InstallerTimedOut, false),
+            (9, ReasonCode::RebootStarted, true),
+            (10, ReasonCode::RebootRequired, false),
+        ] {
+            assert_eq!(
+                failed("windows", code),
+                Failed {
+                    code: reason,
+                    retryable
+                },
+                "{code}"
+            );
+            // the Linux document never returns these: a generic, retried failure
+            assert_eq!(
+                failed("linux", code),
+                Failed {
+                    code: ReasonCode::CommandFailed,
+                    retryable: true
+                }
+            );
+        }
+        // an unexpected code (1) stays a generic, retried failure
+        assert_eq!(
+            failed("windows", 1),
+            Failed {
+                code: ReasonCode::CommandFailed,
+                retryable: true
+            }
+        );
+        // SSM's own statuses come first, whatever the response code
+        assert_eq!(inv("linux", "Success", "Success", 0), Succeeded);
+        assert_eq!(inv("linux", "InProgress", "InProgress", 5), Running);
+        assert_eq!(
+            inv("linux", "TimedOut", "Execution Timed Out", 4),
+            Failed {
+                code: ReasonCode::ExecutionTimedOut,
+                retryable: true
+            }
+        );
+        assert_eq!(
+            inv("linux", "Failed", "Undeliverable", 4),
+            Failed {
+                code: ReasonCode::Undeliverable,
+                retryable: true
+            }
+        );
+        assert_eq!(
+            invocation_outcome("linux", "Failed", "Failed", None),
+            Failed {
+                code: ReasonCode::CommandFailed,
+                retryable: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_agent_update_ends_agent_too_old_and_only_delivery_is_retried() {
+        assert_eq!(inv("agent-update", "Success", "Success", 0), Succeeded);
+        assert_eq!(
+            inv("agent-update", "Failed", "Failed", 1),
+            Failed {
+                code: ReasonCode::AgentTooOld,
+                retryable: false
+            }
+        );
+        // not our documents' codes: 5 is not a checksum mismatch here
+        assert_eq!(
+            inv("agent-update", "Failed", "Failed", 5),
+            Failed {
+                code: ReasonCode::AgentTooOld,
+                retryable: false
+            }
+        );
+        assert_eq!(
+            inv("agent-update", "TimedOut", "Delivery Timed Out", -1),
+            Failed {
+                code: ReasonCode::AgentTooOld,
+                retryable: true
+            }
+        );
+        assert_eq!(
+            inv("agent-update", "Failed", "Access Denied", -1),
+            Failed {
+                code: ReasonCode::AgentTooOld,
+                retryable: false
+            }
+        );
+        let r = agent_update_failed_reason(
+            Some("3.3.1142.0"),
+            Some("3.3.2746.0"),
+            "Failed",
+            "Failed",
+            Some(1),
+            1,
+            "downloading agent\nfailed to download the updater\n",
+        );
+        assert!(
+            r.starts_with("SSM Agent 3.3.1142.0 is older than 3.3.2746.0, which the install document needs"),
+            "{r}"
+        );
+        assert!(
+            r.contains("update it on the instance (AWS-UpdateSSMAgent failed: Failed, exit code 1 after 1 attempt: failed to download the updater)"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn exit_code_reasons_say_what_to_fix_and_why_not_retried() {
+        let e = routing::exit_code("linux", 5).unwrap();
+        let r = exit_code_reason(e, 1, Some("3.3.2746.0"), "x\nchecksum mismatch for agent.rpm\n");
+        assert!(
+            r.starts_with("the downloaded installer does not match its SHA-256 (exit code 5): "),
+            "{r}"
+        );
+        assert!(r.contains("InstallerSha256"), "{r}");
+        assert!(r.contains("not retried"), "{r}");
+        assert!(r.ends_with("Output: checksum mismatch for agent.rpm"), "{r}");
+        let r = exit_code_reason(routing::exit_code("linux", 2).unwrap(), 1, Some("3.3.2746.0"), "");
+        assert!(
+            r.contains("AWS-UpdateSSMAgent") && r.contains("SSM Agent 3.3.2746.0 or later"),
+            "{r}"
+        );
+        let r = exit_code_reason(routing::exit_code("linux", 4).unwrap(), 3, None, "");
+        assert!(r.contains("still failing after 3 attempts"), "{r}");
+    }
+
     #[test]
     fn failure_reason_reads_well() {
         let r = failure_reason(

@@ -130,6 +130,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn too_old_agents_get_aws_update_ssm_agent_batches_beside_the_installs() {
+        let old = |n: u32| serde_json::json!({"instanceId": format!("i-{n:017x}"), "platformType": "Linux", "platformName": "Ubuntu", "agentVersion": "3.3.1142.0"});
+        let r = handle(
+            &table(),
+            serde_json::json!({
+                "managed": [{"instanceId": "i-0123456789abcdef0", "platformType": "Linux", "platformName": "Ubuntu", "agentVersion": "3.3.3050.0"}],
+                "agentUpdate": (0..60).map(old).chain([serde_json::json!({"instanceId": "i-nope", "platformType": "Linux", "platformName": "Ubuntu"})]).collect::<Vec<_>>(),
+                "attempt": 1
+            }),
+        )
+        .await
+        .unwrap();
+        let (updates, installs): (Vec<_>, Vec<_>) = r.batches.iter().partition(|b| b.is_agent_update());
+        assert_eq!(installs.len(), 1);
+        assert_eq!(installs[0].document_name, "Linux-Doc");
+        assert_eq!(
+            updates.iter().map(|b| b.instances.len()).collect::<Vec<_>>(),
+            vec![50, 10]
+        );
+        for b in &updates {
+            assert_eq!(
+                (b.document_name.as_str(), b.document_version.as_str()),
+                ("AWS-UpdateSSMAgent", "$DEFAULT")
+            );
+            assert!(b.parameters.is_empty());
+            assert_eq!(b.min_agent_version.as_deref(), Some("3.3.2746.0"));
+        }
+        // the batch as it travels: the update's instance carries its version, an install's does not
+        let json = serde_json::to_value(&r.batches).unwrap();
+        assert!(json.to_string().contains(r#""agentVersion":"3.3.1142.0""#));
+        assert!(json[0]["instances"][0].get("agentVersion").is_none());
+        assert!(json[0].get("minAgentVersion").is_none());
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].reason_code, ReasonCode::MalformedInstanceId);
+        // older workflows pass no agentUpdate
+        let r = handle(&table(), serde_json::json!({"managed": []})).await.unwrap();
+        assert!(r.batches.is_empty());
+    }
+
+    #[tokio::test]
     async fn empty_and_malformed_input() {
         let r = handle(&table(), serde_json::json!({"managed": []})).await.unwrap();
         assert!(r.batches.is_empty() && r.skipped.is_empty());

@@ -1200,6 +1200,87 @@ mod tests {
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED);
     }
 
+    fn update_field<'a>(
+        r: &'a aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput,
+        i: usize,
+        name: &str,
+    ) -> Option<&'a AttributeValue> {
+        let u = r.transact_items()[i].update()?;
+        let (placeholder, _) = u.expression_attribute_names()?.iter().find(|(_, v)| *v == name)?;
+        let value = placeholder.replacen('#', ":", 1);
+        u.expression_attribute_values()?.get(&value)
+    }
+
+    #[tokio::test]
+    async fn an_agent_update_batch_sends_aws_update_ssm_agent_without_parameters_and_counts_no_install_attempt() {
+        let claim = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().len() == 3
+                    && (1..3).all(|i| {
+                        update_field(r, i, "attempts").is_none()
+                            && update_field(r, i, "agentUpdateAttempts") == Some(&AttributeValue::N("1".into()))
+                            && update_field(r, i, "reasonCode") == Some(&AttributeValue::S("UpdatingAgent".into()))
+                            && update_field(r, i, "document") == Some(&AttributeValue::S("AWS-UpdateSSMAgent".into()))
+                    })
+                    && update_field(r, 1, "reason")
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|s| {
+                            s.starts_with("SSM Agent 3.3.1142.0 is older than 3.3.2746.0")
+                                && s.contains("AWS-UpdateSSMAgent sent")
+                        })
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let rest = ok_tx();
+        let send = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| {
+                r.document_name() == Some("AWS-UpdateSSMAgent")
+                    && r.document_version() == Some("$DEFAULT")
+                    && r.parameters().is_none_or(|p| p.is_empty())
+                    && r.instance_ids() == [id(1), id(2)]
+            })
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-update").build())
+                    .build()
+            });
+        let install = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.document_name() == Some("L2") && r.document_version() == Some("1"))
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-install").build())
+                    .build()
+            });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send, &install]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&claim, &rest]);
+        let update = serde_json::json!({
+            "route": "agent-update", "documentName": "AWS-UpdateSSMAgent", "documentVersion": "$DEFAULT",
+            "parameters": {}, "attempt": 1, "minAgentVersion": "3.3.2746.0",
+            "instances": [
+                {"instanceId": id(1), "platform": "Ubuntu", "agentVersion": "3.3.1142.0"},
+                {"instanceId": id(2), "platform": "Windows", "agentVersion": "3.2.582.0"}
+            ]
+        });
+        // the route's document is AWS's, whatever the stack's documents are called
+        let env = BTreeMap::from([("LEDGER_TABLE", "t"), ("LINUX_DOCUMENT_NAME", "L2")]);
+        let c = Config::from_env(&|k: &str| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.documents["agent-update"], "AWS-UpdateSSMAgent");
+        let mut c = config();
+        c.documents = Config::from_env(&|k: &str| env.get(k).map(|v| v.to_string()))
+            .unwrap()
+            .documents;
+        let r = handle(&ssm, &no_ec2(), &db, &c, input(vec![update, batch(&[3])]))
+            .await
+            .unwrap();
+        assert_eq!((send.num_calls(), install.num_calls()), (1, 1));
+        assert_eq!(claim.num_calls(), 1);
+        assert_eq!(r.sent, 2);
+        let sent = &r.in_flight[0];
+        assert_eq!(sent.command_id, "cmd-update");
+        assert!(sent.batch.is_agent_update());
+        assert_eq!(sent.batch.min_agent_version.as_deref(), Some("3.3.2746.0"));
+        assert_eq!(sent.batch.instances[0].agent_version.as_deref(), Some("3.3.1142.0"));
+    }
+
     #[test]
     fn comments_are_cut_at_character_boundaries() {
         // "fleet-install " + 24 hex + " " is 39 bytes; the name's multibyte characters straddle byte 100.

@@ -54,8 +54,9 @@ pub fn ssm_policy_arn(partition: &str) -> String {
         CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
         progress goes to stderr when it is a terminal.",
     after_help = "Exit status: 0 on success; 1 on errors; 2 when the command ran but reports a failure \
-        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role, \
-        `replay` could not redrive or start an execution), and on usage errors."
+        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role or \
+        could not turn on Default Host Management Configuration, `replay` could not redrive or start an execution), \
+        and on usage errors."
 )]
 pub struct Cli {
     #[command(flatten)]

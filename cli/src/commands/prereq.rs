@@ -4,6 +4,13 @@
 //! it changes nothing. It attaches AmazonSSMManagedInstanceCore or the stack's
 //! CommandOutputWriterPolicy; any other policy needs `--allow-any-policy`. Roles whose trust
 //! policy it cannot read are reported, never skipped silently.
+//!
+//! It also reads Default Host Management Configuration (crate::dhmc; an unreadable setting is
+//! shown as unknown and is not a failure) and, with `--enable-default-host-management`, turns it
+//! on (`--apply`) or says how it would (without `--apply`: a dry run, not a usage error, like the
+//! rest of prereq). For the running instances without an instance profile (the ones DHMC is
+//! for) it shows IMDS (HttpTokens), the SSM Agent version where SSM still lists the instance,
+//! and whether DHMC can reach it.
 
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_ec2::types::Filter;

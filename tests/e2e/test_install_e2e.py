@@ -196,3 +196,32 @@ def test_an_instance_tagged_opt_out_just_before_the_send_is_never_sent_a_command
     denied = stack.iam_denials()
     assert denied and all(d["action"] == "ssm:SendCommand" and d["decision"] == "explicit" for d in denied), denied
     assert any(d["resource"].endswith(f"instance/{late}") for d in denied)
+
+
+@pytest.mark.expect_denials
+def test_a_permission_the_role_lacks_fails_the_run_at_once_with_access_denied(stack):
+    """AccessDenied is not retried (AWS would answer the same): the run fails with the denied call named,
+    and its instances are recorded. The role loses ssm:ListCommandInvocations for this test only."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=stack.endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    role = "fleet-install-CheckStatusFunctionRole"
+    iam.put_role_policy(RoleName=role, PolicyName="e2e-deny", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "ssm:ListCommandInvocations", "Resource": "*"}]}))
+    since = time.time() - 1
+    before = stack.api_calls().get("lambda.Invoke:check-status", 0)
+    try:
+        ids = stack.launch(2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"})
+        (ex,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
+    finally:
+        iam.delete_role_policy(RoleName=role, PolicyName="e2e-deny")
+    d = stack.sfn.describe_execution(executionArn=ex["executionArn"])
+    assert d["status"] == "FAILED", d
+    assert "FleetInstall.AccessDenied" in d["cause"] and "ssm:ListCommandInvocations" in d["cause"], d["cause"]
+    assert stack.api_calls().get("lambda.Invoke:check-status", 0) - before == 1, "AccessDenied was retried"
+    ledger = stack.ledger()
+    assert {ledger[i]["reasonCode"] for i in ids} == {"WorkflowError"}, [ledger[i] for i in ids]
+    denied = stack.iam_denials()
+    assert denied and {d["action"] for d in denied} == {"ssm:ListCommandInvocations"}, denied

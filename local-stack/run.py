@@ -5,6 +5,7 @@ cargo lambda watch serving the Rust functions, and the SQS poller.
     .venv/bin/python local-stack/run.py up [--no-fast] [--build] [--param Key=Value ...]
     .venv/bin/python local-stack/run.py status
     .venv/bin/python local-stack/run.py down
+    .venv/bin/python local-stack/run.py reconfigure <function> --env KEY=VALUE   (as a stack update would)
 
 Ports (all on 127.0.0.1): MOTO_PORT (default 5055), WATCH_PORT (default 9099).
 State in target/local-stack/: pids (JSON), outputs.json, env.json, stack.json, watch-<function>.env, *.log.
@@ -270,6 +271,41 @@ def down(args) -> None:
         os.remove(PIDS)
 
 
+def reconfigure(args) -> None:
+    """Change a function's environment as a stack update (UpdateFunctionConfiguration) would: its watch is
+    restarted on the same port with the new values; its role and credentials stay."""
+    pids = _read_pids()
+    key = f"watch:{args.function}"
+    if key not in pids:
+        raise SystemExit(f"no running function {args.function} (have {sorted(k[6:] for k in pids if k.startswith('watch:'))})")
+    with open(os.path.join(STATE, "stack.json")) as f:
+        info = json.load(f)
+    port = int(info["lambdaEndpoints"][args.function].rsplit(":", 1)[1])
+    env_file = os.path.join(STATE, f"watch-{args.function}.env")
+    env = {}
+    with open(env_file) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            env[k] = v.strip("'")
+    for kv in args.env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    with open(env_file, "w") as f:
+        f.writelines(f"{k}='{v}'\n" for k, v in sorted(env.items()))
+    _stop_group(pids[key], key)
+    deadline = time.time() + 30
+    while _port_open(port) and time.time() < deadline:
+        time.sleep(0.2)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    base["PATH"] = VENV_BIN + os.pathsep + base.get("PATH", "")
+    watch = _spawn(f"watch-{args.function}", watch_command(port, env_file), env=dict(base, **env))
+    pids[key] = watch.pid
+    _write_pids(pids)
+    _wait(lambda: _port_open(port), f"cargo lambda watch for {args.function}", 120, watch,
+          os.path.join(STATE, f"watch-{args.function}.log"))
+    print(json.dumps({"function": args.function, "pid": watch.pid, "port": port, "set": args.env}))
+
+
 def status(args) -> None:
     pids = _read_pids()
     if not pids:
@@ -301,6 +337,10 @@ def main(argv=None) -> None:
     u.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     u.set_defaults(fn=up)
     sub.add_parser("down", help="stop everything").set_defaults(fn=down)
+    r = sub.add_parser("reconfigure", help="change a function's environment (its watch restarts)")
+    r.add_argument("function")
+    r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(fn=reconfigure)
     sub.add_parser("status", help="show what runs").set_defaults(fn=status)
     args = ap.parse_args(argv)
     args.fn(args)

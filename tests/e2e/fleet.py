@@ -51,8 +51,12 @@ class Stack:
             self._ami = next(i["ImageId"] for i in images if "windows" not in (i.get("Platform") or "").lower())
         return self._ami
 
-    def launch(self, count: int, tags: dict[str, str] | None = None, profile: bool = True) -> list[str]:
+    def launch(self, count: int, tags: dict[str, str] | None = None, profile: bool = True,
+               imdsv2: bool | None = None) -> list[str]:
+        """imdsv2: True requires IMDSv2 tokens (HttpTokens required), False allows IMDSv1, None: EC2's default."""
         args = dict(ImageId=self.ami, MinCount=count, MaxCount=count, InstanceType="t3.micro")
+        if imdsv2 is not None:
+            args["MetadataOptions"] = {"HttpTokens": "required" if imdsv2 else "optional", "HttpEndpoint": "enabled"}
         if tags:
             args["TagSpecifications"] = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
         if profile:

@@ -58,3 +58,28 @@ def test_a_100k_target_rollout_stays_within_payload_and_history_limits(stack):
     ledger = stack.ledger()
     skipped = [i for i, item in ledger.items() if item.get("reasonCode") == "OptedOut"]
     assert len(skipped) == r["optedOut"] == 100
+
+
+def test_status_pages_through_a_history_longer_than_one_page(stack):
+    """The 100k rollout's history is longer than GetExecutionHistory's largest page (1,000 events); the last
+    waves are only on the second page, so `status` shows every wave only if it pages (the local stack pages
+    like AWS: maxResults, nextToken)."""
+    import os
+    import subprocess
+
+    run = json.loads((ROOT / "target" / "e2e" / "scale-100k.json").read_text())
+    assert run["rolloutHistoryEvents"] > 1000, run["rolloutHistoryEvents"]
+    arn = run["rolloutArn"]
+    outputs = dict(stack.outputs, RolloutStateMachineArn=arn.replace(":execution:", ":stateMachine:").rsplit(":", 1)[0])
+    path = ROOT / "target" / "e2e" / "scale-outputs.json"
+    path.write_text(json.dumps(outputs))
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    r = subprocess.run([str(ROOT / "target" / "debug" / "fleet-install"), "--endpoint-url", stack.endpoint,
+                        "--outputs-file", str(path), "--output", "json", "status", arn],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["kind"] == "rollout"
+    assert len(report["waves"]) == 11, report["waves"]
+    assert sum(w["instances"] for w in report["waves"]) == 100_000
+

@@ -157,6 +157,13 @@ impl PrereqReport {
         } else {
             self.region.as_str()
         };
+        let step = |action: &str| d.steps.iter().find(|s| s.step == "setting" && s.action == action);
+        if let Some(s) = step("turned on") {
+            return format!("on in {region} since this run (it was off): role {}", s.target);
+        }
+        if let Some(s) = step("would turn on") {
+            return format!("off in {region}; --apply would turn it on with role {}", s.target);
+        }
         match d.state.as_str() {
             "on" => format!(
                 "on in {region}: role {} (for instances without an instance profile; IMDSv2 and SSM Agent {} or later needed)",
@@ -1281,7 +1288,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("DHMC    off in eu-west-1: instances without an instance profile cannot register\n"),
+            text.contains("DHMC    off in eu-west-1; --apply would turn it on with role service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole\n"),
             "{text}"
         );
 
@@ -1302,6 +1309,53 @@ mod tests {
             text.contains("failed: iam:CreateRole: AccessDenied: not authorized"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn apply_turns_dhmc_on_and_a_setting_already_on_shows_its_role() {
+        use aws_sdk_iam::operation::create_role::CreateRoleOutput;
+        use aws_sdk_ssm::operation::update_service_setting::UpdateServiceSettingOutput;
+        let roles = mock!(aws_sdk_iam::Client::list_roles)
+            .then_output(|| ListRolesOutput::builder().set_roles(Some(vec![])).build().unwrap());
+        let no_role = mock!(aws_sdk_iam::Client::get_role).then_error(|| {
+            GetRoleError::NoSuchEntityException(aws_sdk_iam::types::error::NoSuchEntityException::builder().build())
+        });
+        let create = mock!(aws_sdk_iam::Client::create_role).then_output(|| {
+            let mut r = role(crate::dhmc::DHMC_ROLE_NAME, crate::dhmc::DHMC_TRUST_POLICY);
+            r.path = crate::dhmc::DHMC_ROLE_PATH.into();
+            CreateRoleOutput::builder().role(r).build()
+        });
+        let attach =
+            mock!(aws_sdk_iam::Client::attach_role_policy).then_output(|| AttachRolePolicyOutput::builder().build());
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles, &no_role, &create, &attach]);
+        let setting = mock!(aws_sdk_ssm::Client::get_service_setting).then_output(|| setting_output("$None"));
+        let update = mock!(aws_sdk_ssm::Client::update_service_setting)
+            .then_output(|| UpdateServiceSettingOutput::builder().build());
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&setting, &update]);
+        let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
+        let report = run_prereq(iam, ec2, ssm, true, true).await.unwrap();
+        assert_eq!(report.failed(), 0);
+        assert_eq!((create.num_calls(), attach.num_calls(), update.num_calls()), (1, 1, 1));
+        let text = report.to_table();
+        println!("{text}");
+        assert!(
+            text.contains("setting  service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole    turned on\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DHMC    on in eu-west-1 since this run (it was off): role service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole\n"),
+            "{text}"
+        );
+
+        let iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, [&roles]);
+        let on = mock!(aws_sdk_ssm::Client::get_service_setting)
+            .then_output(|| setting_output("service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole"));
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&on]);
+        let ec2 = mock_client!(aws_sdk_ec2, [&no_instances()]);
+        let report = run_prereq(iam, ec2, ssm, false, false).await.unwrap();
+        let text = report.to_table();
+        println!("{text}");
+        assert!(text.contains("DHMC    on in eu-west-1: role service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole (for instances without an instance profile; IMDSv2 and SSM Agent 3.2.582.0 or later needed)\n"), "{text}");
     }
 
     #[test]

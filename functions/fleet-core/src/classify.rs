@@ -121,7 +121,7 @@ pub fn classify(
         note(
             ReasonCode::NoInstanceProfile,
             format!(
-                "no IAM instance profile, so the SSM agent cannot register: attach a role with AmazonSSMManagedInstanceCore (not registered {waited})"
+                "no IAM instance profile, so the SSM agent cannot register: attach a role with AmazonSSMManagedInstanceCore, or turn on Default Host Management Configuration for the account (fleet-install prereq --apply --enable-default-host-management; it needs IMDSv2 and SSM Agent 3.2.582.0 or later) (not registered {waited})"
             ),
             platform,
         )
@@ -248,7 +248,14 @@ mod tests {
         no_profile.has_instance_profile = false;
         let c = run(Some(&no_profile), None);
         match &c {
-            Classification::Unmanaged(n) => assert!(n.reason.contains("AmazonSSMManagedInstanceCore")),
+            Classification::Unmanaged(n) => {
+                assert!(n.reason.contains("AmazonSSMManagedInstanceCore"));
+                assert!(
+                    n.reason.contains("prereq --apply --enable-default-host-management"),
+                    "{}",
+                    n.reason
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(code(c), ReasonCode::NoInstanceProfile);

@@ -365,6 +365,38 @@ mod tests {
     use aws_sdk_ec2::types::{Instance, Tag};
 
     #[test]
+    fn the_exit_code_is_read_from_the_plugin_that_failed() {
+        use aws_sdk_ssm::types::{CommandInvocation, CommandInvocationStatus, CommandPlugin, CommandPluginStatus};
+        let plugin = |name: &str, status: CommandPluginStatus, code: i32| {
+            CommandPlugin::builder()
+                .name(name)
+                .status(status)
+                .response_code(code)
+                .output(format!("{name} said {code}"))
+                .build()
+        };
+        let ci = CommandInvocation::builder()
+            .instance_id("i-0123456789abcdef0")
+            .status(CommandInvocationStatus::Failed)
+            .status_details("Failed")
+            .command_plugins(plugin("skippedStep", CommandPluginStatus::Success, 0))
+            .command_plugins(plugin("installAgent", CommandPluginStatus::Failed, 5))
+            .build();
+        let inv = Invocation::from(&ci);
+        assert_eq!(inv.response_code, Some(5));
+        assert_eq!(inv.output, "installAgent said 5");
+        // one plugin, or none failed: the first
+        let ci = CommandInvocation::builder()
+            .instance_id("i-0123456789abcdef0")
+            .status(CommandInvocationStatus::Success)
+            .command_plugins(plugin("installAgent", CommandPluginStatus::Success, 0))
+            .build();
+        assert_eq!(Invocation::from(&ci).response_code, Some(0));
+        let none = CommandInvocation::builder().instance_id("i-0123456789abcdef0").build();
+        assert_eq!(Invocation::from(&none).response_code, None);
+    }
+
+    #[test]
     fn the_opt_out_key_alone_opts_out_whatever_its_value() {
         let with = |value: Option<&str>| {
             let tag = Tag::builder()

@@ -104,9 +104,13 @@ def test_operator_policy_is_an_output_and_attaches_only_the_instance_policies(te
     assert template["Outputs"]["OperatorPolicyArn"]["Value"] == {"Ref": "OperatorPolicy"}
     statements = template["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     attach = [s for s in statements if "iam:AttachRolePolicy" in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
-    assert len(attach) == 1
-    allowed = attach[0]["Condition"]["ArnEquals"]["iam:PolicyARN"]
-    assert {"Ref": "CommandOutputWriterPolicy"} in allowed and len(allowed) == 2
+    # every attach is conditioned on the policy: the two instance policies on any role, DHMC's on its role only
+    assert attach and all(set(s["Condition"]) == {"ArnEquals"} and list(s["Condition"]["ArnEquals"]) == ["iam:PolicyARN"]
+                          for s in attach)
+    instance = next(s for s in attach if s["Sid"] == "AttachInstancePoliciesOnly")["Condition"]["ArnEquals"]["iam:PolicyARN"]
+    assert {"Ref": "CommandOutputWriterPolicy"} in instance and len(instance) == 2
+    dhmc = next(s for s in attach if s["Sid"] != "AttachInstancePoliciesOnly")
+    assert all("AWSSystemsManagerDefaultEC2InstanceManagementRole" in r["Fn::Sub"] for r in dhmc["Resource"])
     writes = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
               if a.startswith("dynamodb:")}
     assert writes <= {"dynamodb:Scan", "dynamodb:Query"}, "the CLI never writes the ledger"

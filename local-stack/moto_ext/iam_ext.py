@@ -302,7 +302,11 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
             c = dict(ctx)
             if params.get("PolicyArn"):
                 c["iam:PolicyARN"] = params["PolicyArn"]
-            return [(f"iam:{op}", _role_arn(account, role), c)]
+            if op == "CreateRole":   # the role does not exist yet: its ARN from the path asked for
+                arn = f"arn:{part}:iam::{account}:role{params.get('Path') or '/'}{role}"
+            else:
+                arn = _role_arn(account, role)
+            return [(f"iam:{op}", arn, c)]
         if params.get("InstanceProfileName"):
             return [(f"iam:{op}", f"arn:{part}:iam::{account}:instance-profile/{params['InstanceProfileName']}", ctx)]
         if params.get("PolicyArn"):

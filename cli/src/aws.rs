@@ -16,7 +16,8 @@ where
         Some(service) => match (service.code(), service.message()) {
             (Some(code), Some(msg)) => format!("{code}: {msg}"),
             (Some(code), None) => code.to_string(),
-            _ => service.to_string(),
+            // no code the SDK could read: say what the response was
+            _ => DisplayErrorContext(err).to_string(),
         },
         None => DisplayErrorContext(err).to_string(),
     }

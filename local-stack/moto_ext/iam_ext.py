@@ -359,8 +359,15 @@ def _raise_denied(service: str, message: str) -> None:
             "</Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>")
         raise err
     if service in ("iam", "sts"):
+        # IAM's and STS's own error shape (ErrorResponse/Error, not moto's ErrorResponse/Errors/Error, which the
+        # Rust SDK cannot read a code from)
         err = _RESTError("AccessDenied", message)
         err.code = 403
+        ns = "https://iam.amazonaws.com/doc/2010-05-08/" if service == "iam" else "https://sts.amazonaws.com/doc/2011-06-15/"
+        err.description = (
+            f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type><Code>AccessDenied</Code>'
+            f"<Message>{escape(message)}</Message></Error>"
+            "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>")
         raise err
     raise JsonRESTError("AccessDeniedException", message)
 
@@ -457,6 +464,24 @@ def _patch_engine_clients() -> None:
             m.boto_client_for = engine_client
 
 
+def _check_signature(resp, req) -> None:
+    """moto recomputes the SigV4 signature from the request. For a form-encoded (query protocol) POST the raw
+    body is gone once parsed, and moto re-encodes the parsed form with "+" for spaces, as boto3 does; the Rust
+    SDK encodes them "%20" (RFC 3986). Both are valid: try the body as each would have encoded it."""
+    from urllib.parse import quote, urlencode
+
+    try:
+        req.check_signature()
+        return
+    except Exception:  # noqa: BLE001 - moto raises its service's SignatureDoesNotMatch error
+        data = getattr(resp, "data", None)
+        if not isinstance(data, dict) or not data or req._body:
+            raise
+    items = [(k, v) for k, vs in data.items() for v in (vs if isinstance(vs, list) else [vs])]
+    req._body = urlencode(items, quote_via=quote, safe="-_.~").encode()
+    req.check_signature()
+
+
 # ------------------------------------------------------------------------------------------------ install
 def install() -> None:
     from moto.core.authorization import ActionAuthenticatorMixin
@@ -475,7 +500,7 @@ def install() -> None:
         path = self.raw_path + ("?" + parsed_url.query if parsed_url.query else "")
         req = IAMRequest(account_id=self.current_account, method=self.method, path=path, data=self.data,
                          body=self.raw_body, headers=self.headers, action=self._get_action())
-        req.check_signature()
+        _check_signature(self, req)
         if req._action == "sts:GetCallerIdentity":
             return
         check(self, req._access_key.arn, policy_documents(req._access_key.collect_policies()))

@@ -76,6 +76,8 @@ def test_the_operator_policy_lets_prereq_attach_nothing_but_the_instance_policie
     denied = stack.iam_denials()
     assert any(d["action"] == "iam:AttachRolePolicy" and d["resource"].endswith("role/e2e-admin-bait") for d in denied), denied
     assert "e2e-admin-bait" in run.stdout
+    # the CLI says why, in IAM's words
+    assert "AccessDenied" in run.stdout and "iam:AttachRolePolicy" in run.stdout, run.stdout
 
 
 def test_a_canary_over_budget_stops_the_rollout_before_the_next_wave(stack):

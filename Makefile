@@ -64,11 +64,11 @@ e2e: setup
 test: lint unit contract e2e
 
 demo: setup
-	$(VPY) local-stack/demo.py
+	$(VPY) local-stack/scenarios/demo.py
 
 # Figures against targets on stdout and in target/bench/report.json (about 15 minutes on 2 cores).
 bench: setup
-	$(VPY) local-stack/bench.py
+	$(VPY) local-stack/scenarios/bench.py
 
 sam-build: setup
 	rustup target add aarch64-unknown-linux-gnu

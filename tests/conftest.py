@@ -8,7 +8,7 @@ from project import load_asl, load_template
 
 @pytest.fixture(scope="session")
 def template():
-    # FLEET_TEMPLATE: check another template (local-stack/iam_mutations.py)
+    # FLEET_TEMPLATE: check another template (local-stack/scenarios/iam_mutations.py)
     path = os.environ.get("FLEET_TEMPLATE")
     return load_template(path) if path else load_template()
 

@@ -9,7 +9,7 @@ aws-sam-translator, as `sam deploy` creates it. Two checks:
   the SQS event source mapping, or Lambda's logging) needs. The only exception is the AWS managed
   AWSLambdaBasicExecutionRole that SAM attaches to every role it generates (Lambda's logging).
 So removing any action from a function's role fails the first check, and adding one fails the second.
-The policies are evaluated with the local stack's own IAM evaluator (local-stack/moto_ext/iam_ext.py), the
+The policies are evaluated with the local stack's own IAM evaluator (local-stack/emulator/moto_ext/iam_ext.py), the
 one that enforces them end to end.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from botocore import xform_name
 
 from project import ROOT
 
-sys.path.insert(0, str(ROOT / "local-stack"))
+sys.path.insert(0, str(ROOT / "local-stack" / "emulator"))
 import stack as local_stack  # noqa: E402
 from moto_ext import iam_ext  # noqa: E402
 
@@ -126,7 +126,7 @@ def code_actions(crate: str) -> set[str]:
 # ------------------------------------------------------------------------------------------- the deployed roles
 @functools.lru_cache
 def deployed() -> local_stack.Stack:
-    # FLEET_TEMPLATE: another template to check (the mutation check in local-stack/iam_mutations.py)
+    # FLEET_TEMPLATE: another template to check (the mutation check in local-stack/scenarios/iam_mutations.py)
     return local_stack.Stack("http://127.0.0.1:1", template_path=os.environ.get("FLEET_TEMPLATE"))
 
 

@@ -12,7 +12,7 @@ import sys
 
 from project import ROOT
 
-sys.path.insert(0, str(ROOT / "local-stack"))
+sys.path.insert(0, str(ROOT / "local-stack" / "emulator"))
 import stack as local_stack  # noqa: E402
 
 LEDGER_RS = ROOT / "functions" / "fleet-core" / "src" / "ledger.rs"

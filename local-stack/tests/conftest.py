@@ -14,8 +14,9 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOCAL_STACK = os.path.dirname(HERE)
+EMULATOR = os.path.join(LOCAL_STACK, "emulator")
 REPO = os.path.dirname(LOCAL_STACK)
-sys.path.insert(0, LOCAL_STACK)
+sys.path.insert(0, EMULATOR)
 
 
 def free_port() -> int:
@@ -30,7 +31,7 @@ def endpoint(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(LOCAL_STACK, "server.py"), "--port", str(port),
+            [sys.executable, os.path.join(EMULATOR, "server.py"), "--port", str(port),
              "--lambda-endpoint", f"http://127.0.0.1:{free_port()}"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import pytest
 
 from fleet import ROOT, Stack, moto_endpoint
 
-RUN = [sys.executable, str(ROOT / "local-stack" / "run.py")]
+RUN = [sys.executable, str(ROOT / "local-stack" / "emulator" / "run.py")]
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 OLD = "3.3.1142.0"          # below 3.3.2746.0, which the ENV_VAR install documents need
 ANCIENT = "3.1.1004.0"      # below 3.2.582.0, which DHMC needs
 UPDATE_DOCUMENT = "AWS-UpdateSSMAgent"
-RUN = [sys.executable, str(ROOT / "local-stack" / "run.py")]
+RUN = [sys.executable, str(ROOT / "local-stack" / "emulator" / "run.py")]
 CLI = ROOT / "target" / "debug" / "fleet-install"
 
 

@@ -2,7 +2,7 @@
 
 The fleet exists only in the emulator's EC2; the rollout workflow, plan-rollout and evaluate-wave are the real
 ones; each chunk's install execution is an instant stand-in that reads the chunk from the ledger (see
-local-stack/scale.py). Runs in a session of its own (`pytest -m scale`) so that 100,000 instances do not slow
+local-stack/scenarios/scale.py). Runs in a session of its own (`pytest -m scale`) so that 100,000 instances do not slow
 the other end-to-end tests down. Writes its figures to target/e2e/scale-100k.json and prints them.
 """
 import json
@@ -12,7 +12,7 @@ import pytest
 
 from fleet import ROOT
 
-sys.path.insert(0, str(ROOT / "local-stack"))
+sys.path.insert(0, str(ROOT / "local-stack" / "scenarios"))
 import scale  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scale]

@@ -13,7 +13,7 @@ eventSourceARN, awsRegion}]}), and then:
 The queue's RedrivePolicy (created from the template) makes SQS itself (moto implements it) move a message to the
 dead-letter queue once it has been received maxReceiveCount times.
 
-    .venv/bin/python local-stack/poller.py [--stack target/local-stack/stack.json] [--batch-size N]
+    .venv/bin/python local-stack/emulator/poller.py [--stack target/local-stack/stack.json] [--batch-size N]
         [--window SECONDS] [--failure-visibility SECONDS]
 
 Every invocation is counted in the moto server as "lambda.Invoke:<function>" (GET /_fleet/api-calls).
@@ -35,7 +35,7 @@ import requests
 from botocore.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 log = logging.getLogger("poller")
 
 

@@ -11,7 +11,7 @@
 5. a 100,000-target rollout (installs simulated instantly, see scale.py): the largest payload and history;
 6. a table of every figure against its target on stdout, and target/bench/report.json.
 
-    .venv/bin/python local-stack/bench.py [--skip-functions] [--runs 5] [--rollout 10000] [--scale 100000]
+    .venv/bin/python local-stack/scenarios/bench.py [--skip-functions] [--runs 5] [--rollout 10000] [--scale 100000]
 
 The API floor of an operation is ceil(items / per-call limit), where items is what the calls carried, counted
 at the emulator: instance ids for SendCommand (50 a call) and DescribeInstanceInformation (50), instance-id
@@ -34,14 +34,16 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
+EMULATOR = os.path.join(os.path.dirname(HERE), "emulator")
 sys.path.insert(0, HERE)
+sys.path.insert(0, EMULATOR)
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import scale  # noqa: E402
 from fleet import Stack  # noqa: E402
 
-RUN = [sys.executable, os.path.join(HERE, "run.py")]
+RUN = [sys.executable, os.path.join(EMULATOR, "run.py")]
 REPORT = os.path.join(ROOT, "target", "bench", "report.json")
 
 #: Per-call limits of the batched operations (see the module docstring).
@@ -167,6 +169,9 @@ def burst(stack: Stack, n: int) -> dict:
     return {
         "instances": n,
         "byState": dict(sorted(states.items())),
+        # 20 % of the burst has agents too old for the install documents: their AWS-UpdateSSMAgent commands are
+        # in the SendCommand calls and in the floor (instance ids per call), like the installs
+        "agentUpdates": demo.agent_counts(ledger, launched),
         "executions": len(executions),
         "seconds": round(last_write - t0, 1),
         "api": api,

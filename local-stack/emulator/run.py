@@ -2,10 +2,10 @@
 """Start, stop and inspect the local stack: moto (extended), the resources from template.yaml,
 cargo lambda watch serving the Rust functions, and the SQS poller.
 
-    .venv/bin/python local-stack/run.py up [--no-fast] [--build] [--param Key=Value ...]
-    .venv/bin/python local-stack/run.py status
-    .venv/bin/python local-stack/run.py down
-    .venv/bin/python local-stack/run.py reconfigure <function> --env KEY=VALUE   (as a stack update would)
+    .venv/bin/python local-stack/emulator/run.py up [--no-fast] [--build] [--param Key=Value ...]
+    .venv/bin/python local-stack/emulator/run.py status
+    .venv/bin/python local-stack/emulator/run.py down
+    .venv/bin/python local-stack/emulator/run.py reconfigure <function> --env KEY=VALUE   (as a stack update would)
 
 Ports (all on 127.0.0.1): MOTO_PORT (default 5055), WATCH_PORT (default 9099).
 State in target/local-stack/: pids (JSON), outputs.json, env.json, stack.json, watch-<function>.env, *.log.
@@ -27,7 +27,7 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 STATE = os.path.join(ROOT, "target", "local-stack")
 PIDS = os.path.join(STATE, "pids")
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")

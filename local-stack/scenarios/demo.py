@@ -23,14 +23,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import requests  # noqa: E402
 
 from fleet import Stack  # noqa: E402
 
-RUN = [sys.executable, os.path.join(HERE, "run.py")]
+RUN = [sys.executable, os.path.join(os.path.dirname(HERE), "emulator", "run.py")]
 CLI = os.path.join(ROOT, "target", "debug", "fleet-install")
 REPORT = os.path.join(ROOT, "target", "demo", "report.json")
 TTY = sys.stderr.isatty()
@@ -105,6 +105,16 @@ def behaviours(n: int, rng: random.Random) -> list[tuple[str, dict, bool]]:
             tags["fleet-sim:managed"] = "false"
         else:
             group = "normal"
+        # SSM Agents of several ages, as real fleets have them (vendor AMIs, EMR releases, servers nobody
+        # rebakes): 20 % too old for the install documents (ENV_VAR parameters need 3.3.2746.0), a few of
+        # them even too old for Default Host Management (3.2.582.0); fleet-install updates them first.
+        a = rng.random()
+        if a < 0.17:
+            tags["fleet-sim:agent-version"] = "3.3.1142.0"
+        elif a < 0.20:
+            tags["fleet-sim:agent-version"] = "3.1.1004.0"
+        if a < 0.20 and rng.random() < 0.03:
+            tags["fleet-sim:agent-update"] = "fail"
         out.append((group, tags, profile))
     return out
 
@@ -128,9 +138,12 @@ def progress(stack: Stack, ids: set[str], label: str, deadline: float, rollout_a
         ledger = stack.ledger()
         states = collections.Counter(ledger[i]["state"] for i in ids if i in ledger)
         states["not yet seen"] = len(ids) - sum(states.values())
+        agents = agent_counts(ledger, ids)
         ex = stack.executions()
         running = sum(e["status"] == "RUNNING" for e in ex)
-        line = f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v) + f" | install executions running {running}/{len(ex)}"
+        line = (f"{label}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v)
+                + f" | SSM Agent updates: {agents['updating']} running, {agents['updated']} done, {agents['tooOld']} too old"
+                + f" | install executions running {running}/{len(ex)}")
         if rollout_arn:
             line += f" | rollout {stack.sfn.describe_execution(executionArn=rollout_arn)['status']}"
         if TTY:
@@ -151,6 +164,16 @@ def progress(stack: Stack, ids: set[str], label: str, deadline: float, rollout_a
     print(line, flush=True)
 
 
+def agent_counts(ledger: dict, ids) -> dict:
+    """SSM Agent updates as the ledger records them: sent and not done, done (agentUpdatedFrom), too old."""
+    items = [ledger[i] for i in ids if i in ledger]
+    return {
+        "updating": sum(i.get("reasonCode") == "UpdatingAgent" for i in items),
+        "updated": sum("agentUpdatedFrom" in i for i in items),
+        "tooOld": sum(i.get("reasonCode") == "AgentTooOld" for i in items),
+    }
+
+
 def report(stack: Stack, fleets: dict[str, dict[str, tuple[str, str]]], seconds: float, calls: dict) -> dict:
     ledger = stack.ledger()
     instances, missing = [], []
@@ -164,7 +187,7 @@ def report(stack: Stack, fleets: dict[str, dict[str, tuple[str, str]]], seconds:
                 "instanceId": iid, "fleet": fleet, "scenario": group, "platform": platform,
                 "state": item["state"], "reasonCode": item.get("reasonCode"), "reason": item.get("reason"),
                 "attempts": int(item["attempts"]) if "attempts" in item else None, "commandId": item.get("commandId"),
-                "executionArn": item.get("executionArn"),
+                "executionArn": item.get("executionArn"), "agentUpdatedFrom": item.get("agentUpdatedFrom"),
             })
     by = lambda key: dict(sorted(collections.Counter(i[key] for i in instances).items()))  # noqa: E731
     by_platform = collections.defaultdict(collections.Counter)
@@ -180,6 +203,8 @@ def report(stack: Stack, fleets: dict[str, dict[str, tuple[str, str]]], seconds:
         "byPlatform": {p: dict(sorted(c.items())) for p, c in sorted(by_platform.items())},
         "byReason": dict(by_reason.most_common()),
         "byScenario": {g: dict(collections.Counter(i["state"] for i in instances if i["scenario"] == g)) for g in sorted({i["scenario"] for i in instances})},
+        "agentUpdates": {**agent_counts(ledger, [i["instanceId"] for i in instances]),
+                         "installedAfterUpdate": sum(1 for i in instances if i["agentUpdatedFrom"] and i["state"] == "installed")},
         "seconds": round(seconds, 1),
         "apiCalls": calls,
         "detail": instances,
@@ -196,6 +221,9 @@ def print_report(r: dict) -> None:
     print("  " + f"{'platform':<16}" + "".join(f"{s:>12}" for s in states))
     for p, c in r["byPlatform"].items():
         print("  " + f"{p:<16}" + "".join(f"{c.get(s, 0):>12}" for s in states))
+    a = r["agentUpdates"]
+    print(f"\nSSM Agents too old for the install document: {a['updated']} updated with AWS-UpdateSSMAgent "
+          f"({a['installedAfterUpdate']} of them then installed in the same run), {a['tooOld']} could not be updated (AgentTooOld)")
     print("\nWhy not installed")
     for k, v in r["byReason"].items():
         print(f"  {k:<22}{v:>6}")

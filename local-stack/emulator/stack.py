@@ -8,7 +8,7 @@ Environment. Functions are not created in moto: the state machine only needs the
 forwarder sends arn:aws:lambda:<region>:<account>:function:<name> to cargo lambda watch's binary <name>, where
 <name> is the last part of the function's CodeUri (the crate directory, e.g. filter-managed).
 
-    .venv/bin/python local-stack/stack.py --endpoint http://127.0.0.1:5055 [--fast] [--param Key=Value ...]
+    .venv/bin/python local-stack/emulator/stack.py --endpoint http://127.0.0.1:5055 [--fast] [--param Key=Value ...]
 
 Writes target/local-stack/outputs.json (the template's Outputs), env.json ({"<binary>": {VAR: value}}) and
 stack.json (everything the poller and the runner need).
@@ -27,7 +27,7 @@ import boto3
 from botocore.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 OUT_DIR = os.path.join(ROOT, "target", "local-stack")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

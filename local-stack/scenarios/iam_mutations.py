@@ -2,7 +2,7 @@
 """Mutation check of least privilege: remove one action at a time from a function's permissions in
 template.yaml and show which tests fail. Every removal must fail at least one test.
 
-    .venv/bin/python local-stack/iam_mutations.py [--tests tests/test_iam_contract.py]
+    .venv/bin/python local-stack/scenarios/iam_mutations.py [--tests tests/test_iam_contract.py]
 
 Function permissions are the IAM actions written inside each AWS::Serverless::Function resource, the explicit
 StartInstallFunctionRole and the OptOutSendDenyPolicy the send-command function carries. Prints one line per
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 ACTION = re.compile(r'^(\s*)(- |Action: |"Action": )"?([a-z0-9-]+:[A-Za-z*]+)"?(,?)\s*$')
 EXTRA = {"StartInstallFunctionRole", "OptOutSendDenyPolicy"}
 

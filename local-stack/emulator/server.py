@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """moto server with the fleet-install extensions, bound to 127.0.0.1.
 
-    .venv/bin/python local-stack/server.py --port 5055 [--lambda-endpoint http://127.0.0.1:9099]
+    .venv/bin/python local-stack/emulator/server.py --port 5055 [--lambda-endpoint http://127.0.0.1:9099]
 
 Step Functions executes state machines in-process; Lambda tasks go to cargo lambda watch at LAMBDA_ENDPOINT;
 GET/DELETE /_fleet/api-calls counts API calls; GET /_fleet/health answers once the server is up.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cold start and memory of every fleet-install Lambda function, measured on this machine.
 
-    .venv/bin/python local-stack/bench_functions.py [--runs 5] [--no-build] [--out target/bench/functions.json]
+    .venv/bin/python local-stack/scenarios/bench_functions.py [--runs 5] [--no-build] [--out target/bench/functions.json]
 
 What is measured, per function (release build for the host, target/release/<crate>):
 
@@ -18,7 +18,7 @@ crash or an implausible result (say filter-managed not finding the 1,000 managed
 function, which gets no figure, and the script exits non-zero. Missing a target is reported, not an error.
 
 The inputs are realistic and mostly real: the script starts its own moto server with the project's
-extensions (``local-stack/server.py``, ``FLEET_SIM_EC2_EVENTS=0``), creates the stack with ``stack.build``
+extensions (``local-stack/emulator/server.py``, ``FLEET_SIM_EC2_EVENTS=0``), creates the stack with ``stack.build``
 (fast) and launches a simulated fleet of 1,000 long-running instances (Amazon Linux, Ubuntu, RHEL, FreeBSD,
 Windows; 20 whose install fails) with the simulation's instance profile, so that the simulated SSM agent
 lists them as managed. The pipeline then feeds itself, as the install workflow does:
@@ -63,7 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 BENCH_DIR = os.path.join(ROOT, "target", "bench")
 LOG_DIR = os.path.join(BENCH_DIR, "logs")
 DEFAULT_OUT = os.path.join(BENCH_DIR, "functions.json")
@@ -95,7 +95,8 @@ FLEET_GROUPS: tuple[tuple[int, str, bool, dict[str, str]], ...] = (
     (200, "Windows|Microsoft Windows Server 2022 Datacenter|10.0.20348", True, {}),
 )
 
-sys.path.insert(0, HERE)
+EMULATOR = os.path.join(os.path.dirname(HERE), "emulator")
+sys.path.insert(0, EMULATOR)
 
 
 class BenchError(Exception):
@@ -319,7 +320,7 @@ def cargo_build() -> None:
 
 
 class MotoServer:
-    """local-stack/server.py on a free port of 127.0.0.1, without EC2 events."""
+    """local-stack/emulator/server.py on a free port of 127.0.0.1, without EC2 events."""
 
     def __init__(self) -> None:
         self.port = _free_port()
@@ -333,7 +334,7 @@ class MotoServer:
         # cargo lambda watch that may run on this machine.
         lambda_endpoint = f"http://127.0.0.1:{_free_port()}"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([PY, os.path.join(HERE, "server.py"), "--port", str(self.port),
+            self.proc = subprocess.Popen([PY, os.path.join(EMULATOR, "server.py"), "--port", str(self.port),
                                           "--lambda-endpoint", lambda_endpoint],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=ROOT, env=env)

@@ -261,7 +261,7 @@ def _health(url: str) -> bool:
 
 def down(args) -> None:
     pids = _read_pids()
-    names = ["poller"] + sorted(k for k in pids if k.startswith("watch")) + ["moto"]   # reverse start order
+    names = ["poller"] + sorted(k for k in pids if k.startswith("watch:")) + ["moto"]   # reverse start order
     for name in names:
         pid = pids.get(name)
         if isinstance(pid, int):
@@ -312,7 +312,7 @@ def status(args) -> None:
         print("the local stack is down")
         sys.exit(1)
     ok = True
-    for name in ["moto"] + sorted(k for k in pids if k.startswith("watch")) + ["poller"]:
+    for name in ["moto"] + sorted(k for k in pids if k.startswith("watch:")) + ["poller"]:
         pid = pids.get(name)
         alive = isinstance(pid, int) and _alive(pid)
         ok &= alive

@@ -120,3 +120,13 @@ def test_checkov_skips_are_justified(template):
     for name, res in template["Resources"].items():
         for skip in ((res.get("Metadata") or {}).get("checkov") or {}).get("skip") or []:
             assert skip.get("id", "").startswith("CKV_") and len(skip.get("comment", "")) > 20, (name, skip)
+
+
+def test_installer_urls_are_documented_as_long_lived_and_non_secret(template):
+    """We chose public, long-lived URLs over S3 with the instance role (README, "The documents"); the parameters
+    say so where an operator sets them."""
+    for name in ("InstallerUrlRpm", "InstallerUrlDeb", "InstallerUrlFreeBsd", "InstallerUrlWindows"):
+        text = template["Parameters"][name]["Description"]
+        assert "long-lived and non-secret" in text and "presigned" in text, name
+    readme = (ROOT / "README.md").read_text()
+    assert "Installer URLs must be long-lived and non-secret" in readme

@@ -16,8 +16,11 @@ where
         Some(service) => match (service.code(), service.message()) {
             (Some(code), Some(msg)) => format!("{code}: {msg}"),
             (Some(code), None) => code.to_string(),
-            // no code the SDK could read: say what the response was
-            _ => DisplayErrorContext(err).to_string(),
+            _ => match service.to_string() {
+                // no code the SDK could read from the response: say what the response was
+                text if text.starts_with("unhandled error") => DisplayErrorContext(err).to_string(),
+                text => text,
+            },
         },
         None => DisplayErrorContext(err).to_string(),
     }

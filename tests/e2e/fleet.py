@@ -129,6 +129,17 @@ class Stack:
     def inject_fault(self, **fault) -> None:
         requests.post(f"{self.endpoint}/_fleet/faults", json=fault, timeout=10).raise_for_status()
 
+    def wait_for_fault_taken(self, function: str, timeout: float = 120) -> None:
+        """Until the injected fault for `function` has been used (its invocation has started)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            faults = [f for f in requests.get(f"{self.endpoint}/_fleet/faults", timeout=5).json()
+                      if f.get("function") == function]
+            if faults and all(f.get("times", 1) == 0 for f in faults):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{function} was never invoked")
+
     def clear_faults(self) -> None:
         requests.delete(f"{self.endpoint}/_fleet/faults", timeout=10)
 

@@ -4,7 +4,6 @@ import json
 import time
 
 import pytest
-import requests
 
 pytestmark = pytest.mark.e2e
 
@@ -148,14 +147,7 @@ def test_an_instance_that_goes_offline_before_the_send_is_recorded_and_the_rest_
     stack.inject_fault(function="send-command", delaySeconds=6, times=1)
     try:
         gone, stays = stack.launch(2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            faults = requests.get(f"{stack.endpoint}/_fleet/faults", timeout=5).json()
-            if faults and faults[0].get("times", 1) == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("send-command was never invoked")
+        stack.wait_for_fault_taken("send-command")
         stack.ec2.stop_instances(InstanceIds=[gone])
         (ex,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
     finally:
@@ -176,14 +168,7 @@ def test_an_instance_tagged_opt_out_just_before_the_send_is_never_sent_a_command
     stack.inject_fault(function="send-command", delaySeconds=6, times=1)
     try:
         late, other = stack.launch(2, {"fleet-sim:platform": "Linux|Ubuntu|22.04"})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            faults = requests.get(f"{stack.endpoint}/_fleet/faults", timeout=5).json()
-            if faults and faults[0].get("times", 1) == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("send-command was never invoked")
+        stack.wait_for_fault_taken("send-command")
         stack.ec2.create_tags(Resources=[late], Tags=[{"Key": stack.outputs["OptOutTagKey"], "Value": ""}])
         (ex,) = stack.wait_for_executions(at_least=1, timeout=120, since=since)
     finally:

@@ -1,4 +1,4 @@
-//! SSM Agent versions: the minimums that matter to the CLI and how versions compare.
+//! SSM Agent versions: the minimums that matter to the CLI (fleet-core compares versions).
 //!
 //! Two minimums: Default Host Management Configuration (DHMC) needs SSM Agent 3.2.582.0 or later
 //! on the instance, and each install document needs the agent its steps were written for (a
@@ -15,24 +15,15 @@ pub fn document_min_agent_version(route: &str) -> Option<&'static str> {
     routing::document_of_route(route).map(|d| d.min_agent_version)
 }
 
-/// True when `version` is older than `minimum`; None when `version` is unknown or unreadable.
-pub fn older_than(version: &str, minimum: &str) -> Option<bool> {
-    routing::older_than(version, minimum)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn versions_compare_numerically() {
-        assert_eq!(older_than("3.2.532.0", DHMC_MIN_AGENT_VERSION), Some(true));
-        assert_eq!(older_than("3.2.582.0", DHMC_MIN_AGENT_VERSION), Some(false));
-        assert_eq!(older_than("3.10.0.0", "3.9.9999.0"), Some(false));
-        assert_eq!(older_than("3.3.2745.9", "3.3.2746.0"), Some(true));
-        assert_eq!(older_than("3.3.2746", "3.3.2746.0"), Some(false));
-        assert_eq!(older_than("", "3.3.2746.0"), None);
-        assert_eq!(older_than("3.x", "3.3.2746.0"), None);
+        // the comparison is fleet-core's (tested there); here, the DHMC minimum with it
+        assert_eq!(routing::older_than("3.2.532.0", DHMC_MIN_AGENT_VERSION), Some(true));
+        assert_eq!(routing::older_than("3.2.582.0", DHMC_MIN_AGENT_VERSION), Some(false));
         assert_eq!(document_min_agent_version("linux"), Some("3.3.2746.0"));
         assert_eq!(document_min_agent_version("windows"), Some("3.3.2746.0"));
         assert_eq!(document_min_agent_version(routing::AGENT_UPDATE_ROUTE), None);

@@ -94,7 +94,7 @@ pub fn dhmc_reach(http_tokens: &str, http_endpoint: &str, agent_version: Option<
     } else if !http_tokens.eq_ignore_ascii_case("required") {
         blockers.push(IMDSV1_ALLOWED.to_string());
     }
-    match agent_version.map(|v| (v, crate::agent::older_than(v, min))) {
+    match agent_version.map(|v| (v, fleet_core::routing::older_than(v, min))) {
         Some((v, Some(true))) => blockers.push(format!("SSM Agent {v} older than {min}")),
         Some((_, Some(false))) => {}
         Some((v, None)) => unknown.push(format!("SSM Agent version {v:?} unreadable")),

@@ -379,7 +379,7 @@ pub fn build(
                     .get(&i.instance_id)
                     .map(|f| f.agent_version.as_str())
                     .unwrap_or_default();
-                let old = crate::agent::older_than(version, minimum);
+                let old = fleet_core::routing::older_than(version, minimum);
                 if old != Some(false) {
                     let e = agent_updates
                         .entry((i.platform.clone(), b.document_name.clone(), minimum.to_string()))

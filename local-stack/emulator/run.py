@@ -138,6 +138,22 @@ def watch_command(port: int, env_file: str) -> list[str]:
             "--concurrency", os.environ.get("WATCH_CONCURRENCY", "4"), "--env-file", env_file]
 
 
+def _write_env_file(path: str, env: dict) -> None:
+    """A function's environment for cargo lambda watch --env-file. Single quotes: a session token holds
+    characters that dotenv would otherwise refuse."""
+    with open(path, "w") as f:
+        f.writelines(f"{k}='{v}'\n" for k, v in sorted(env.items()))
+
+
+def _read_env_file(path: str) -> dict:
+    env = {}
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            env[k] = v.strip("'")
+    return env
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,9 +223,7 @@ def up(args) -> None:
             fn_env.update({"AWS_ENDPOINT_URL": moto_url, "AWS_REGION": stack_mod.REGION,
                            "AWS_DEFAULT_REGION": stack_mod.REGION, "AWS_LAMBDA_FUNCTION_NAME": fn})
             env_file = os.path.join(STATE, f"watch-{fn}.env")
-            with open(env_file, "w") as f:
-                # single quotes: a session token holds characters that dotenv would otherwise refuse
-                f.writelines(f"{k}='{v}'\n" for k, v in sorted(fn_env.items()))
+            _write_env_file(env_file, fn_env)
             watch = _spawn(f"watch-{fn}", watch_command(port, env_file), env=dict(watch_base, **fn_env))
             pids[f"watch:{fn}"] = watch.pid
             watches[fn] = watch
@@ -282,16 +296,9 @@ def reconfigure(args) -> None:
         info = json.load(f)
     port = int(info["lambdaEndpoints"][args.function].rsplit(":", 1)[1])
     env_file = os.path.join(STATE, f"watch-{args.function}.env")
-    env = {}
-    with open(env_file) as f:
-        for line in f:
-            k, _, v = line.rstrip("\n").partition("=")
-            env[k] = v.strip("'")
-    for kv in args.env:
-        k, _, v = kv.partition("=")
-        env[k] = v
-    with open(env_file, "w") as f:
-        f.writelines(f"{k}='{v}'\n" for k, v in sorted(env.items()))
+    env = _read_env_file(env_file)
+    env.update(kv.partition("=")[::2] for kv in args.env)
+    _write_env_file(env_file, env)
     _stop_group(pids[key], key)
     deadline = time.time() + 30
     while _port_open(port) and time.time() < deadline:

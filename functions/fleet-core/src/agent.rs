@@ -54,6 +54,7 @@ mod tests {
             platform_name: name.into(),
             platform_version: "1".into(),
             agent_version: agent.into(),
+            verify: false,
         }
     }
 

@@ -104,6 +104,7 @@ pub fn classify(
             platform_name: s.platform_name.clone(),
             platform_version: s.platform_version.clone(),
             agent_version: s.agent_version.clone(),
+            verify: false,
         });
     }
     let within_deadline = match ec2.launch_time {

@@ -5,13 +5,16 @@
 pub mod adapters;
 pub mod agent;
 pub mod classify;
+pub mod compliance;
 pub mod config;
 pub mod error;
 pub mod ledger;
 pub mod model;
+pub mod record;
 pub mod rollout;
 pub mod routing;
 pub mod status;
+pub mod sweep;
 pub mod text;
 pub mod trigger;
 

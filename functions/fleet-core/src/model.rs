@@ -26,6 +26,10 @@ pub struct ManagedInstance {
     pub platform_version: String,
     #[serde(default)]
     pub agent_version: String,
+    /// Installed already: the sweep sends the install document again as a verification (its
+    /// "already installed and running" path), which repairs a removed or stopped agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 /// Why an instance is where it is. Stable codes: summaries count them, people read `reason`.
@@ -73,6 +77,14 @@ pub enum ReasonCode {
     RejectedBySsm,
     // the workflow itself failed
     WorkflowError,
+    // the sweep: a verification found the agent installed and running
+    Verified,
+    // the sweep: a verification found the agent removed or stopped, and the same command put it back
+    DriftRepaired,
+    // compliance only (never written): a running instance with no ledger item at all
+    NeverSeen,
+    // the instance no longer exists (terminated, or unknown to EC2): the item expires
+    Gone,
 }
 
 impl ReasonCode {
@@ -111,6 +123,10 @@ impl ReasonCode {
             ReasonCode::Cancelled => "Cancelled",
             ReasonCode::RejectedBySsm => "RejectedBySsm",
             ReasonCode::WorkflowError => "WorkflowError",
+            ReasonCode::Verified => "Verified",
+            ReasonCode::DriftRepaired => "DriftRepaired",
+            ReasonCode::NeverSeen => "NeverSeen",
+            ReasonCode::Gone => "Gone",
         }
     }
 }
@@ -125,9 +141,22 @@ pub enum LedgerState {
     Installed,
     Failed,
     Skipped,
+    /// The instance no longer exists: kept for a while (the item expires), never acted on.
+    Gone,
 }
 
 impl LedgerState {
+    /// Every state, in the order reports list them.
+    pub const ALL: [LedgerState; 7] = [
+        LedgerState::PendingRegistration,
+        LedgerState::Unmanaged,
+        LedgerState::Installing,
+        LedgerState::Installed,
+        LedgerState::Failed,
+        LedgerState::Skipped,
+        LedgerState::Gone,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             LedgerState::PendingRegistration => "pending_registration",
@@ -136,6 +165,7 @@ impl LedgerState {
             LedgerState::Installed => "installed",
             LedgerState::Failed => "failed",
             LedgerState::Skipped => "skipped",
+            LedgerState::Gone => "gone",
         }
     }
 
@@ -147,6 +177,7 @@ impl LedgerState {
             "installed" => LedgerState::Installed,
             "failed" => LedgerState::Failed,
             "skipped" => LedgerState::Skipped,
+            "gone" => LedgerState::Gone,
             _ => return None,
         })
     }
@@ -193,6 +224,9 @@ pub struct Batch {
     /// In an agent-update batch: the SSM Agent version the install document needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_agent_version: Option<String>,
+    /// A verification batch (the sweep's drift check): its instances are installed already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 impl Batch {
@@ -318,6 +352,7 @@ mod tests {
             LedgerState::Installed,
             LedgerState::Failed,
             LedgerState::Skipped,
+            LedgerState::Gone,
         ] {
             assert_eq!(LedgerState::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));

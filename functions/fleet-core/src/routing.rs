@@ -351,7 +351,8 @@ pub struct Routed {
 /// Deterministic: the same instances give the same batches in the same order.
 pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, max_batch: usize) -> Routed {
     let max_batch = max_batch.clamp(1, MAX_BATCH);
-    let mut by_route: BTreeMap<String, (&RouteTarget, Vec<BatchInstance>)> = BTreeMap::new();
+    // Verifications (the sweep's drift check) go in batches of their own: their claim differs.
+    let mut by_route: BTreeMap<(String, bool), (&RouteTarget, Vec<BatchInstance>)> = BTreeMap::new();
     let mut skipped = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for inst in instances {
@@ -361,7 +362,7 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
         let found = lookup(&inst.platform_type, &inst.platform_name);
         match found.and_then(|(family, kind)| table.target(kind).map(|t| (family, t))) {
             Some((family, target)) => by_route
-                .entry(target.route.clone())
+                .entry((target.route.clone(), inst.verify))
                 .or_insert_with(|| (target, Vec::new()))
                 .1
                 .push(BatchInstance {
@@ -391,7 +392,7 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
         }
     }
     let mut batches = Vec::new();
-    for (_, (target, mut members)) in by_route {
+    for ((_, verify), (target, mut members)) in by_route {
         members.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         for chunk in members.chunks(max_batch) {
             batches.push(Batch {
@@ -402,6 +403,7 @@ pub fn route(instances: &[ManagedInstance], table: &RouteTable, attempt: u32, ma
                 attempt,
                 instances: chunk.to_vec(),
                 min_agent_version: None,
+                verify,
             });
         }
     }
@@ -451,6 +453,7 @@ pub fn route_agent_updates(
                 attempt,
                 instances: chunk.to_vec(),
                 min_agent_version: Some(minimum.to_string()),
+                verify: false,
             });
         }
     }
@@ -466,6 +469,9 @@ pub fn batch_key(execution_id: &str, batch: &Batch) -> String {
     h.update(batch.route.as_bytes());
     h.update(b"\n");
     h.update(batch.attempt.to_string().as_bytes());
+    if batch.verify {
+        h.update(b"\nverify");
+    }
     let mut ids = batch.instance_ids();
     ids.sort();
     for id in ids {
@@ -492,6 +498,7 @@ mod tests {
             platform_name: name.into(),
             platform_version: "1".into(),
             agent_version: "3".into(),
+            verify: false,
         }
     }
 
@@ -682,6 +689,7 @@ mod tests {
     fn aged(n: usize, t: &str, name: &str, agent: &str) -> ManagedInstance {
         ManagedInstance {
             agent_version: agent.into(),
+            verify: false,
             ..inst(n, t, name)
         }
     }

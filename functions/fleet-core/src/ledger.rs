@@ -24,6 +24,10 @@ pub const MAX_TRANSACTION: usize = 100;
 pub const BATCH_PREFIX: &str = "batch#";
 /// Key prefix of a rollout chunk's target list (`rollout#<rollout id>#w<wave>#c<chunk>`).
 pub const ROLLOUT_PREFIX: &str = "rollout#";
+/// Key prefix of the sweep's items: its chunks (`sweep#<sweep id>#c<n>`) and its lock.
+pub const SWEEP_PREFIX: &str = "sweep#";
+/// The lock that keeps two sweeps from running at once (a lease: `holder`, `leaseUntil`).
+pub const SWEEP_LOCK_KEY: &str = "sweep#lock";
 /// The table's TTL attribute (epoch seconds, a Number). Only non-instance items carry it:
 /// DynamoDB deletes them some time after it passes. Instance items never expire.
 pub const TTL_ATTRIBUTE: &str = "expiresAt";
@@ -43,9 +47,15 @@ pub fn rollout_targets_key(rollout_id: &str, wave: usize, chunk: usize) -> Strin
     format!("{ROLLOUT_PREFIX}{rollout_id}#w{wave}#c{chunk}")
 }
 
-/// True for the workflow's own items (batch locks, rollout chunks), which are not instances.
+/// The ledger key of one of a sweep's chunks.
+pub fn sweep_chunk_key(sweep_id: &str, chunk: usize) -> String {
+    format!("{SWEEP_PREFIX}{sweep_id}#c{chunk}")
+}
+
+/// True for the workflow's own items (batch locks, rollout chunks, sweep chunks and lock), which
+/// are not instances.
 pub fn is_non_instance_key(key: &str) -> bool {
-    key.starts_with(BATCH_PREFIX) || key.starts_with(ROLLOUT_PREFIX)
+    key.starts_with(BATCH_PREFIX) || key.starts_with(ROLLOUT_PREFIX) || key.starts_with(SWEEP_PREFIX)
 }
 
 /// The `expiresAt` value of a non-instance item written at `now`.
@@ -101,9 +111,13 @@ pub enum Guard {
     Unfinished,
     /// Batch lock: only when it does not exist.
     NotExists,
+    /// Claiming installed instances for a verification (the sweep's drift check): only an
+    /// installed item (or one this execution, or a stale claim, holds), never over a newer run.
+    ClaimVerify { stale_before: String },
 }
 
-/// One conditional update of one item.
+/// One conditional update of one item. A field whose name starts with `+` is a counter: its
+/// (Number) value is added to what is there (`driftCount`, `sweepAttempts`), not set.
 #[derive(Debug, Clone)]
 pub struct LedgerWrite {
     pub key: String,
@@ -161,14 +175,38 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
     let mut values: HashMap<String, AttributeValue> = HashMap::new();
     let mut sets = Vec::new();
     for (i, (name, value)) in w.fields.iter().enumerate() {
-        names.insert(format!("#f{i}"), name.to_string());
         values.insert(format!(":f{i}"), value.clone());
-        sets.push(format!("#f{i} = :f{i}"));
+        match name.strip_prefix('+') {
+            Some(counter) => {
+                names.insert(format!("#f{i}"), counter.to_string());
+                values.insert(":zero".into(), n(0));
+                sets.push(format!("#f{i} = if_not_exists(#f{i}, :zero) + :f{i}"));
+            }
+            None => {
+                names.insert(format!("#f{i}"), name.to_string());
+                sets.push(format!("#f{i} = :f{i}"));
+            }
+        }
     }
     names.insert("#created".into(), "createdAt".into());
     values.insert(":now".into(), s(now_rfc3339()));
     sets.push("#created = if_not_exists(#created, :now)".into());
     let condition = match &w.guard {
+        Guard::ClaimVerify { stale_before } => {
+            names.insert("#pk".into(), "instanceId".into());
+            names.insert("#started".into(), "executionStartedAt".into());
+            names.insert("#state".into(), "state".into());
+            names.insert("#exec".into(), "executionArn".into());
+            names.insert("#updated".into(), "updatedAt".into());
+            values.insert(":started".into(), s(&exec.execution_start_time));
+            values.insert(":exec".into(), s(&exec.execution_id));
+            values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
+            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
+            values.insert(":stale".into(), s(stale_before));
+            "attribute_exists(#pk) AND #started <= :started \
+             AND (#state = :installed OR (#state = :installing AND (#exec = :exec OR #updated < :stale)))"
+                .to_string()
+        }
         Guard::NotExists => {
             names.insert("#pk".into(), "instanceId".into());
             "attribute_not_exists(#pk)".to_string()
@@ -419,9 +457,22 @@ pub async fn put_target_chunks(
 
 /// Load a rollout chunk's instance ids.
 pub async fn load_target_chunk(client: &Client, table: &str, key: &str) -> Result<Vec<String>, FleetError> {
-    if !key.starts_with(ROLLOUT_PREFIX) {
+    Ok(load_chunk(client, table, key).await?.instance_ids)
+}
+
+/// A chunk of work kept in the ledger: a rollout's (`rollout#`) or a sweep's (`sweep#`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub instance_ids: Vec<String>,
+    /// The ids (also in `instance_ids`) that are installed already: a verification, not an install.
+    pub verify_ids: Vec<String>,
+}
+
+/// Load a rollout's or a sweep's chunk.
+pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk, FleetError> {
+    if !(key.starts_with(ROLLOUT_PREFIX) || key.starts_with(SWEEP_PREFIX)) || key == SWEEP_LOCK_KEY {
         return Err(FleetError::invalid_input(format!(
-            "targetsKey {:?} is not a rollout chunk (it starts with {ROLLOUT_PREFIX})",
+            "targetsKey {:?} is not a rollout or sweep chunk (it starts with {ROLLOUT_PREFIX} or {SWEEP_PREFIX})",
             crate::text::clip(key, 80)
         )));
     }
@@ -440,7 +491,15 @@ pub async fn load_target_chunk(client: &Client, table: &str, key: &str) -> Resul
         .get("instanceIds")
         .and_then(|v| v.as_l().ok())
         .ok_or_else(|| FleetError::invalid_input(format!("{key} holds no instanceIds list")))?;
-    Ok(list.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+    let strings = |l: &[AttributeValue]| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect::<Vec<_>>();
+    Ok(Chunk {
+        instance_ids: strings(list),
+        verify_ids: item
+            .get("verifyIds")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| strings(l))
+            .unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -456,6 +515,32 @@ mod tests {
 
     /// DynamoDB rejects names or values that the expressions do not use: every guard must use all it declares.
     #[test]
+    fn counters_are_added_to_not_set() {
+        let w = LedgerWrite {
+            key: "i-0123456789abcdef0".into(),
+            fields: vec![("verifiedAt", s("t")), ("+driftCount", n(1))],
+            guard: Guard::OwnedByExecution,
+        };
+        let u = to_update("t", &w, &exec()).unwrap();
+        assert!(u.update_expression().contains("#f0 = :f0"));
+        assert!(u.update_expression().contains("#f1 = if_not_exists(#f1, :zero) + :f1"));
+        assert_eq!(u.expression_attribute_names().unwrap()["#f1"], "driftCount");
+    }
+
+    #[test]
+    fn sweep_items_are_not_instances() {
+        assert_eq!(sweep_chunk_key("s1", 4), "sweep#s1#c4");
+        assert!(is_non_instance_key(&sweep_chunk_key("s1", 0)));
+        assert!(is_non_instance_key(SWEEP_LOCK_KEY));
+        assert!(check_write(&LedgerWrite {
+            key: SWEEP_LOCK_KEY.into(),
+            fields: vec![("state", s("installed"))],
+            guard: Guard::NotExists,
+        })
+        .is_err());
+    }
+
+    #[test]
     fn every_declared_name_and_value_is_used() {
         let guards = [
             Guard::NotExists,
@@ -467,11 +552,14 @@ mod tests {
                 document_version: "1".into(),
                 stale_before: "t".into(),
             },
+            Guard::ClaimVerify {
+                stale_before: "t".into(),
+            },
         ];
         for guard in guards {
             let w = LedgerWrite {
                 key: "i-1".into(),
-                fields: vec![("state", s("failed"))],
+                fields: vec![("state", s("failed")), ("+driftCount", n(1))],
                 guard: guard.clone(),
             };
             let u = to_update("t", &w, &exec()).unwrap();

@@ -244,3 +244,124 @@ def test_linux_exit_codes_are_unchanged():
                                   "EX_SERVICE")} == {k: EXPECTED_CODES[k] for k in ("EX_PARAM", "EX_UNSUPPORTED",
                                                                                    "EX_DOWNLOAD", "EX_CHECKSUM",
                                                                                    "EX_INSTALL", "EX_SERVICE")}
+
+
+# --- both documents: the result line of a successful run ---------------------------------
+# check-status tells a verification from a drift repair by this line: it must be exact, and the last on stdout.
+RESULT_LINES = {"verified": "FLEET_INSTALL_RESULT=verified", "started": "FLEET_INSTALL_RESULT=started",
+                "installed": "FLEET_INSTALL_RESULT=installed"}
+
+STUBS = {
+    # root, without being root
+    "id": '#!/bin/sh\nif [ "$1" = -u ]; then echo 0; else exec /usr/bin/id "$@"; fi\n',
+    # a systemd whose one unit's state is the word in $FAKE_ROOT/state: absent, stopped, running or broken
+    # (installed, never starts)
+    "systemctl": """#!/bin/sh
+state=$(cat "$FAKE_ROOT/state")
+case $1 in
+  show) if [ "$state" = absent ]; then echo LoadState=not-found; else echo LoadState=loaded; fi ;;
+  is-active) [ "$state" = running ] ;;
+  start) if [ "$state" = stopped ]; then echo running > "$FAKE_ROOT/state"; fi; [ "$state" != absent ] ;;
+  enable | daemon-reload) echo "systemctl $1" >&2 ;;
+  status) echo "fleet-agent.service: $state" ;;
+  *) exit 1 ;;
+esac
+""",
+    "rpm": "#!/bin/sh\nexit 0\n",
+    # the package installs the unit, stopped; a noisy package manager, as dnf is
+    "dnf": '#!/bin/sh\necho "Installing: fleet-agent"\necho stopped > "$FAKE_ROOT/state"\necho "Complete!"\n',
+    # the download: the installer's bytes are in $FAKE_ROOT/installer
+    "curl": '#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ "$1" = -o ]; then cp "$FAKE_ROOT/installer" "$2"; fi; shift; done\n',
+    "sleep": "#!/bin/sh\nexit 0\n",
+}
+
+
+def run_linux_script(tmp_path, agent, sha=None):
+    """The Linux document's script under /bin/sh on this machine, as root on Amazon Linux with systemd, with the
+    service manager, package manager and download stubbed (on PATH first; the script appends its own PATH).
+    agent: the service's state before the run. Returns (exit code, stdout lines)."""
+    import hashlib
+    import os
+    import subprocess
+
+    text = script("linux")
+    for real in ("/run/systemd/system", "/etc/os-release"):
+        assert real in text, f"the script no longer reads {real}: adapt this harness"
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "os-release").write_text('NAME="Amazon Linux"\nID="amzn"\nVERSION_ID="2023"\n')
+    text = text.replace("/run/systemd/system", str(tmp_path / "systemd")).replace("/etc/os-release",
+                                                                                  str(tmp_path / "os-release"))
+    (tmp_path / "install.sh").write_text(text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "state").write_text(agent + "\n")
+    installer = b"fleet-agent package\n"
+    (tmp_path / "installer").write_bytes(installer)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ROOT": str(tmp_path), "TMPDIR": str(tmp_path),
+           "SSM_ServiceName": "fleet-agent", "SSM_InstallerUrlRpm": "https://example.com/agent/fleet-agent.rpm",
+           "SSM_InstallerSha256Rpm": sha or hashlib.sha256(installer).hexdigest()}
+    run = subprocess.run(["/bin/sh", str(tmp_path / "install.sh")], env=env, capture_output=True, text=True,
+                         timeout=60)
+    return run.returncode, run.stdout.splitlines()
+
+
+@pytest.mark.parametrize("agent,result,says", [
+    ("running", "verified", "service fleet-agent is already installed and running; nothing to do"),
+    ("stopped", "started", "service fleet-agent is installed but not running; starting it"),
+    ("absent", "installed", "service fleet-agent installed and running"),
+])
+def test_linux_success_ends_with_its_result_line(tmp_path, agent, result, says):
+    code, out = run_linux_script(tmp_path, agent)
+    assert code == 0, out
+    assert out[-1] == RESULT_LINES[result], out
+    assert [line for line in out if line.startswith("FLEET_INSTALL_RESULT")] == [RESULT_LINES[result]], out
+    assert f"fleet-install: {says}" in out
+    assert (tmp_path / "state").read_text().strip() == "running"
+
+
+@pytest.mark.parametrize("agent,sha,code", [("broken", None, 7), ("absent", "0" * 64, 5)])
+def test_linux_failure_prints_no_result_line(tmp_path, agent, sha, code):
+    got, out = run_linux_script(tmp_path, agent, sha)
+    assert got == code, out
+    assert not any("FLEET_INSTALL_RESULT" in line for line in out), out
+
+
+def test_linux_result_line_is_printed_only_by_succeed():
+    code = powershell_code(script("linux"))
+    succeed = re.search(r"^\s*succeed\(\) \{\n(.*?)\n\s*\}", code, re.S | re.M)
+    assert succeed, "succeed() not found"
+    assert [line.strip() for line in succeed.group(1).splitlines()] == \
+        ["printf 'FLEET_INSTALL_RESULT=%s\\n' \"$1\"", "exit 0"]
+    assert code.count("FLEET_INSTALL_RESULT") == 1
+    assert sorted(re.findall(r"^\s*succeed (\w+)\s*$", code, re.M)) == sorted(RESULT_LINES)
+    # every exit 0 goes through succeed
+    assert [line.strip() for line in re.findall(r"^\s*exit 0\s*$", code, re.M)] == ["exit 0"]
+
+
+def test_windows_success_ends_with_its_result_line():
+    main = function_body(WIN_CODE, "Invoke-Main")
+    main = main[: main.index("\n}\n") + 3]   # the last function: up to its closing brace
+    assigned = re.findall(r"\$script:Result = '(\w+)'", WIN_CODE)
+    assert sorted(assigned) == sorted(RESULT_LINES), assigned
+    # the two early successes set theirs right before returning; the install path at its very end
+    for result, says in (("verified", "is already installed and running; nothing to do"),
+                         ("started", "is running")):
+        assert re.search(rf'Write-Log "service \$serviceName {re.escape(says)}"\s*'
+                         rf"\$script:Result = '{result}'\s*return\b", main), result
+    assert len(re.findall(r"^\s*return\b", main, re.M)) == 2, "a success path that sets no result"
+    assert re.search(r"\$script:Result = 'installed'\s*\}\s*$", main), "the install path must end by setting it"
+    # printed once, only when the run succeeded, after the clean-up and right before the one exit
+    tail = WIN_CODE[WIN_CODE.index("} finally {"):]
+    assert re.search(r'\}\s*\}\s*if \(\$exitCode -eq 0\) \{\s*Write-Host "FLEET_INSTALL_RESULT=\$\(\$script:Result\)"'
+                     r"\s*\}\s*exit \$exitCode\s*$", tail), tail
+    assert WIN_CODE.count("FLEET_INSTALL_RESULT") == 1
+    assert "$script:Result = $null" in WIN_CODE
+
+
+@pytest.mark.parametrize("kind", sorted(DOCS))
+def test_description_names_the_result_lines(kind):
+    description = " ".join(load_document(DOCS[kind])["description"].split())
+    assert "FLEET_INSTALL_RESULT=verified" in description and "=started" in description and "=installed" in description

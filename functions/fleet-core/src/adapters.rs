@@ -359,6 +359,129 @@ pub async fn find_command_by_comment(
     }
 }
 
+/// A running instance a rollout may target: what EC2 says about it, and its platform family
+/// ([`crate::rollout::platform_family`] of its PlatformDetails, Platform and Architecture).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetFacts {
+    pub facts: Ec2Facts,
+    pub family: String,
+}
+
+/// One page of running instances with the tags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetPage {
+    pub instances: Vec<TargetFacts>,
+    /// The cursor of the next page; `None` after the last one.
+    pub next_token: Option<String>,
+}
+
+/// DescribeInstances' largest page.
+pub const EC2_MAX_RESULTS: i32 = 1000;
+
+/// The error codes with which EC2 refuses a NextToken it no longer knows (expired, or not one of
+/// its own). With the same filters as the page that gave the token, `InvalidParameterValue` can
+/// only be about the token too.
+pub const CURSOR_REFUSED_CODES: &[&str] = &["InvalidPaginationToken", "InvalidNextToken", "InvalidParameterValue"];
+
+fn running_tag_filters(tags: &[(String, Vec<String>)]) -> Vec<Filter> {
+    let mut filters: Vec<Filter> = tags
+        .iter()
+        .map(|(key, values)| {
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .set_values(Some(values.clone()))
+                .build()
+        })
+        .collect();
+    filters.push(Filter::builder().name("instance-state-name").values("running").build());
+    filters
+}
+
+fn target_facts_of(i: &aws_sdk_ec2::types::Instance, opt_out_tag: &str) -> Option<TargetFacts> {
+    let facts = facts_of(i, opt_out_tag)?;
+    let family = crate::rollout::platform_family(
+        i.platform_details(),
+        i.platform().map(|p| p.as_str()),
+        i.architecture().map(|a| a.as_str()),
+    );
+    Some(TargetFacts { facts, family })
+}
+
+/// The error for a DescribeInstances call that EC2 refused: a refused cursor (`next_token` was
+/// sent and EC2 answered with one of [`CURSOR_REFUSED_CODES`]) is an `AwsRejected` that says so
+/// and what to do; anything else is classified as usual ([`FleetError::from_sdk`]).
+pub fn describe_page_error(
+    next_token: Option<&str>,
+    err: &aws_sdk_ec2::error::SdkError<
+        aws_sdk_ec2::operation::describe_instances::DescribeInstancesError,
+        aws_sdk_ec2::config::http::HttpResponse,
+    >,
+) -> FleetError {
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+    let code = err.as_service_error().and_then(|e| e.code());
+    match (next_token, code) {
+        (Some(token), Some(code)) if CURSOR_REFUSED_CODES.contains(&code) => FleetError::AwsRejected {
+            service: "ec2:DescribeInstances".into(),
+            message: format!(
+                "EC2 refused the listing's cursor (NextToken {:?}) as invalid or expired ({code}: {}): the listing \
+                 cannot resume from it. Start the rollout again; it lists its targets from the beginning",
+                crate::text::clip(token, 40),
+                err.as_service_error().and_then(|e| e.message()).unwrap_or("no message")
+            ),
+        },
+        _ => FleetError::from_sdk("ec2", "DescribeInstances", err),
+    }
+}
+
+/// One page (at most 1,000 instances) of the running instances that carry every given tag (each:
+/// any of its values), from the cursor `next_token` (`None`: the first page). The caller carries the
+/// cursor, so a listing can go on in another invocation.
+pub async fn describe_running_page(
+    client: &aws_sdk_ec2::Client,
+    tags: &[(String, Vec<String>)],
+    opt_out_tag: &str,
+    next_token: Option<String>,
+) -> Result<TargetPage, FleetError> {
+    let resp = client
+        .describe_instances()
+        .set_filters(Some(running_tag_filters(tags)))
+        .max_results(EC2_MAX_RESULTS)
+        .set_next_token(next_token.clone())
+        .send()
+        .await
+        .map_err(|e| describe_page_error(next_token.as_deref(), &e))?;
+    Ok(TargetPage {
+        instances: resp
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| target_facts_of(i, opt_out_tag))
+            .collect(),
+        next_token: resp.next_token().filter(|t| !t.is_empty()).map(str::to_string),
+    })
+}
+
+/// Every running instance with the tags and its platform family, all pages in one call (the CLI's
+/// preview; the rollout workflow pages across invocations with [`describe_running_page`]).
+pub async fn describe_running_targets_by_tags(
+    client: &aws_sdk_ec2::Client,
+    tags: &[(String, Vec<String>)],
+    opt_out_tag: &str,
+) -> Result<HashMap<String, TargetFacts>, FleetError> {
+    let mut out = HashMap::new();
+    let mut token = None;
+    loop {
+        let page = describe_running_page(client, tags, opt_out_tag, token.take()).await?;
+        for t in page.instances {
+            out.insert(t.facts.instance_id.clone(), t);
+        }
+        token = page.next_token;
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +537,77 @@ mod tests {
             .tags(Tag::builder().key("team").value("fleet-install:opt-out").build())
             .build();
         assert!(!has_opt_out_tag(&other, "fleet-install:opt-out"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_cursor_is_a_clear_error_and_others_are_classified_as_usual() {
+        use aws_sdk_ec2::operation::describe_instances::{DescribeInstancesError, DescribeInstancesOutput};
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+        let refused = |code: &'static str| {
+            move || {
+                DescribeInstancesError::generic(
+                    aws_sdk_ec2::error::ErrorMetadata::builder()
+                        .code(code)
+                        .message("The specified pagination token is not valid or is expired.")
+                        .build(),
+                )
+            }
+        };
+        for code in CURSOR_REFUSED_CODES {
+            let rule = mock!(aws_sdk_ec2::Client::describe_instances)
+                .match_requests(|r| r.next_token() == Some("old-cursor") && r.max_results() == Some(1000))
+                .then_error(refused(code));
+            let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+            let err = describe_running_page(
+                &client,
+                &[("team".into(), vec!["web".into()])],
+                "opt",
+                Some("old-cursor".into()),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.error_type(), crate::error::AWS_REJECTED, "{code}");
+            let text = err.to_string();
+            assert!(
+                text.contains("cursor") && text.contains("old-cursor") && text.contains(code),
+                "{text}"
+            );
+            assert!(text.contains("Start the rollout again"), "{text}");
+        }
+        // without a cursor the same code is not about a cursor; a denial stays a denial
+        let rule = mock!(aws_sdk_ec2::Client::describe_instances).then_error(refused("InvalidParameterValue"));
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let err = describe_running_page(&client, &[], "opt", None).await.unwrap_err();
+        assert!(!err.to_string().contains("cursor"), "{err}");
+        let rule = mock!(aws_sdk_ec2::Client::describe_instances).then_error(refused("UnauthorizedOperation"));
+        let client = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]);
+        let err = describe_running_page(&client, &[], "opt", Some("c".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), crate::error::ACCESS_DENIED);
+        // a page: its instances with their families, and the next cursor (an empty one ends the listing)
+        let rule = mock!(aws_sdk_ec2::Client::describe_instances)
+            .sequence()
+            .output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(
+                        aws_sdk_ec2::types::Reservation::builder()
+                            .instances(
+                                Instance::builder()
+                                    .instance_id("i-0123456789abcdef0")
+                                    .platform_details("Linux/UNIX")
+                                    .architecture(aws_sdk_ec2::types::ArchitectureValues::Arm64)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .next_token("")
+                    .build()
+            })
+            .build();
+        let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&rule]);
+        let page = describe_running_page(&client, &[], "opt", None).await.unwrap();
+        assert_eq!(page.next_token, None);
+        assert_eq!(page.instances[0].family, "Linux/UNIX (arm64)");
     }
 }

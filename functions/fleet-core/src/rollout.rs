@@ -1,5 +1,8 @@
 //! The rollout's logic: targets into a canary wave and waves, waves into chunks (one install
-//! execution each), and the failure budget that stops a rollout.
+//! execution each), the canary's cover of every platform family, and the failure budget that stops
+//! a rollout.
+
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,6 +34,9 @@ pub struct WavePlan {
     pub label: String,
     pub instances: usize,
     pub chunks: Vec<ChunkRef>,
+    /// The canary's targets by platform family ([`platform_family`]); empty for the other waves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platforms: BTreeMap<String, usize>,
 }
 
 /// The order targets are rolled out in: a stable shuffle (by hash), so that the canary and each
@@ -38,12 +44,14 @@ pub struct WavePlan {
 pub fn rollout_order(ids: &mut Vec<String>, rollout_id: &str) {
     ids.sort();
     ids.dedup();
-    ids.sort_by_cached_key(|id| {
-        let mut h = Sha256::new();
-        h.update(rollout_id.as_bytes());
-        h.update(id.as_bytes());
-        h.finalize()[..8].to_vec()
-    });
+    ids.sort_by_cached_key(|id| order_key(rollout_id, id));
+}
+
+fn order_key(rollout_id: &str, instance_id: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(rollout_id.as_bytes());
+    h.update(instance_id.as_bytes());
+    h.finalize()[..8].to_vec()
 }
 
 /// Split ordered targets into the canary and the waves, and each wave into chunks of at most
@@ -92,6 +100,7 @@ pub fn plan_waves(
                 label,
                 instances: now.len(),
                 chunks: refs,
+                platforms: BTreeMap::new(),
             },
             chunks,
         ));
@@ -99,6 +108,167 @@ pub fn plan_waves(
         wave += 1;
     }
     out
+}
+
+/// A rollout target: an instance id and its platform family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub instance_id: String,
+    pub family: String,
+}
+
+/// The operating system a target runs, from EC2's PlatformDetails, which names the OS and for
+/// some AMIs a licence add-on ("Windows with SQL Server Standard", "Red Hat Enterprise Linux with
+/// HA", "Linux with SQL Server Web", "Windows BYOL", "Red Hat BYOL Linux"). An install depends on
+/// the OS, not on the licence: the add-on is dropped. `None` for an empty value.
+pub fn os_of_platform_details(details: &str) -> Option<String> {
+    let details = details.trim();
+    let lower = details.to_ascii_lowercase();
+    let base = match lower.find(" with ") {
+        Some(i) => details[..i].trim(),
+        None => details,
+    };
+    let base_lower = base.to_ascii_lowercase();
+    let os = if base.is_empty() {
+        return None;
+    } else if base_lower.starts_with("windows") {
+        "Windows"
+    } else if base_lower.starts_with("red hat") {
+        "Red Hat Enterprise Linux"
+    } else if base_lower == "linux" || base_lower == "linux/unix" {
+        "Linux/UNIX"
+    } else {
+        base
+    };
+    Some(os.to_string())
+}
+
+/// A target's platform family: its operating system and CPU architecture, as DescribeInstances
+/// reports them (no call per instance), e.g. "Linux/UNIX (x86_64)", "Linux/UNIX (arm64)",
+/// "Windows (x86_64)", "Red Hat Enterprise Linux (arm64)", "SUSE Linux (x86_64)", "Ubuntu Pro (x86_64)".
+///
+/// The OS is EC2's PlatformDetails without licence add-ons ([`os_of_platform_details`]); when
+/// EC2 gives none, its Platform (`windows` for Windows instances, absent for the others, which are
+/// Linux/UNIX). EC2 reports Amazon Linux, Ubuntu (other than Ubuntu Pro), Debian and the other
+/// community distributions all as "Linux/UNIX": they are one family here.
+pub fn platform_family(platform_details: Option<&str>, platform: Option<&str>, architecture: Option<&str>) -> String {
+    let os = platform_details
+        .and_then(os_of_platform_details)
+        .or_else(|| {
+            platform.and_then(|p| {
+                if p.trim().eq_ignore_ascii_case("windows") {
+                    Some("Windows".to_string())
+                } else {
+                    os_of_platform_details(p)
+                }
+            })
+        })
+        .unwrap_or_else(|| "Linux/UNIX".to_string());
+    match architecture.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(arch) => format!("{os} ({arch})"),
+        None => os,
+    }
+}
+
+/// Targets in rollout order: deduplicated by instance id, then the same stable shuffle as
+/// [`rollout_order`].
+pub fn order_targets(targets: &mut Vec<Target>, rollout_id: &str) {
+    targets.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    targets.dedup_by(|a, b| a.instance_id == b.instance_id);
+    targets.sort_by_cached_key(|t| order_key(rollout_id, &t.instance_id));
+}
+
+/// The canary and the order of the other targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryPick {
+    /// Every target id: the canary's first, then the others, each in rollout order.
+    pub ids: Vec<String>,
+    /// Instances in the canary: the requested size, or the number of platform families when there
+    /// are more families than that (at most the number of targets; 0 when no canary was asked for).
+    pub canary: usize,
+    /// The canary's members by platform family.
+    pub platforms: BTreeMap<String, usize>,
+    /// Platform families among all the targets.
+    pub families: usize,
+}
+
+/// Pick the canary from targets in rollout order so that it holds at least one instance of every
+/// platform family among the targets: first the earliest target of each family, then the earliest
+/// of the others until the canary has `canary` members. When there are more families than
+/// `canary`, the canary grows to one instance per family, so that a failure specific to one
+/// platform always stops the rollout at the canary. `canary == 0` means no canary wave.
+pub fn pick_canary(ordered: &[Target], canary: usize) -> CanaryPick {
+    let mut first_of_family: Vec<usize> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, t) in ordered.iter().enumerate() {
+        if seen.insert(t.family.as_str()) {
+            first_of_family.push(i);
+        }
+    }
+    let families = first_of_family.len();
+    if canary == 0 {
+        return CanaryPick {
+            ids: ordered.iter().map(|t| t.instance_id.clone()).collect(),
+            canary: 0,
+            platforms: BTreeMap::new(),
+            families,
+        };
+    }
+    let size = canary.max(families).min(ordered.len());
+    let mut in_canary = vec![false; ordered.len()];
+    for &i in &first_of_family {
+        in_canary[i] = true;
+    }
+    let mut members = families;
+    for flag in in_canary.iter_mut() {
+        if members >= size {
+            break;
+        }
+        if !*flag {
+            *flag = true;
+            members += 1;
+        }
+    }
+    let mut ids = Vec::with_capacity(ordered.len());
+    let mut platforms = BTreeMap::new();
+    for (t, _) in ordered.iter().zip(&in_canary).filter(|(_, c)| **c) {
+        ids.push(t.instance_id.clone());
+        *platforms.entry(t.family.clone()).or_insert(0) += 1;
+    }
+    ids.extend(
+        ordered
+            .iter()
+            .zip(&in_canary)
+            .filter(|(_, c)| !**c)
+            .map(|(t, _)| t.instance_id.clone()),
+    );
+    CanaryPick {
+        ids,
+        canary: size,
+        platforms,
+        families,
+    }
+}
+
+/// The whole plan from targets in rollout order ([`order_targets`]): a canary that covers every
+/// platform family ([`pick_canary`]), then waves of `size`, each in chunks of at most
+/// `max_per_execution`. The canary wave's plan lists its platforms.
+pub fn plan_rollout(
+    ordered: &[Target],
+    canary: usize,
+    size: WaveSize,
+    max_per_execution: usize,
+    rollout_id: &str,
+) -> Vec<(WavePlan, Vec<Vec<String>>)> {
+    let pick = pick_canary(ordered, canary);
+    let mut plan = plan_waves(&pick.ids, pick.canary, size, max_per_execution, rollout_id);
+    if pick.canary > 0 {
+        if let Some((first, _)) = plan.first_mut() {
+            first.platforms = pick.platforms;
+        }
+    }
+    plan
 }
 
 /// Step Functions execution names: at most 80 characters.
@@ -254,6 +424,164 @@ mod tests {
         // Exactly at the limit in characters but far over it in bytes: kept.
         let exact = "é".repeat(80);
         assert_eq!(truncate_name(&exact), exact);
+    }
+
+    fn targets(families: &[(&str, usize)]) -> Vec<Target> {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for (family, count) in families {
+            for _ in 0..*count {
+                out.push(Target {
+                    instance_id: format!("i-{n:017x}"),
+                    family: family.to_string(),
+                });
+                n += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn platform_families_from_what_describe_instances_says() {
+        let f = platform_family;
+        assert_eq!(f(Some("Linux/UNIX"), None, Some("x86_64")), "Linux/UNIX (x86_64)");
+        assert_eq!(f(Some("Linux/UNIX"), None, Some("arm64")), "Linux/UNIX (arm64)");
+        assert_eq!(f(Some("Windows"), Some("windows"), Some("x86_64")), "Windows (x86_64)");
+        // licence add-ons are not another OS
+        assert_eq!(
+            f(
+                Some("Windows with SQL Server Enterprise"),
+                Some("windows"),
+                Some("x86_64")
+            ),
+            "Windows (x86_64)"
+        );
+        assert_eq!(f(Some("Windows BYOL"), None, Some("x86_64")), "Windows (x86_64)");
+        assert_eq!(
+            f(Some("Red Hat Enterprise Linux with HA"), None, Some("arm64")),
+            "Red Hat Enterprise Linux (arm64)"
+        );
+        assert_eq!(f(Some("Red Hat BYOL Linux"), None, None), "Red Hat Enterprise Linux");
+        assert_eq!(
+            f(Some("Linux with SQL Server Standard"), None, Some("x86_64")),
+            "Linux/UNIX (x86_64)"
+        );
+        assert_eq!(f(Some("SUSE Linux"), None, Some("arm64")), "SUSE Linux (arm64)");
+        assert_eq!(f(Some("Ubuntu Pro"), None, Some("x86_64")), "Ubuntu Pro (x86_64)");
+        // no PlatformDetails: EC2's Platform says windows, or nothing (Linux/UNIX)
+        assert_eq!(f(None, Some("windows"), Some("x86_64")), "Windows (x86_64)");
+        assert_eq!(f(Some(" "), Some("Windows"), None), "Windows");
+        assert_eq!(f(None, None, Some("arm64")), "Linux/UNIX (arm64)");
+        assert_eq!(f(None, Some("Linux/UNIX"), Some("")), "Linux/UNIX");
+    }
+
+    #[test]
+    fn the_canary_holds_every_family_within_its_size() {
+        // 97 of one family, 2 and 1 of two others: a canary of 5 without the rule would most likely
+        // hold only the big family.
+        let mut t = targets(&[
+            ("Linux/UNIX (x86_64)", 97),
+            ("Linux/UNIX (arm64)", 2),
+            ("Windows (x86_64)", 1),
+        ]);
+        order_targets(&mut t, "r1");
+        let pick = pick_canary(&t, 5);
+        assert_eq!((pick.canary, pick.families), (5, 3));
+        assert_eq!(
+            pick.platforms,
+            BTreeMap::from([
+                ("Linux/UNIX (arm64)".to_string(), 1),
+                ("Linux/UNIX (x86_64)".to_string(), 3),
+                ("Windows (x86_64)".to_string(), 1),
+            ])
+        );
+        // every target once; the canary first, each part in rollout order
+        let mut all = pick.ids.clone();
+        all.sort();
+        assert_eq!(all, ids(100));
+        let pos = |id: &String| t.iter().position(|x| &x.instance_id == id).unwrap();
+        assert!(pick.ids[..5].windows(2).all(|w| pos(&w[0]) < pos(&w[1])));
+        assert!(pick.ids[5..].windows(2).all(|w| pos(&w[0]) < pos(&w[1])));
+        // the earliest of the big family are the ones that fill the canary
+        let first_big: Vec<&String> = t
+            .iter()
+            .filter(|x| x.family == "Linux/UNIX (x86_64)")
+            .take(3)
+            .map(|x| &x.instance_id)
+            .collect();
+        assert!(first_big.iter().all(|id| pick.ids[..5].contains(id)));
+    }
+
+    #[test]
+    fn more_families_than_canary_slots_grow_the_canary_to_one_per_family() {
+        let mut t = targets(&[
+            ("A (x86_64)", 10),
+            ("B (x86_64)", 3),
+            ("C (arm64)", 1),
+            ("D (x86_64)", 1),
+        ]);
+        order_targets(&mut t, "r");
+        let pick = pick_canary(&t, 2);
+        assert_eq!((pick.canary, pick.families), (4, 4));
+        assert!(pick.platforms.values().all(|n| *n == 1));
+        let plan = plan_rollout(&t, 2, WaveSize::Count(5), 1000, "r");
+        assert_eq!(plan[0].0.label, "canary");
+        assert_eq!(plan[0].0.instances, 4);
+        assert_eq!(plan[0].0.platforms.len(), 4);
+        assert!(plan[1..].iter().all(|(w, _)| w.platforms.is_empty()));
+        assert_eq!(
+            plan.iter().map(|(w, _)| w.instances).collect::<Vec<_>>(),
+            vec![4, 5, 5, 1]
+        );
+        // one family only: the canary is the size asked for
+        let one = targets(&[("A (x86_64)", 10)]);
+        assert_eq!(pick_canary(&one, 3).canary, 3);
+        // fewer targets than the canary: all of them
+        let few = targets(&[("A (x86_64)", 1), ("B (x86_64)", 1)]);
+        let pick = pick_canary(&few, 5);
+        assert_eq!((pick.canary, pick.ids.len()), (2, 2));
+    }
+
+    #[test]
+    fn no_canary_asked_means_none_and_the_order_is_kept() {
+        let mut t = targets(&[("A (x86_64)", 6), ("B (arm64)", 2)]);
+        order_targets(&mut t, "r");
+        let pick = pick_canary(&t, 0);
+        assert_eq!((pick.canary, pick.families), (0, 2));
+        assert!(pick.platforms.is_empty());
+        assert_eq!(pick.ids, t.iter().map(|x| x.instance_id.clone()).collect::<Vec<_>>());
+        let plan = plan_rollout(&t, 0, WaveSize::Count(4), 1000, "r");
+        assert_eq!(plan[0].0.label, "wave 0");
+        assert!(plan[0].0.platforms.is_empty());
+        assert!(pick_canary(&[], 3).ids.is_empty());
+        assert!(plan_rollout(&[], 3, WaveSize::Count(4), 1000, "r").is_empty());
+    }
+
+    #[test]
+    fn targets_are_ordered_like_ids_and_deduplicated() {
+        let mut t = targets(&[("A (x86_64)", 50), ("B (arm64)", 50)]);
+        t.push(t[3].clone());
+        t.reverse();
+        order_targets(&mut t, "r9");
+        let mut plain = ids(100);
+        rollout_order(&mut plain, "r9");
+        assert_eq!(t.iter().map(|x| x.instance_id.clone()).collect::<Vec<_>>(), plain);
+    }
+
+    #[test]
+    fn only_the_canary_plan_carries_platforms_in_its_json() {
+        let mut t = targets(&[("A (x86_64)", 4), ("B (arm64)", 1)]);
+        order_targets(&mut t, "r");
+        let plan = plan_rollout(&t, 2, WaveSize::Count(3), 1000, "r");
+        let json = serde_json::to_value(plan.iter().map(|(w, _)| w).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            json[0]["platforms"],
+            serde_json::json!({"A (x86_64)": 1, "B (arm64)": 1})
+        );
+        assert!(json[1].get("platforms").is_none());
+        // an older plan without the field still reads
+        let back: WavePlan = serde_json::from_value(json[1].clone()).unwrap();
+        assert!(back.platforms.is_empty());
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub enum Guard {
     /// Claiming installed instances for a verification (the sweep's drift check): only an
     /// installed item (or one this execution, or a stale claim, holds), never over a newer run.
     ClaimVerify { stale_before: String },
+    /// The sweep takes a failed instance for a retry: only while it is failed and its retry time
+    /// (`retryAfter`, RFC 3339) has come, so two sweeps never both take it.
+    SweepRetry { now: String },
+    /// The instance no longer exists: any instance item that is not gone already.
+    Gone,
 }
 
 /// One conditional update of one item. A field whose name starts with `+` is a counter: its
@@ -192,6 +197,19 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
     values.insert(":now".into(), s(now_rfc3339()));
     sets.push("#created = if_not_exists(#created, :now)".into());
     let condition = match &w.guard {
+        Guard::SweepRetry { now } => {
+            names.insert("#state".into(), "state".into());
+            names.insert("#retry".into(), "retryAfter".into());
+            values.insert(":failed".into(), s(LedgerState::Failed.as_str()));
+            values.insert(":due".into(), s(now));
+            "#state = :failed AND (attribute_not_exists(#retry) OR #retry <= :due)".to_string()
+        }
+        Guard::Gone => {
+            names.insert("#pk".into(), "instanceId".into());
+            names.insert("#state".into(), "state".into());
+            values.insert(":gone".into(), s(LedgerState::Gone.as_str()));
+            "attribute_exists(#pk) AND #state <> :gone".to_string()
+        }
         Guard::ClaimVerify { stale_before } => {
             names.insert("#pk".into(), "instanceId".into());
             names.insert("#started".into(), "executionStartedAt".into());
@@ -391,7 +409,6 @@ pub async fn put_target_chunks(
     chunks: &[(String, Vec<String>)],
     rollout_id: &str,
 ) -> Result<(), FleetError> {
-    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
     for (key, ids) in chunks {
         if !key.starts_with(ROLLOUT_PREFIX) {
             return Err(FleetError::invalid_input(format!(
@@ -408,20 +425,133 @@ pub async fn put_target_chunks(
     }
     let now = now_rfc3339();
     let (ttl_name, ttl_value) = ttl_field();
-    for group in chunks.chunks(25) {
+    let items = chunks
+        .iter()
+        .map(|(key, ids)| {
+            let mut item = Item::new();
+            item.insert("instanceId".into(), s(key));
+            item.insert("kind".into(), s("rolloutTargets"));
+            item.insert("rolloutId".into(), s(rollout_id));
+            item.insert("instanceIds".into(), AttributeValue::L(ids.iter().map(s).collect()));
+            item.insert("createdAt".into(), s(&now));
+            // Not an instance: expires, and never carries `state`.
+            item.insert(ttl_name.into(), ttl_value.clone());
+            item
+        })
+        .collect();
+    put_items(client, table, items).await
+}
+
+/// Store a sweep's chunks: each holds the instance ids of one install execution, and which of
+/// them are installed already (verified, not installed).
+pub async fn put_sweep_chunks(
+    client: &Client,
+    table: &str,
+    sweep_id: &str,
+    chunks: &[(String, Chunk)],
+) -> Result<(), FleetError> {
+    for (key, chunk) in chunks {
+        if !key.starts_with(SWEEP_PREFIX) || key == SWEEP_LOCK_KEY {
+            return Err(FleetError::invalid_input(format!(
+                "sweep chunk key {:?} does not start with {SWEEP_PREFIX}",
+                crate::text::clip(key, 80)
+            )));
+        }
+        if let Some(bad) = chunk.instance_ids.iter().find(|id| !is_valid_instance_id(id)) {
+            return Err(FleetError::invalid_input(format!(
+                "sweep chunk {key} holds malformed instance id {:?}",
+                crate::text::clip(bad, 64)
+            )));
+        }
+    }
+    let now = now_rfc3339();
+    let (ttl_name, ttl_value) = ttl_field();
+    let list = |ids: &[String]| AttributeValue::L(ids.iter().map(s).collect());
+    let items = chunks
+        .iter()
+        .map(|(key, chunk)| {
+            let mut item = Item::new();
+            item.insert("instanceId".into(), s(key));
+            item.insert("kind".into(), s("sweepTargets"));
+            item.insert("sweepId".into(), s(sweep_id));
+            item.insert("instanceIds".into(), list(&chunk.instance_ids));
+            if !chunk.verify_ids.is_empty() {
+                item.insert("verifyIds".into(), list(&chunk.verify_ids));
+            }
+            item.insert("createdAt".into(), s(&now));
+            item.insert(ttl_name.into(), ttl_value.clone());
+            item
+        })
+        .collect();
+    put_items(client, table, items).await
+}
+
+/// BatchGetItem takes at most 100 keys.
+pub const MAX_BATCH_GET: usize = 100;
+
+/// The ledger records of the given instances (strongly consistent reads, 100 keys a call,
+/// unprocessed keys asked again with backoff). Ids without an item are absent from the map.
+pub async fn get_records(
+    client: &Client,
+    table: &str,
+    ids: &[String],
+) -> Result<HashMap<String, crate::record::LedgerRecord>, FleetError> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    let mut out = HashMap::new();
+    for group in ids.chunks(MAX_BATCH_GET) {
+        let keys: Vec<Item> = group
+            .iter()
+            .map(|id| Item::from([("instanceId".to_string(), s(id))]))
+            .collect();
+        let mut pending = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| FleetError::invalid_input(e.to_string()))?,
+        );
+        let mut tries = 0;
+        while let Some(request) = pending.take() {
+            let resp = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .map_err(|e| FleetError::from_sdk("dynamodb", "BatchGetItem", &e))?;
+            for item in resp.responses().and_then(|r| r.get(table)).into_iter().flatten() {
+                if let Some(r) = crate::record::LedgerRecord::from_item(item) {
+                    out.insert(r.instance_id.clone(), r);
+                }
+            }
+            pending = resp
+                .unprocessed_keys()
+                .and_then(|u| u.get(table))
+                .filter(|k| !k.keys().is_empty())
+                .cloned();
+            if pending.is_some() {
+                tries += 1;
+                if tries > 8 {
+                    return Err(FleetError::Throttled {
+                        service: "dynamodb:BatchGetItem".into(),
+                        message: format!("keys still unprocessed after {tries} tries"),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Put whole items with BatchWriteItem, 25 a call, retrying unprocessed items with backoff.
+async fn put_items(client: &Client, table: &str, items: Vec<Item>) -> Result<(), FleetError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    for group in items.chunks(25) {
         let mut requests: Vec<WriteRequest> = group
             .iter()
-            .map(|(key, ids)| {
-                let mut item = Item::new();
-                item.insert("instanceId".into(), s(key));
-                item.insert("kind".into(), s("rolloutTargets"));
-                item.insert("rolloutId".into(), s(rollout_id));
-                item.insert("instanceIds".into(), AttributeValue::L(ids.iter().map(s).collect()));
-                item.insert("createdAt".into(), s(&now));
-                // Not an instance: expires, and never carries `state`.
-                item.insert(ttl_name.into(), ttl_value.clone());
+            .map(|item| {
                 let put = PutRequest::builder()
-                    .set_item(Some(item))
+                    .set_item(Some(item.clone()))
                     .build()
                     .map_err(|e| FleetError::invalid_input(e.to_string()))?;
                 Ok(WriteRequest::builder().put_request(put).build())
@@ -502,6 +632,155 @@ pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk
     })
 }
 
+/// Key infix of a rollout's listed pages: `rollout#<rollout id>#list#<page>`.
+pub const ROLLOUT_LIST_INFIX: &str = "#list#";
+/// `kind` of a listed page's item.
+pub const ROLLOUT_LIST_KIND: &str = "rolloutList";
+
+/// The ledger key of page `page` (0, 1, ...) of a rollout's target listing.
+pub fn rollout_list_key(rollout_id: &str, page: usize) -> String {
+    format!("{ROLLOUT_PREFIX}{rollout_id}{ROLLOUT_LIST_INFIX}{page}")
+}
+
+/// Store listed pages of a rollout's targets, one item per DescribeInstances page: key
+/// [`rollout_list_key`], `kind` rolloutList, `rolloutId`, `page`, `targets` (a map from platform
+/// family to the instance ids of that family), `createdAt` and the TTL. Like the chunk lists, a
+/// page is not an instance: it expires and never carries `state` ([`check_write`]).
+pub async fn put_target_list_pages(
+    client: &Client,
+    table: &str,
+    rollout_id: &str,
+    pages: &[(usize, Vec<crate::rollout::Target>)],
+) -> Result<(), FleetError> {
+    let now = now_rfc3339();
+    let mut items = Vec::with_capacity(pages.len());
+    for (page, targets) in pages {
+        let key = rollout_list_key(rollout_id, *page);
+        if let Some(bad) = targets.iter().find(|t| !is_valid_instance_id(&t.instance_id)) {
+            return Err(FleetError::invalid_input(format!(
+                "listed page {key} holds malformed instance id {:?}",
+                crate::text::clip(&bad.instance_id, 64)
+            )));
+        }
+        let mut by_family: std::collections::BTreeMap<&str, Vec<AttributeValue>> = std::collections::BTreeMap::new();
+        for t in targets {
+            by_family.entry(t.family.as_str()).or_default().push(s(&t.instance_id));
+        }
+        let fields: Vec<(&'static str, AttributeValue)> = vec![
+            ("kind", s(ROLLOUT_LIST_KIND)),
+            ("rolloutId", s(rollout_id)),
+            ("page", n(page)),
+            (
+                "targets",
+                AttributeValue::M(
+                    by_family
+                        .into_iter()
+                        .map(|(family, ids)| (family.to_string(), AttributeValue::L(ids)))
+                        .collect(),
+                ),
+            ),
+            ("createdAt", s(&now)),
+            ttl_field(),
+        ];
+        let write = LedgerWrite {
+            key,
+            fields,
+            guard: Guard::NotExists,
+        };
+        check_write(&write)?;
+        let mut item: Item = write.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        item.insert("instanceId".into(), s(write.key));
+        items.push(item);
+    }
+    put_items(client, table, items).await
+}
+
+/// Read pages `0..pages` of a rollout's target listing ([`put_target_list_pages`]) with
+/// BatchGetItem (100 keys a call, consistent reads, unprocessed keys retried with backoff).
+/// Targets come back in page order; within a page, by family. A page that is missing (never
+/// written, or expired) is an error: the plan would leave its targets out.
+pub async fn load_target_list_pages(
+    client: &Client,
+    table: &str,
+    rollout_id: &str,
+    pages: usize,
+) -> Result<Vec<crate::rollout::Target>, FleetError> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    let mut found: HashMap<String, Item> = HashMap::new();
+    let keys: Vec<String> = (0..pages).map(|p| rollout_list_key(rollout_id, p)).collect();
+    for group in keys.chunks(MAX_BATCH_GET) {
+        let mut request = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(
+                    group
+                        .iter()
+                        .map(|k| HashMap::from([("instanceId".to_string(), s(k))]))
+                        .collect(),
+                ))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| FleetError::invalid_input(e.to_string()))?,
+        );
+        let mut tries = 0;
+        while let Some(keys) = request.take() {
+            let resp = client
+                .batch_get_item()
+                .request_items(table, keys)
+                .send()
+                .await
+                .map_err(|e| FleetError::from_sdk("dynamodb", "BatchGetItem", &e))?;
+            let got = resp.responses().and_then(|r| r.get(table)).cloned().unwrap_or_default();
+            let progressed = !got.is_empty();
+            for item in got {
+                if let Some(key) = get_s(&item, "instanceId").map(str::to_string) {
+                    found.insert(key, item);
+                }
+            }
+            request = resp
+                .unprocessed_keys()
+                .and_then(|u| u.get(table))
+                .filter(|k| !k.keys().is_empty())
+                .cloned();
+            if request.is_some() && !progressed {
+                tries += 1;
+                if tries > 8 {
+                    return Err(FleetError::Throttled {
+                        service: "dynamodb:BatchGetItem".into(),
+                        message: format!("listed pages of rollout {rollout_id} still unprocessed after {tries} tries"),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for key in &keys {
+        let item = found.get(key).ok_or_else(|| {
+            FleetError::invalid_input(format!(
+                "listed page {key} is not in the ledger (never written, or expired): list the targets again"
+            ))
+        })?;
+        let targets = item
+            .get("targets")
+            .and_then(|v| v.as_m().ok())
+            .ok_or_else(|| FleetError::invalid_input(format!("listed page {key} holds no targets map")))?;
+        let mut families: Vec<(&String, &AttributeValue)> = targets.iter().collect();
+        families.sort_by(|a, b| a.0.cmp(b.0));
+        for (family, ids) in families {
+            let ids = ids
+                .as_l()
+                .map_err(|_| FleetError::invalid_input(format!("listed page {key}: {family} is not a list")))?;
+            for id in ids.iter().filter_map(|v| v.as_s().ok()) {
+                out.push(crate::rollout::Target {
+                    instance_id: id.clone(),
+                    family: family.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +834,8 @@ mod tests {
             Guard::ClaimVerify {
                 stale_before: "t".into(),
             },
+            Guard::SweepRetry { now: "t".into() },
+            Guard::Gone,
         ];
         for guard in guards {
             let w = LedgerWrite {
@@ -678,5 +959,121 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rule.num_calls(), 1);
+    }
+
+    fn target(id: &str, family: &str) -> crate::rollout::Target {
+        crate::rollout::Target {
+            instance_id: id.into(),
+            family: family.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_pages_are_non_instance_items_by_family_that_expire() {
+        use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput;
+        assert_eq!(rollout_list_key("r1", 7), "rollout#r1#list#7");
+        assert!(is_non_instance_key(&rollout_list_key("r1", 0)));
+        let rule = aws_smithy_mocks::mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .match_requests(|r| {
+                let items = &r.request_items().unwrap()["t"];
+                items.len() == 2
+                    && items.iter().all(|w| {
+                        let item = w.put_request().unwrap().item();
+                        item["instanceId"].as_s().unwrap().starts_with("rollout#r1#list#")
+                            && item["kind"].as_s().unwrap() == "rolloutList"
+                            && item.get("expiresAt").and_then(|v| v.as_n().ok()).is_some_and(|n| {
+                                n.parse::<i64>().unwrap() > chrono::Utc::now().timestamp() + 34 * 86400
+                            })
+                            && !item.contains_key("state")
+                    })
+                    && {
+                        let first = items[0].put_request().unwrap().item();
+                        let t = first["targets"].as_m().unwrap();
+                        t["Windows (x86_64)"].as_l().unwrap().len() == 1
+                            && t["Linux/UNIX (arm64)"].as_l().unwrap().len() == 2
+                            && first["page"].as_n().unwrap() == "0"
+                    }
+            })
+            .then_output(|| BatchWriteItemOutput::builder().build());
+        let client = aws_smithy_mocks::mock_client!(aws_sdk_dynamodb, [&rule]);
+        put_target_list_pages(
+            &client,
+            "t",
+            "r1",
+            &[
+                (
+                    0,
+                    vec![
+                        target("i-0123456789abcdef0", "Linux/UNIX (arm64)"),
+                        target("i-0123456789abcdef1", "Windows (x86_64)"),
+                        target("i-0123456789abcdef2", "Linux/UNIX (arm64)"),
+                    ],
+                ),
+                (1, vec![]),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rule.num_calls(), 1);
+        // a malformed id is never stored
+        let none = aws_smithy_mocks::mock_client!(aws_sdk_dynamodb, []);
+        let err = put_target_list_pages(&none, "t", "r1", &[(0, vec![target("junk", "x")])])
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+    }
+
+    #[tokio::test]
+    async fn listed_pages_are_read_back_in_order_and_a_missing_one_is_an_error() {
+        use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
+        let page = |n: usize, ids: &[&str]| {
+            let mut item = Item::new();
+            item.insert("instanceId".into(), s(rollout_list_key("r", n)));
+            item.insert(
+                "targets".into(),
+                AttributeValue::M(HashMap::from([(
+                    "Linux/UNIX (x86_64)".to_string(),
+                    AttributeValue::L(ids.iter().map(|i| s(*i)).collect()),
+                )])),
+            );
+            item
+        };
+        // 150 pages stored: two calls of at most 100 keys, consistent reads; the mock answers the
+        // keys asked for that exist
+        let rule = aws_smithy_mocks::mock!(aws_sdk_dynamodb::Client::batch_get_item)
+            .match_requests(|r| {
+                let k = &r.request_items().unwrap()["t"];
+                k.keys().len() <= 100 && k.consistent_read() == Some(true)
+            })
+            .then_compute_output(move |r| {
+                let items: Vec<Item> = r.request_items().unwrap()["t"]
+                    .keys()
+                    .iter()
+                    .filter_map(|k| {
+                        let key = k["instanceId"].as_s().unwrap();
+                        let n: usize = key.rsplit('#').next().unwrap().parse().unwrap();
+                        match n {
+                            0 => Some(page(0, &["i-0123456789abcdef0"])),
+                            149 => Some(page(149, &["i-0123456789abcdef1"])),
+                            1..149 => Some(page(n, &[])),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                BatchGetItemOutput::builder().responses("t", items).build()
+            });
+        let client = aws_smithy_mocks::mock_client!(aws_sdk_dynamodb, aws_smithy_mocks::RuleMode::MatchAny, [&rule]);
+        let got = load_target_list_pages(&client, "t", "r", 150).await.unwrap();
+        assert_eq!(rule.num_calls(), 2);
+        assert_eq!(
+            got.iter().map(|t| t.instance_id.as_str()).collect::<Vec<_>>(),
+            vec!["i-0123456789abcdef0", "i-0123456789abcdef1"]
+        );
+        assert_eq!(got[0].family, "Linux/UNIX (x86_64)");
+        // page 150 does not exist
+        let err = load_target_list_pages(&client, "t", "r", 151).await.unwrap_err();
+        assert_eq!(err.error_type(), crate::error::INVALID_INPUT);
+        assert!(err.to_string().contains("rollout#r#list#150"), "{err}");
+        assert_eq!(rule.num_calls(), 4);
     }
 }

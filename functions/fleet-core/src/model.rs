@@ -278,6 +278,10 @@ pub struct Summary {
     /// is also counted once in its final state.
     #[serde(default)]
     pub agent_updated: u64,
+    /// Verifications (the sweep's drift check) that found the agent gone or stopped and could not
+    /// put it back; each is also counted once in its final state (failed).
+    #[serde(default)]
+    pub drift_unrepaired: u64,
 }
 
 /// Summary key for instances another run owns (not written to the ledger again).

@@ -5,6 +5,7 @@ use fleet_core::ledger::{self, n, s, Guard, LedgerWrite};
 use fleet_core::model::{
     AgentUpdated, Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE,
 };
+use fleet_core::record::attr;
 use fleet_core::routing::{self, MAX_BATCH};
 use fleet_core::status::{
     agent_update_failed_reason, exit_code_reason, failure_reason, invocation_outcome, InvocationOutcome,
@@ -51,7 +52,7 @@ pub struct Response {
 }
 
 /// (route, document, version, parameters, minimum agent, next attempt): instances that can share a resend.
-type RetryKey = (String, String, String, String, Option<String>, u32);
+type RetryKey = (String, String, String, String, Option<String>, u32, bool);
 
 /// The instances to re-send as `attempt` with the same document and parameters as `batch`.
 fn retry_group<'g>(
@@ -66,6 +67,7 @@ fn retry_group<'g>(
         serde_json::to_string(&batch.parameters).unwrap_or_default(),
         batch.min_agent_version.clone(),
         attempt,
+        batch.verify,
     );
     &mut groups
         .entry(key)
@@ -89,6 +91,10 @@ struct Final<'a> {
     code: ReasonCode,
     reason: String,
     status_detail: String,
+    /// The document found (or left) the agent installed and running: `verifiedAt` is now.
+    verified: bool,
+    /// A verification found the agent gone or stopped: counted as drift.
+    drift: bool,
 }
 
 pub async fn handle(
@@ -144,6 +150,19 @@ pub async fn handle(
                 // The agent is updated: not final, the instance goes back through filter-managed,
                 // which sees the new version and sends it on to its install.
                 InvocationOutcome::Succeeded if cmd.batch.is_agent_update() => updated.push((inst, cmd)),
+                InvocationOutcome::Succeeded if cmd.batch.verify => {
+                    let (code, what) = fleet_core::status::verification(&inv.output);
+                    finals.push(Final {
+                        instance: inst,
+                        command: cmd,
+                        state: LedgerState::Installed,
+                        code,
+                        reason: format!("verified by {} (attempt {}): {what}", cmd.command_id, cmd.batch.attempt),
+                        status_detail: inv.status_details.clone(),
+                        verified: true,
+                        drift: code == ReasonCode::DriftRepaired,
+                    })
+                }
                 InvocationOutcome::Succeeded => finals.push(Final {
                     instance: inst,
                     command: cmd,
@@ -151,6 +170,8 @@ pub async fn handle(
                     code: ReasonCode::Installed,
                     reason: format!("installed by {} (attempt {})", cmd.command_id, cmd.batch.attempt),
                     status_detail: inv.status_details.clone(),
+                    verified: true,
+                    drift: false,
                 }),
                 InvocationOutcome::Failed { retryable: true, .. } if cmd.batch.attempt < req.max_attempts => {
                     tracing::info!(
@@ -179,6 +200,8 @@ pub async fn handle(
                         &inv.output,
                     ),
                     status_detail: inv.status_details.clone(),
+                    verified: false,
+                    drift: false,
                 }),
                 InvocationOutcome::Failed { code, .. } => {
                     let exit = inv
@@ -205,8 +228,15 @@ pub async fn handle(
                         command: cmd,
                         state: LedgerState::Failed,
                         code,
-                        reason,
+                        // A verification that fails: the agent was installed and is not any more.
+                        reason: if cmd.batch.verify {
+                            format!("verification failed, the agent is not installed and running: {reason}")
+                        } else {
+                            reason
+                        },
                         status_detail: inv.status_details.clone(),
+                        verified: false,
+                        drift: cmd.batch.verify,
                     })
                 }
             }
@@ -247,6 +277,13 @@ pub async fn handle(
             }
             if !f.status_detail.is_empty() {
                 fields.push(("statusDetail", s(&f.status_detail)));
+            }
+            if f.verified {
+                // Installed and running now: the sweep's backoff starts over.
+                fields.extend([(attr::VERIFIED_AT, s(&now)), (attr::SWEEP_ATTEMPTS, n(0))]);
+            }
+            if f.drift {
+                fields.extend([(attr::LAST_DRIFT_AT, s(&now)), ("+driftCount", n(1))]);
             }
             LedgerWrite {
                 key: f.instance.instance_id.clone(),
@@ -292,6 +329,9 @@ pub async fn handle(
             summary.add(DUPLICATE, Some(&f.instance.platform), ReasonCode::SupersededByNewerRun);
         } else {
             summary.add(f.state.as_str(), Some(&f.instance.platform), f.code);
+            if f.drift && f.state == LedgerState::Failed {
+                summary.drift_unrepaired += 1;
+            }
         }
     }
     let mut pending = req.pending;

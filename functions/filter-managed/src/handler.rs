@@ -79,8 +79,12 @@ pub async fn handle(
         ));
     }
     let mut requested = req.instance_ids;
+    // A sweep's chunk names the installed instances it verifies (the drift check).
+    let mut verify: BTreeSet<String> = BTreeSet::new();
     if let Some(key) = req.targets_key.filter(|k| !k.is_empty()) {
-        requested.extend(fleet_core::ledger::load_target_chunk(db, &config.ledger_table, &key).await?);
+        let chunk = fleet_core::ledger::load_chunk(db, &config.ledger_table, &key).await?;
+        requested.extend(chunk.instance_ids);
+        verify.extend(chunk.verify_ids);
     }
     // Deduplicate, keep the first occurrence's order.
     let mut seen = BTreeSet::new();
@@ -132,8 +136,11 @@ pub async fn handle(
             deadline,
             &config.opt_out_tag,
         ) {
-            Classification::Managed(m) => match fleet_core::agent::needs_update(&m) {
-                None => resp.managed.push(m),
+            Classification::Managed(mut m) => match fleet_core::agent::needs_update(&m) {
+                None => {
+                    m.verify = verify.contains(id);
+                    resp.managed.push(m)
+                }
                 Some(_) if update_waits.is_some() => resp.pending.push(id.clone()),
                 Some(minimum) => {
                     let reason = match updated_at.get(id.as_str()) {

@@ -183,9 +183,82 @@ pub fn failure_reason(
     s
 }
 
+/// The line the install documents print last on success (`FLEET_INSTALL_RESULT=...`).
+pub const RESULT_LINE_PREFIX: &str = "FLEET_INSTALL_RESULT=";
+
+/// What a successful install document run did, from its result line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallResult {
+    /// Already installed and running: nothing changed.
+    Verified,
+    /// Installed but stopped: started.
+    Started,
+    /// Not installed: installed now.
+    Installed,
+}
+
+/// The result line in a command's output (the last one wins); None when there is none (an older
+/// document, or output cut by SSM before it).
+pub fn install_result(output: &str) -> Option<InstallResult> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(RESULT_LINE_PREFIX))
+        .and_then(|v| match v.trim() {
+            "verified" => Some(InstallResult::Verified),
+            "started" => Some(InstallResult::Started),
+            "installed" => Some(InstallResult::Installed),
+            _ => None,
+        })
+}
+
+/// A verification's outcome when the document succeeded: verified, or the drift it repaired (the
+/// "already installed" path is short, so its result line is never cut: no line means the
+/// document took a longer path, which is a repair).
+pub fn verification(output: &str) -> (crate::model::ReasonCode, &'static str) {
+    use crate::model::ReasonCode;
+    match install_result(output) {
+        Some(InstallResult::Verified) => (ReasonCode::Verified, "the agent is installed and running"),
+        Some(InstallResult::Started) => (
+            ReasonCode::DriftRepaired,
+            "the agent's service was stopped: started it again",
+        ),
+        Some(InstallResult::Installed) => (ReasonCode::DriftRepaired, "the agent was gone: installed it again"),
+        None => (
+            ReasonCode::DriftRepaired,
+            "the agent was not installed and running: the document put it back (no result line in the output)",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_lines() {
+        use crate::model::ReasonCode;
+        assert_eq!(
+            install_result("a\nFLEET_INSTALL_RESULT=verified\n"),
+            Some(InstallResult::Verified)
+        );
+        assert_eq!(
+            install_result("FLEET_INSTALL_RESULT=verified\nFLEET_INSTALL_RESULT=installed"),
+            Some(InstallResult::Installed)
+        );
+        assert_eq!(
+            install_result("  FLEET_INSTALL_RESULT=started\r\n"),
+            Some(InstallResult::Started)
+        );
+        assert_eq!(install_result("FLEET_INSTALL_RESULT=maybe"), None);
+        assert_eq!(install_result(""), None);
+        assert_eq!(verification("FLEET_INSTALL_RESULT=verified").0, ReasonCode::Verified);
+        assert_eq!(
+            verification("FLEET_INSTALL_RESULT=started").0,
+            ReasonCode::DriftRepaired
+        );
+        assert_eq!(verification("log lines, cut").0, ReasonCode::DriftRepaired);
+    }
     use InvocationOutcome::*;
 
     #[test]

@@ -271,6 +271,18 @@ async fn send_batch(
                     )),
                 ),
             ]);
+        } else if batch.verify {
+            f.extend([
+                ("attempts", n(batch.attempt)),
+                ("reasonCode", s("Verifying")),
+                (
+                    "reason",
+                    s(format!(
+                        "verification sent with {} (attempt {}): puts the agent back if it is gone or stopped",
+                        batch.document_name, batch.attempt
+                    )),
+                ),
+            ]);
         } else {
             f.extend([
                 ("attempts", n(batch.attempt)),
@@ -284,10 +296,18 @@ async fn send_batch(
         writes.push(LedgerWrite {
             key: i.instance_id.clone(),
             fields: f,
-            guard: Guard::Claim {
-                document: batch.document_name.clone(),
-                document_version: batch.document_version.clone(),
-                stale_before: stale_before.clone(),
+            // A verification claims an installed instance; an install never claims one that has
+            // this document and version already.
+            guard: if batch.verify {
+                Guard::ClaimVerify {
+                    stale_before: stale_before.clone(),
+                }
+            } else {
+                Guard::Claim {
+                    document: batch.document_name.clone(),
+                    document_version: batch.document_version.clone(),
+                    stale_before: stale_before.clone(),
+                }
             },
         });
     }

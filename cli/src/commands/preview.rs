@@ -1,5 +1,6 @@
 //! `preview`: the rollout that would run for some tags, without running it. Uses the same
-//! classification, routing and wave planning as the workflow (fleet-core).
+//! classification, routing, platform families and wave planning (a canary that covers every
+//! platform family) as the workflow (fleet-core).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,7 +8,7 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Duration, Utc};
 use fleet_core::classify::{classify, Classification, Ec2Facts, SsmFacts};
 use fleet_core::model::{InstanceNote, LedgerState, ManagedInstance};
-use fleet_core::rollout::{plan_waves, rollout_order, WaveSize};
+use fleet_core::rollout::{order_targets, plan_rollout, Target, WaveSize};
 use fleet_core::routing::{route, RouteTable, RouteTarget, MAX_BATCH};
 use serde::Serialize;
 
@@ -103,6 +104,13 @@ pub struct PreviewReport {
     /// The rollout's targets: matched minus opted out.
     pub targets: usize,
     pub canary: usize,
+    /// Instances in the canary wave as planned: `canary`, or one per platform family when there are
+    /// more families than that (at most the targets; 0 without a canary).
+    pub canary_planned: usize,
+    /// The canary's instances by platform family (EC2 PlatformDetails and Architecture).
+    pub canary_platforms: BTreeMap<String, usize>,
+    /// Platform families among the targets.
+    pub platform_families: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wave_size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +145,29 @@ impl PreviewReport {
         }
         line
     }
+
+    fn canary_line(&self) -> String {
+        if self.canary_planned == 0 {
+            return "none".to_string();
+        }
+        let platforms = self
+            .canary_platforms
+            .iter()
+            .map(|(family, n)| format!("{family} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut line = format!(
+            "{} instances, covering all {} platform families of the targets: {platforms}",
+            self.canary_planned, self.platform_families
+        );
+        if self.canary_planned > self.canary {
+            line.push_str(&format!(
+                " (grown from {}: more platform families than canary slots, so one instance per family)",
+                self.canary
+            ));
+        }
+        line
+    }
 }
 
 impl Report for PreviewReport {
@@ -156,6 +187,7 @@ impl Report for PreviewReport {
                 ),
             ),
             ("Waves", format!("canary {}, then {sizes}", self.canary)),
+            ("Canary", self.canary_line()),
             ("Agent", self.agent_line()),
         ]);
         let mut totals = Table::new(&["PLATFORM", "SSM", "DOCUMENT", "INSTANCES"]).numeric(&[3]);
@@ -264,10 +296,17 @@ pub async fn preview(
     progress: Progress,
 ) -> Result<PreviewReport> {
     progress.update(format!("finding running instances with {}", describe_tags(tags)));
-    // One paginated DescribeInstances by tag gives the ids and everything classification needs.
-    let ec2_facts = fleet_core::adapters::describe_running_by_tags(ec2, &tag_pairs(tags), &settings.opt_out_tag)
+    // One paginated DescribeInstances by tag gives the ids, everything classification needs and
+    // each instance's platform family.
+    let listed = fleet_core::adapters::describe_running_targets_by_tags(ec2, &tag_pairs(tags), &settings.opt_out_tag)
         .await
         .context("cannot list instances by tag (ec2:DescribeInstances)")?;
+    let mut families: HashMap<String, String> = HashMap::new();
+    let mut ec2_facts: HashMap<String, Ec2Facts> = HashMap::new();
+    for (id, t) in listed {
+        families.insert(id.clone(), t.family);
+        ec2_facts.insert(id, t.facts);
+    }
     let mut ids: Vec<String> = ec2_facts.keys().cloned().collect();
     ids.sort();
     let ask: Vec<String> = ids
@@ -280,7 +319,9 @@ pub async fn preview(
         .await
         .context("cannot describe the instances' SSM registration (ssm:DescribeInstanceInformation)")?;
     progress.clear();
-    Ok(build(&ids, &ec2_facts, &ssm_facts, settings, tags, canary, size, now))
+    Ok(build(
+        &ids, &ec2_facts, &families, &ssm_facts, settings, tags, canary, size, now,
+    ))
 }
 
 fn tag_pairs(tags: &[TagFilter]) -> Vec<(String, Vec<String>)> {
@@ -310,11 +351,13 @@ enum Outcome {
 }
 
 /// The preview from the facts: classification with a registration deadline of 0 (an instance
-/// SSM does not know is unmanaged now), routing, and the wave plan.
+/// SSM does not know is unmanaged now), routing, and the wave plan with its canary over every
+/// platform family (`families`: instance id -> platform family, as plan-rollout lists them).
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     ids: &[String],
     ec2_facts: &HashMap<String, Ec2Facts>,
+    families: &HashMap<String, String>,
     ssm_facts: &HashMap<String, SsmFacts>,
     settings: &Settings,
     tags: &[TagFilter],
@@ -436,13 +479,29 @@ pub fn build(
     not_installed.sort_by(|a, b| (&a.state, &a.instance_id).cmp(&(&b.state, &b.instance_id)));
 
     // The rollout's targets are the matched instances minus the opted out (plan-rollout).
-    let mut targets: Vec<String> = ids
+    let mut targets: Vec<Target> = ids
         .iter()
         .filter(|id| !ec2_facts.get(*id).is_some_and(|f| f.opted_out))
-        .cloned()
+        .map(|id| Target {
+            instance_id: id.clone(),
+            family: families
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| fleet_core::rollout::platform_family(None, None, None)),
+        })
         .collect();
-    rollout_order(&mut targets, PREVIEW_ID);
-    let waves = plan_waves(&targets, canary, size, MAX_PER_EXECUTION, PREVIEW_ID)
+    order_targets(&mut targets, PREVIEW_ID);
+    let platform_families = targets
+        .iter()
+        .map(|t| t.family.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let plan = plan_rollout(&targets, canary, size, MAX_PER_EXECUTION, PREVIEW_ID);
+    let (canary_planned, canary_platforms) = match plan.first() {
+        Some((w, _)) if w.label == "canary" => (w.instances, w.platforms.clone()),
+        _ => (0, BTreeMap::new()),
+    };
+    let waves = plan
         .into_iter()
         .map(|(plan, chunks)| {
             let instance_ids: Vec<String> = chunks.into_iter().flatten().collect();
@@ -470,6 +529,9 @@ pub fn build(
         opted_out,
         targets: targets.len(),
         canary,
+        canary_planned,
+        canary_platforms,
+        platform_families,
         wave_size,
         wave_percent,
         totals: totals
@@ -571,7 +633,18 @@ mod tests {
             ssm(7, "Windows", "Microsoft Windows Server 2019"),
         ]);
         s.extend([ssm(8, "MacOS", "macOS")]);
-        let r = build(&ids, &e, &s, &settings(), &tags(), 2, WaveSize::Count(4), now());
+        // 0-5 and 8-11 Linux x86_64, 6-7 Windows
+        let fam: HashMap<String, String> = (0..12)
+            .map(|n| {
+                let f = if n == 6 || n == 7 {
+                    "Windows (x86_64)"
+                } else {
+                    "Linux/UNIX (x86_64)"
+                };
+                (id(n), f.to_string())
+            })
+            .collect();
+        let r = build(&ids, &e, &fam, &s, &settings(), &tags(), 2, WaveSize::Count(4), now());
         assert_eq!((r.matched, r.opted_out, r.targets), (12, 1, 11));
         let totals: Vec<(&str, &str, &str, usize)> = r
             .totals
@@ -596,6 +669,16 @@ mod tests {
             vec![("canary", 2), ("wave 1", 4), ("wave 2", 4), ("wave 3", 1)]
         );
         assert_eq!(r.waves.iter().map(|w| w.installable).sum::<usize>(), 8);
+        // the canary of 2 holds one of each of the two platform families
+        assert_eq!((r.canary_planned, r.platform_families), (2, 2));
+        assert_eq!(
+            r.canary_platforms,
+            BTreeMap::from([
+                ("Linux/UNIX (x86_64)".to_string(), 1),
+                ("Windows (x86_64)".to_string(), 1)
+            ])
+        );
+        assert!(r.waves[0].instance_ids.iter().any(|i| *i == id(6) || *i == id(7)));
         assert!(r.waves.iter().all(|w| !w.instance_ids.contains(&id(11))));
         let codes: Vec<(&str, &str)> = r
             .not_installed
@@ -615,11 +698,57 @@ mod tests {
         ));
         assert!(text.contains("Ubuntu      managed    LinuxDoc          6"), "{text}");
         assert!(text.contains("   0  canary          2"), "{text}");
+        assert!(
+            text.contains(
+                "Canary   2 instances, covering all 2 platform families of the targets: Linux/UNIX (x86_64) 1, Windows (x86_64) 1\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("OptedOut"));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["waveSize"], 4);
         assert!(json.get("wavePercent").is_none());
         assert_eq!(json["waves"][0]["instanceIds"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn more_platform_families_than_canary_slots_grow_the_canary_and_the_preview_says_so() {
+        // 20 Linux x86_64, 1 Linux arm64, 1 Windows; a canary of 1 asked for
+        let ids: Vec<String> = (0..22).map(id).collect();
+        let e: HashMap<String, Ec2Facts> = (0..22).map(|n| ec2(n, false, true)).collect();
+        let s: HashMap<String, SsmFacts> = (0..22).map(|n| ssm(n, "Linux", "Ubuntu")).collect();
+        let fam: HashMap<String, String> = (0..22)
+            .map(|n| {
+                let f = match n {
+                    20 => "Linux/UNIX (arm64)",
+                    21 => "Windows (x86_64)",
+                    _ => "Linux/UNIX (x86_64)",
+                };
+                (id(n), f.to_string())
+            })
+            .collect();
+        let r = build(&ids, &e, &fam, &s, &settings(), &tags(), 1, WaveSize::Count(10), now());
+        assert_eq!((r.canary, r.canary_planned, r.platform_families), (1, 3, 3));
+        assert_eq!(r.waves[0].instances, 3);
+        assert!(r.waves[0].instance_ids.contains(&id(20)) && r.waves[0].instance_ids.contains(&id(21)));
+        assert_eq!(r.waves.iter().map(|w| w.instances).collect::<Vec<_>>(), vec![3, 10, 9]);
+        let text = r.to_table();
+        println!("{text}");
+        assert!(
+            text.contains(
+                "Canary   3 instances, covering all 3 platform families of the targets: Linux/UNIX (arm64) 1, \
+             Linux/UNIX (x86_64) 1, Windows (x86_64) 1 (grown from 1: more platform families than canary slots, \
+             so one instance per family)\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["canaryPlanned"], 3);
+        assert_eq!(json["canaryPlatforms"]["Windows (x86_64)"], 1);
+        // no canary asked for: none
+        let r = build(&ids, &e, &fam, &s, &settings(), &tags(), 0, WaveSize::Count(10), now());
+        assert_eq!((r.canary_planned, r.canary_platforms.len()), (0, 0));
+        assert!(r.to_table().contains("Canary   none\n"));
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
-//! plan-rollout: resolve a rollout's targets by tag and split them into a canary wave and waves.
-//! The instance ids are kept in the ledger, one item per chunk, never in the workflow's payload.
+//! plan-rollout: list a rollout's targets by tag, a bounded number of pages per invocation (mode
+//! `list`), then split them into a canary wave that covers every platform family and waves (mode
+//! `plan`). The instance ids are kept in the ledger (listed pages, then one item per chunk), never
+//! in the workflow's payload.
 
 mod handler;
 

@@ -46,6 +46,8 @@ FAST_PARAMETERS = {
 
 #: Local-only extras (not in the template): an instance profile for simulated instances.
 SIM_INSTANCE_PROFILE = "fleet-sim-instance"
+#: What the simulated instances' role carries (the policy `fleet-install prereq` attaches).
+SIM_INSTANCE_POLICY = f"arn:{PARTITION}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 #: Local-only: the role the CLI runs under in the end-to-end tests; it has nothing but the stack's OperatorPolicy.
 LOCAL_OPERATOR_ROLE = "fleet-install-local-operator"
 
@@ -347,6 +349,8 @@ class Stack:
             iam.add_role_to_instance_profile(InstanceProfileName=SIM_INSTANCE_PROFILE, RoleName=SIM_INSTANCE_PROFILE)
         except iam.exceptions.EntityAlreadyExistsException:
             pass
+        # The simulated SSM Agent registers only if its role allows it, as a real one does.
+        iam.attach_role_policy(RoleName=SIM_INSTANCE_PROFILE, PolicyArn=SIM_INSTANCE_POLICY)
         # The operator: a role with nothing but the stack's OperatorPolicy, for the CLI in the end-to-end tests.
         operator_policy = next((self.physical[l]["Ref"] for l, r in translated.items()
                                 if l == "OperatorPolicy" and r["Type"] == "AWS::IAM::ManagedPolicy"), None)

@@ -259,6 +259,8 @@ def test_dhmc_registers_instances_without_a_profile(env):
     env.iam.create_role(RoleName="DhmcRole", Path="/service-role/", AssumeRolePolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ssm.amazonaws.com"},
                                                 "Action": "sts:AssumeRole"}]}))
+    env.iam.attach_role_policy(RoleName="DhmcRole",
+                               PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedEC2InstanceDefaultPolicy")
     image = env.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
 
     def launch(tokens, version=None, delay=None):

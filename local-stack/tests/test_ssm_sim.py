@@ -38,9 +38,23 @@ WINDOWS_DOC = LINUX_DOC.replace("(rpm|deb|pkg)", "(msi|exe)").replace("Linux", "
     "aws:runShellScript", "aws:runPowerShellScript")
 
 
+SSM_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+EC2_TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+
+
+def instance_profile(aws, name, policy=SSM_POLICY):
+    """An instance profile whose role (of the same name) carries `policy` (None: no policy)."""
+    aws.iam.create_role(RoleName=name, AssumeRolePolicyDocument=EC2_TRUST)
+    if policy:
+        aws.iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+    aws.iam.create_instance_profile(InstanceProfileName=name)
+    aws.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+
+
 @pytest.fixture
 def env(aws):
-    aws.iam.create_instance_profile(InstanceProfileName="ssm-role")
+    instance_profile(aws, "ssm-role")
     for name, content in (("fleet-linux", LINUX_DOC), ("fleet-windows", WINDOWS_DOC)):
         aws.ssm.create_document(Name=name, Content=content, DocumentType="Command",
                                 DocumentFormat="YAML", TargetType="/AWS::EC2::Instance")

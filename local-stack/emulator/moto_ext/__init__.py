@@ -13,7 +13,8 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import api_fixes, counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext, ssm_agent, ssm_settings
+    from . import (agent_credentials, api_fixes, counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext,
+                   ssm_agent, ssm_settings)
 
     perf.install()
     sfn.install()
@@ -26,4 +27,5 @@ def install() -> None:
     dynamodb_ext.install()
     sqs_ext.install()
     iam_ext.install()
+    agent_credentials.install()
     _installed = True

@@ -135,6 +135,10 @@ def _patch_metadata_options() -> None:
             "HttpProtocolIpv6": http_protocol if http_protocol is not None else old.http_protocol_ipv6,
             "InstanceMetadataTags": metadata_tags if metadata_tags is not None else old.instance_metadata_tags,
         })
+        if merged.http_tokens == "required" and getattr(old, "http_tokens", None) != "required":
+            import time
+
+            instance._fleet_imdsv2_at = time.time()   # DHMC credentials from now on (ssm_agent.dhmc_since)
         instance.metadata_options = merged
         return merged
 

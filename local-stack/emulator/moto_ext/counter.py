@@ -9,7 +9,10 @@ for the SQS trigger's invocations). POST {"key": n} adds to a count.
 
 The same router serves the local stack's other controls: /_fleet/faults (fault injection, see sfn.py),
 /_fleet/ec2/run-instances (a large simulated fleet at once, see ec2_ext.bulk_launch),
-/_fleet/events/ec2-running (EC2 "running" events for given instances, see api_fixes.post_ec2_running), /_fleet/health.
+/_fleet/events/ec2-running (EC2 "running" events for given instances, see api_fixes.post_ec2_running),
+/_fleet/events/drop (lose EC2 "running" events, see ec2_ext.drop_control), /_fleet/agent/remove and GET
+/_fleet/agent (the simulated security agent removed or stopped, and its state; see ssm_agent.remove_agent),
+/_fleet/health.
 """
 
 from __future__ import annotations
@@ -152,6 +155,31 @@ def install() -> None:
                 try:
                     size = int(environ.get("CONTENT_LENGTH") or 0)
                     out = api_fixes.post_ec2_running(json.loads(environ["wsgi.input"].read(size) or b"{}"))
+                    body, status = json.dumps(out).encode(), "200 OK"
+                except (ValueError, KeyError, TypeError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif path == "/_fleet/events/drop" and method in ("GET", "POST", "DELETE"):
+                from . import ec2_ext
+
+                try:
+                    size = int(environ.get("CONTENT_LENGTH") or 0)
+                    data = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+                    body, status = json.dumps(ec2_ext.drop_control(method, data)).encode(), "200 OK"
+                except (ValueError, KeyError, TypeError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif (path, method) in (("/_fleet/agent/remove", "POST"), ("/_fleet/agent", "GET")):
+                from urllib.parse import parse_qs
+
+                from . import ssm_agent
+
+                try:
+                    if method == "GET":
+                        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                        ids = [i for i in query.pop("instanceIds", "").split(",") if i]
+                        out = ssm_agent.agent_states({**query, "instanceIds": ids})
+                    else:
+                        size = int(environ.get("CONTENT_LENGTH") or 0)
+                        out = ssm_agent.remove_agent(json.loads(environ["wsgi.input"].read(size) or b"{}"))
                     body, status = json.dumps(out).encode(), "200 OK"
                 except (ValueError, KeyError, TypeError) as ex:
                     body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"

@@ -24,11 +24,76 @@ def _events_enabled() -> bool:
     return os.environ.get("FLEET_SIM_EC2_EVENTS", "1") not in ("0", "false", "no")
 
 
+def _drops(ec2_backend) -> dict:
+    """Running events to lose (POST /_fleet/events/drop), on the backend so that /moto-api/reset clears them:
+    {"next": n for any instance, "instances": {id: n}, "dropped": [{"instanceId", "state", "time"}]}."""
+    return ec2_backend.__dict__.setdefault("_fleet_drops", {"next": 0, "instances": {}, "dropped": []})
+
+
+def _lose_events(ec2_backend, instance_ids: list[str], state: str) -> list[str]:
+    """The ids whose event EC2 delivers: without those tagged DROP_RUNNING_EVENT and those the drop control
+    still has a count for (the instance's own first, then the "next" count)."""
+    drops = _drops(ec2_backend)
+    keep = []
+    for iid in instance_ids:
+        try:
+            tags = sim_tags.tags_of(ec2_backend.get_instance(iid))
+        except Exception:  # noqa: BLE001
+            tags = {}
+        if sim_tags.drops_running_event(tags):
+            lost = True
+        elif drops["instances"].get(iid, 0) > 0:
+            drops["instances"][iid] -= 1
+            lost = True
+        elif drops["next"] > 0:
+            drops["next"] -= 1
+            lost = True
+        else:
+            lost = False
+        if lost:
+            drops["dropped"].append({"instanceId": iid, "state": state, "time": time.time()})
+        else:
+            keep.append(iid)
+    return keep
+
+
+def drop_control(method: str, body: dict) -> dict:
+    """/_fleet/events/drop: lose EC2 "running" events, as EventBridge's best-effort delivery sometimes does.
+    POST {"count": n} loses the next n events of any instance; POST {"instanceIds": [...], "count": n} the next n
+    of each instance named (count defaults to 1; both add to what is pending). GET reads the pending counts and
+    the events lost so far; DELETE clears both. Events put with POST /_fleet/events/ec2-running are never lost."""
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[str(body.get("account") or "123456789012")][str(body.get("region") or "us-east-1")]
+    drops = _drops(backend)
+    if method == "POST":
+        count = body.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
+            raise ValueError("count must be a whole number from 1 to 1000000")
+        ids = body.get("instanceIds")
+        if ids is None:
+            drops["next"] += count
+        else:
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+                raise ValueError("instanceIds must be a non-empty list of instance ids")
+            for iid in ids:
+                drops["instances"][iid] = drops["instances"].get(iid, 0) + count
+    elif method == "DELETE":
+        drops.update(next=0, instances={}, dropped=[])
+    return {"next": drops["next"], "instances": {k: v for k, v in drops["instances"].items() if v},
+            "dropped": list(drops["dropped"])}
+
+
 def emit_state_change(ec2_backend, instance_ids: list[str], state: str = "running", force: bool = False) -> None:
     """Put EC2's state-change events on the default bus through the backend (as EC2 does; the PutEvents API
-    refuses "aws." sources from callers). force: even with FLEET_SIM_EC2_EVENTS=0 (an explicit request)."""
+    refuses "aws." sources from callers). force: even with FLEET_SIM_EC2_EVENTS=0 (an explicit request), and
+    never lost. Otherwise an event can be lost: see _lose_events."""
     if not instance_ids or not (force or _events_enabled()):
         return
+    if not force:
+        instance_ids = _lose_events(ec2_backend, instance_ids, state)
+        if not instance_ids:
+            return
     from moto.events.models import events_backends
 
     events = events_backends[ec2_backend.account_id][ec2_backend.region_name]
@@ -61,6 +126,8 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
             inst.launch_time = _dt.datetime.fromtimestamp(week_ago, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
             quiet.append(inst.id)
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
+    for inst in reservation.instances if name or arn else ():
+        inst._fleet_profile_at_launch = True   # its association dates from the launch (agent_credentials)
     if name or arn:
         # The RunInstances response handler associates instances[0] itself after this returns.
         for inst in reservation.instances[1:]:

@@ -19,8 +19,21 @@ INSTALL_SECONDS = PREFIX + "install-seconds"
 OUTCOME = PREFIX + "outcome"
 #: N: the first N SendCommand invocations on this instance fail (Failed); later ones use OUTCOME.
 FAIL_ATTEMPTS = PREFIX + "fail-attempts"
-#: "true": the agent is already installed and running; every install succeeds at once and says so.
+#: The security agent at launch: "true" installed and running (an install run verifies it: nothing to do);
+#: "stopped" installed but its service stopped (an install run starts it). Anything else: not installed.
+#: Once an install document has run on the instance (or /_fleet/agent/remove changed it), the simulation's own
+#: record of the agent wins over this tag.
 INSTALLED = PREFIX + "installed"
+#: "removed" or "stopped": the agent is lost once, right after the first install run on this instance that
+#: installed or started it (package removed, or service stopped, as an AMI refresh or a clean-up script would),
+#: so the next run finds drift. POST /_fleet/agent/remove does the same on request.
+AGENT_LOST = PREFIX + "agent-lost"
+#: N: the install path prints N more lines of package-manager output (default 0), as dnf or apt do; enough of
+#: them push the result line past the 2,400 characters of CommandPlugins[].Output (as the SSM Agent truncates it).
+INSTALL_OUTPUT_LINES = PREFIX + "install-output-lines"
+#: "true": EC2 emits no "running" state-change event for this instance (at launch, and at every start while the
+#: tag is set), as when EventBridge's best-effort delivery loses one. The instance is otherwise normal.
+DROP_RUNNING_EVENT = PREFIX + "drop-running-event"
 
 #: The SSM Agent version the instance starts with (default LATEST_AGENT_VERSION). Install documents that declare a
 #: parameter with interpolationType ENV_VAR fail (exit 2) below ENV_VAR_MIN_AGENT_VERSION; without an instance
@@ -40,7 +53,11 @@ EXIT_CODE = PREFIX + "exit-code"
 # RunInstances emits no "running" event for it and its launch time lies a week back.
 EXISTING = PREFIX + "existing"
 ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED, EXISTING,
-       AGENT_VERSION, AGENT_UPDATE, AGENT_UPDATE_SECONDS, AGENT_UPDATE_TO, EXIT_CODE)
+       AGENT_VERSION, AGENT_UPDATE, AGENT_UPDATE_SECONDS, AGENT_UPDATE_TO, EXIT_CODE, AGENT_LOST,
+       INSTALL_OUTPUT_LINES, DROP_RUNNING_EVENT)
+
+#: The security agent on an instance, as the install documents see it.
+AGENT_RUNNING, AGENT_STOPPED, AGENT_ABSENT = "running", "stopped", "absent"
 
 #: The current SSM Agent release: what a new instance runs, and the latest DescribeInstanceInformation knows of.
 LATEST_AGENT_VERSION = "3.3.3050.0"
@@ -98,8 +115,24 @@ def fail_attempts(tags: dict) -> int:
     return _int(tags.get(FAIL_ATTEMPTS), 0)
 
 
-def already_installed(tags: dict) -> bool:
-    return tags.get(INSTALLED, "false").strip().lower() == "true"
+def agent_at_launch(tags: dict) -> str:
+    """AGENT_RUNNING, AGENT_STOPPED or AGENT_ABSENT, from the INSTALLED tag."""
+    value = tags.get(INSTALLED, "").strip().lower()
+    return {"true": AGENT_RUNNING, "stopped": AGENT_STOPPED}.get(value, AGENT_ABSENT)
+
+
+def agent_lost(tags: dict) -> str | None:
+    """What the AGENT_LOST tag leaves after the first install: AGENT_ABSENT, AGENT_STOPPED, or None."""
+    value = tags.get(AGENT_LOST, "").strip().lower()
+    return {"removed": AGENT_ABSENT, "stopped": AGENT_STOPPED}.get(value)
+
+
+def install_output_lines(tags: dict) -> int:
+    return min(_int(tags.get(INSTALL_OUTPUT_LINES), 0), 100_000)
+
+
+def drops_running_event(tags: dict) -> bool:
+    return tags.get(DROP_RUNNING_EVENT, "").strip().lower() == "true"
 
 
 def platform(tags: dict, ec2_platform: str | None) -> tuple[str, str, str]:

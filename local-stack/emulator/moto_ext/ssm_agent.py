@@ -126,6 +126,8 @@ class Invocation:
     stdout: str | None = None    # when set: StandardOutputContent (else output), and stderr StandardErrorContent
     stderr: str = ""
     agent_version_after: str | None = None   # AWS-UpdateSSMAgent: the version the agent runs once this succeeds
+    result: str | None = None    # install documents, on success: the path taken (install_outcomes.RESULTS)
+    agent_after: str | None = None   # install documents: the security agent's state once this reaches `status`
 
 
 @dataclass
@@ -154,7 +156,13 @@ class SimState:
         self.registered_at: dict[str, float] = {}
         self.last_ping: dict[str, float] = {}
         self.sends: dict[str, int] = {}
-        self.installed: set[str] = set()
+        #: instance id -> the security agent's state (sim_tags.AGENT_*) once an install run or the agent control
+        #: changed it; until then the INSTALLED tag says
+        self.agent: dict[str, str] = {}
+        #: instances whose AGENT_LOST tag has taken effect (once per instance)
+        self.lost: set[str] = set()
+        #: install-document invocations whose effect on the agent is not applied yet (see apply_finished)
+        self.pending: list[tuple[Command, Invocation]] = []
         #: instance id -> [(command, invocation, version)] of AWS-UpdateSSMAgent runs, in send order
         self.upgrades: dict[str, list] = {}
         self.commands: list[Command] = []
@@ -194,15 +202,35 @@ def imdsv2_required(instance) -> bool:
     return getattr(getattr(instance, "metadata_options", None), "http_tokens", "optional") == "required"
 
 
-def dhmc_credentials(ssm_backend, instance, tags: dict, now: float) -> bool:
-    """Default Host Management Configuration: the agent of an instance without a profile gets credentials of
-    the setting's role when the role exists, IMDSv2 is required and the agent is 3.2.582.0 or later."""
-    from .ssm_settings import dhmc_role
+def dhmc_since(ssm_backend, instance, tags: dict, now: float) -> float | None:
+    """Default Host Management Configuration: the agent of an instance without a profile gets credentials of the
+    setting's role when the role exists and allows registering, IMDSv2 is required and the agent is 3.2.582.0 or
+    later. Since when (the latest of the setting's change, the role's grant, IMDSv2 required), or None."""
+    from .agent_credentials import role_allows
+    from .ssm_settings import dhmc_role, dhmc_set_at
 
-    if not imdsv2_required(instance) or dhmc_role(ssm_backend) is None:
-        return False
+    if not imdsv2_required(instance):
+        return None
+    role = dhmc_role(ssm_backend)
+    if role is None:
+        return None
+    allowed, since = role_allows(ssm_backend.account_id, role)
+    if not allowed:
+        return None
     version = current_agent_version(sim_state(ssm_backend), instance, tags, now)
-    return T.version_at_least(version, T.DHMC_MIN_AGENT_VERSION)
+    if not T.version_at_least(version, T.DHMC_MIN_AGENT_VERSION):
+        return None
+    return max(since, dhmc_set_at(ssm_backend), getattr(instance, "_fleet_imdsv2_at", 0.0))
+
+
+def credentials_since(ssm_backend, instance, tags: dict, now: float) -> float | None:
+    """Since when the instance's agent has credentials that may register (its profile's role, else DHMC's)."""
+    from .agent_credentials import profile_since
+
+    ec2 = _ec2(ssm_backend)
+    if has_instance_profile(ec2, instance):
+        return profile_since(ec2, instance)   # a profile's credentials win; DHMC serves instances without one
+    return dhmc_since(ssm_backend, instance, tags, now)
 
 
 # ----------------------------------------------------------------------------------- registration
@@ -213,15 +241,18 @@ def registration(ssm_backend, instance, now: float) -> str | None:
     if state in ("terminated", "shutting-down"):
         return None
     tags = T.tags_of(instance)
-    if not T.is_managed(tags) or not (has_instance_profile(_ec2(ssm_backend), instance)
-                                      or dhmc_credentials(ssm_backend, instance, tags, now)):
-        # no agent, or no role: real SSM never hears from it (an earlier registration goes stale)
+    since = credentials_since(ssm_backend, instance, tags, now) if T.is_managed(tags) else None
+    if since is None:
+        # no agent, or no credentials that may register: real SSM never hears from it (an earlier registration
+        # goes stale)
         return "ConnectionLost" if instance.id in st.registered_at else None
     with st.lock:
         if instance.id not in st.registered_at:
-            if state != "running" or now < launch_epoch(instance) + T.register_delay(tags):
+            # the agent registers register-delay seconds after it is up with usable credentials
+            at = max(launch_epoch(instance), since) + T.register_delay(tags)
+            if state != "running" or now < at:
                 return None
-            st.registered_at[instance.id] = launch_epoch(instance) + T.register_delay(tags)
+            st.registered_at[instance.id] = at
         if state == "running":
             st.last_ping[instance.id] = now
             return "Online"
@@ -479,29 +510,52 @@ def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]
                                                           T.ENV_VAR_MIN_AGENT_VERSION):
         # The agent does not set SSM_* variables: the script's parameter check fails before anything else.
         return _script_failure(iid, platform, n, min(dur, 0.2), 2, "", O.env_var_failure(platform), run, skipped)
-    if T.already_installed(tags) or iid in st.installed:
-        return Invocation(iid, platform, n, 0, 0.2, "Success", "Success", 0,
-                          f"{service} is already installed and running; nothing to do.", run, skipped)
     code = T.exit_code(tags)
     if T.fail_attempts_set(tags):
         outcome = "Failed" if n <= T.fail_attempts(tags) else T.outcome(tags)
     else:
         outcome = "Failed" if code is not None else T.outcome(tags)
+    if outcome == "Undeliverable":   # the agent never receives the command, whatever the document would do
+        return Invocation(iid, platform, n, 0, dur, "Failed", "Undeliverable", -1, "", run, skipped)
+    host = _host(instance, platform)
+    windows = platform[0] == "Windows"
+    # The documents check their parameters (and, on Windows, elevation) before they look at the agent.
+    if outcome == "Failed" and code in ((2, 3) if windows else (2,)):
+        stdout, message = O.failure(platform, code, parameters, host)
+        return _script_failure(iid, platform, n, min(dur, 0.2), code, stdout, message, run, skipped)
+    agent = agent_state(st, instance, tags)
+    if agent == T.AGENT_RUNNING:
+        # "already installed and running; nothing to do": the other failure tags describe the install path
+        return Invocation(iid, platform, n, 0, 0.2, "Success", "Success", 0,
+                          O.success(platform, "verified", parameters, host), run, skipped, result="verified")
+    if agent == T.AGENT_STOPPED:
+        # "installed but not running; starting it": only a service that does not start (7; on Windows also 10,
+        # a reboot pending) fails here
+        if outcome == "Failed" and code in ((7, 10) if windows else (7,)):
+            stdout, message = O.start_failure(platform, code, parameters, host)
+            inv = _script_failure(iid, platform, n, min(dur, 0.5), code, stdout, message, run, skipped)
+            inv.agent_after = T.AGENT_STOPPED
+            return inv
+        return Invocation(iid, platform, n, 0, min(dur, 0.5), "Success", "Success", 0,
+                          O.success(platform, "started", parameters, host), run, skipped, result="started",
+                          agent_after=T.AGENT_RUNNING)
     if outcome == "Success":
         return Invocation(iid, platform, n, 0, dur, "Success", "Success", 0,
-                          f"Downloaded installer, checksum verified.\n{service}: agent installed and running.", run, skipped)
+                          O.success(platform, "installed", parameters, host, T.install_output_lines(tags)),
+                          run, skipped, result="installed", agent_after=T.AGENT_RUNNING)
     if outcome == "Failed" and code not in (None, 1):
-        stdout, message = O.failure(platform, code, parameters, _host(instance, platform))
-        return _script_failure(iid, platform, n, dur, code, stdout, message, run, skipped)
+        stdout, message = O.failure(platform, code, parameters, host)
+        inv = _script_failure(iid, platform, n, dur, code, stdout, message, run, skipped)
+        if code == 7 or (windows and code == 10):
+            inv.agent_after = T.AGENT_STOPPED    # the package is installed; its service did not come up
+        return inv
     if outcome == "Failed":
         return Invocation(iid, platform, n, 0, dur, "Failed", "Failed", 1,
                           f"install failed: simulated failure (send {n} to {iid})\n"
                           f"failed to run commands: exit status 1", run, skipped)
-    if outcome == "TimedOut":
-        return Invocation(iid, platform, n, 0, dur, "TimedOut", "Execution Timed Out", -1,
-                          "install did not finish within the execution timeout; the agent stopped the script.",
-                          run, skipped)
-    return Invocation(iid, platform, n, 0, dur, "Failed", "Undeliverable", -1, "", run, skipped)
+    return Invocation(iid, platform, n, 0, dur, "TimedOut", "Execution Timed Out", -1,
+                      "install did not finish within the execution timeout; the agent stopped the script.",
+                      run, skipped)
 
 
 def _resolve_targets(backend, targets: list, now: float) -> list[str]:
@@ -582,6 +636,7 @@ def send_command_impl(backend, req: dict) -> Command:
             cmd.invocations[inv.instance_id] = inv
             if inv.agent_version_after:
                 st.upgrades.setdefault(inv.instance_id, []).append((cmd, inv, inv.agent_version_after))
+        _track(st, cmd)
         st.commands.append(cmd)
         st.by_id[cmd.command_id] = cmd
     return cmd
@@ -653,6 +708,11 @@ def command_view(st: SimState, cmd: Command, now: float, fresh: bool = False) ->
     return view
 
 
+def _streams(inv: Invocation) -> tuple[str, str]:
+    """(stdout, stderr) of a finished invocation."""
+    return (inv.output, "") if inv.stdout is None else (inv.stdout, inv.stderr)
+
+
 def _plugin_views(cmd: Command, inv: Invocation, now: float) -> list[dict]:
     status, details = inv_status(cmd, inv, now)
     final = status not in ACTIVE
@@ -660,7 +720,7 @@ def _plugin_views(cmd: Command, inv: Invocation, now: float) -> list[dict]:
     for name in inv.plugins:
         p = {"Name": name, "Status": status, "StatusDetails": details,
              "ResponseCode": inv.response_code if final else -1,
-             "Output": inv.output[-2500:] if final and status != "Cancelled" else "",
+             "Output": O.plugin_output(*_streams(inv)) if final and status != "Cancelled" else "",
              "StandardOutputUrl": "", "StandardErrorUrl": "",
              "OutputS3Region": cmd.output_s3.get("OutputS3Region") or "us-east-1",
              "OutputS3BucketName": cmd.output_s3.get("OutputS3BucketName") or "",
@@ -818,10 +878,11 @@ def get_command_invocation(self):
             "ExecutionElapsedTime": f"PT{elapsed:.3f}S",
             "ExecutionEndDateTime": _dt(cmd.requested + inv.end).isoformat() + "Z" if status not in ACTIVE else "",
             "Status": status, "StatusDetails": details,
-            "StandardOutputContent": (inv.output if inv.stdout is None else inv.stdout)[-24000:]
+            # the first characters of each stream, as SSM keeps them
+            "StandardOutputContent": _streams(inv)[0][:O.STDOUT_CONTENT]
             if status not in ACTIVE and status != "Cancelled" else "",
             "StandardOutputUrl": "", "StandardErrorContent": "" if status != "Failed" or not inv.response_code > 0
-            else (inv.stderr or f"failed to run commands: exit status {inv.response_code}")[-8000:],
+            else (inv.stderr or f"failed to run commands: exit status {inv.response_code}")[:O.STDERR_CONTENT],
             "StandardErrorUrl": "",
         }
         if cmd.cloudwatch:
@@ -845,31 +906,118 @@ def cancel_command(self):
     return ActionResult({})
 
 
-def successful_install_hook(st: SimState, cmd: Command, now: float) -> None:
-    """Remember installs that succeeded, so that a later send reports "already installed"."""
-    if cmd.document_name == UPDATE_AGENT_DOCUMENT:
-        return
-    for iid, inv in cmd.invocations.items():
-        if inv_status(cmd, inv, now)[0] == "Success" and inv.plugins:
-            st.installed.add(iid)
+def agent_state(st: SimState, instance, tags: dict | None = None) -> str:
+    """The security agent on the instance now (sim_tags.AGENT_*): the simulation's record once an install run or
+    the agent control changed it, else what the INSTALLED tag says. Call apply_finished first."""
+    state = st.agent.get(instance.id)
+    if state is not None:
+        return state
+    return T.agent_at_launch(T.tags_of(instance) if tags is None else tags)
 
 
-def _mark_installed(fn):
+def apply_finished(backend, now: float) -> None:
+    """Apply what finished install runs did to the agent, in the order they finished: a run that installed or
+    started it leaves it running (and then, once, what the AGENT_LOST tag says), a service that did not come up
+    leaves it stopped. A verification changes nothing. Runs still going stay pending."""
+    st = sim_state(backend)
+    with st.lock:
+        done, still = [], []
+        for cmd, inv in st.pending:
+            status = inv_status(cmd, inv, now)[0]
+            if status in ACTIVE:
+                still.append((cmd, inv))
+            elif status == inv.status:      # reached its planned end (not cancelled)
+                done.append((cmd.requested + inv.end, cmd, inv))
+        st.pending = still
+        if not done:
+            return
+        ec2 = _ec2(backend)
+        for _, cmd, inv in sorted(done, key=lambda d: d[0]):
+            st.agent[inv.instance_id] = inv.agent_after
+            if inv.result in ("installed", "started") and inv.instance_id not in st.lost:
+                try:
+                    lost = T.agent_lost(T.tags_of(ec2.get_instance_by_id(inv.instance_id)))
+                except Exception:  # noqa: BLE001 - an instance moto no longer knows
+                    lost = None
+                if lost:
+                    st.agent[inv.instance_id] = lost
+                    st.lost.add(inv.instance_id)
+
+
+def _track(st: SimState, cmd: Command) -> None:
+    for inv in cmd.invocations.values():
+        if inv.agent_after:
+            st.pending.append((cmd, inv))
+
+
+def _applying_finished(fn):
     def wrapper(self, *a, **kw):
-        st = sim_state(self.ssm_backend)
-        now = time.time()
-        with st.lock:
-            for cmd in st.commands[-500:]:
-                successful_install_hook(st, cmd, now)
+        apply_finished(self.ssm_backend, time.time())
         return fn(self, *a, **kw)
     wrapper.__name__ = fn.__name__
     return wrapper
 
 
+# ------------------------------------------------------------------------------- the agent control
+AGENT_MODES = {"removed": T.AGENT_ABSENT, "stopped": T.AGENT_STOPPED}
+
+
+def _agent_backend(body: dict):
+    from moto.ssm.models import ssm_backends
+
+    return ssm_backends[str(body.get("account") or "123456789012")][str(body.get("region") or "us-east-1")]
+
+
+def _known_instances(backend, ids) -> list:
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ValueError("instanceIds must be a non-empty list of instance ids")
+    ec2 = _ec2(backend)
+    found, missing = [], []
+    for iid in dict.fromkeys(ids):
+        try:
+            found.append(ec2.get_instance_by_id(iid))
+        except Exception:  # noqa: BLE001
+            missing.append(iid)
+    if missing:
+        raise ValueError(f"no such instances: {', '.join(missing)}")
+    return found
+
+
+def remove_agent(body: dict) -> dict:
+    """POST /_fleet/agent/remove {"instanceIds": [...], "mode": "removed" | "stopped"}: the security agent on
+    these instances is removed (package gone) or stopped (service stopped), as an AMI refresh in place, a package
+    clean-up or a vendor script would leave it. Install runs that finished before are applied first; a run still
+    going when this is called applies its own result when it ends (it started before the change)."""
+    mode = body.get("mode", "removed")
+    if mode not in AGENT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(AGENT_MODES)}, not {mode!r}")
+    backend = _agent_backend(body)
+    instances = _known_instances(backend, body.get("instanceIds"))
+    st = sim_state(backend)
+    with st.lock:
+        apply_finished(backend, time.time())
+        absent = [i.id for i in instances if agent_state(st, i) == T.AGENT_ABSENT]
+        if mode == "stopped" and absent:
+            raise ValueError(f"the agent is not installed on {', '.join(absent)}: it cannot be stopped")
+        for inst in instances:
+            st.agent[inst.id] = AGENT_MODES[mode]
+        return {"mode": mode, "agents": {i.id: st.agent[i.id] for i in instances}}
+
+
+def agent_states(body: dict) -> dict:
+    """GET /_fleet/agent?instanceIds=i-1,i-2: {"agents": {id: "running" | "stopped" | "absent"}}."""
+    backend = _agent_backend(body)
+    instances = _known_instances(backend, body.get("instanceIds"))
+    st = sim_state(backend)
+    with st.lock:
+        apply_finished(backend, time.time())
+        return {"agents": {i.id: agent_state(st, i) for i in instances}}
+
+
 def install() -> None:
-    # Mark installs before any send decides "already installed".
+    # Apply what finished runs did to the agent before a send decides which path the document takes.
     _Resp.describe_instance_information = describe_instance_information
-    _Resp.send_command = _mark_installed(send_command)
+    _Resp.send_command = _applying_finished(send_command)
     _Resp.list_commands = list_commands
     _Resp.list_command_invocations = list_command_invocations
     _Resp.get_command_invocation = get_command_invocation

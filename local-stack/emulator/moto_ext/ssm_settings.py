@@ -8,8 +8,9 @@ SettingValue has length 1 or more, so never ""), after an update ``Customized`` 
 Any other setting id: ``ServiceSettingNotFound``.
 
 With the setting naming a role that exists in IAM (``name`` or ``path/name``, e.g.
-``service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole``), ssm_agent registers instances without an
-instance profile that require IMDSv2 and run agent 3.2.582.0 or later (see :func:`dhmc_role`).
+``service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole``) and allows ssm:UpdateInstanceInformation,
+ssm_agent registers instances without an instance profile that require IMDSv2 and run agent 3.2.582.0 or later
+(see :func:`dhmc_role` and ssm_agent.dhmc_since).
 """
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ def dhmc_role(ssm_backend) -> str | None:
     if path and role.path != path:
         return None
     return role.name
+
+
+def dhmc_set_at(ssm_backend) -> float:
+    """When the DHMC setting was last updated (epoch seconds; 0.0 if never)."""
+    stored = _settings(ssm_backend).get(DHMC_SETTING_ID)
+    return stored["modified"].timestamp() if stored else 0.0
 
 
 def install() -> None:

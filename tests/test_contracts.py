@@ -143,7 +143,7 @@ def test_resume_after_redrive_can_reach_every_failing_step(asl):
     assert catching == resumable
 
 
-@pytest.mark.parametrize("asl_name", ["install.asl.json", "rollout.asl.json"])
+@pytest.mark.parametrize("asl_name", ["install.asl.json", "rollout.asl.json", "sweep.asl.json"])
 def test_state_names_read_as_actions_and_choices_as_questions(asl_name):
     for name, state in all_states(load_asl(ROOT / "statemachine" / asl_name)).items():
         assert name[0].isupper() and all(w[0].isupper() for w in name.split()), f"{name!r} is not Title Case"

@@ -150,7 +150,18 @@ def role_documents(role_logical: str, written_only: bool = False) -> list[dict]:
             docs.append(json.loads(doc) if isinstance(doc, str) else doc)
         elif not written_only:
             docs.append(aws_managed(arn))
+    # the template's managed policies that name the role (attached from the policy's side, e.g. to avoid a
+    # circular dependency)
+    for r in st.translated["Resources"].values():
+        if r["Type"] == "AWS::IAM::ManagedPolicy" and res_name(st, role_logical) in st.resolve(
+                (r.get("Properties") or {}).get("Roles") or []):
+            doc = st.resolve(r["Properties"]["PolicyDocument"])
+            docs.append(json.loads(doc) if isinstance(doc, str) else doc)
     return docs
+
+
+def res_name(st, role_logical: str) -> str:
+    return st.physical[role_logical]["RoleName"]
 
 
 def aws_managed(arn: str) -> dict:
@@ -182,6 +193,10 @@ def resources_for(action: str, spec: dict) -> list[str]:
         return docs + ["arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"]
     if action == "states:StartExecution":
         return [st.physical["InstallStateMachine"]["Arn"]]
+    if action == "states:DescribeExecution":
+        # the sweep reads only its own executions (the lock's holder)
+        name = st.physical["SweepStateMachine"]["Arn"].split(":")[-1]
+        return [f"arn:aws:states:us-east-1:123456789012:execution:{name}:holder"]
     if action.startswith("sqs:"):
         return [st.physical["InstallQueue"]["Arn"]]
     if action.startswith("logs:"):

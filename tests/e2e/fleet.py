@@ -52,9 +52,10 @@ class Stack:
         return self._ami
 
     def launch(self, count: int, tags: dict[str, str] | None = None, profile: bool = True,
-               imdsv2: bool | None = None) -> list[str]:
-        """imdsv2: True requires IMDSv2 tokens (HttpTokens required), False allows IMDSv1, None: EC2's default."""
-        args = dict(ImageId=self.ami, MinCount=count, MaxCount=count, InstanceType="t3.micro")
+               imdsv2: bool | None = None, image_id: str | None = None) -> list[str]:
+        """imdsv2: True requires IMDSv2 tokens (HttpTokens required), False allows IMDSv1, None: EC2's default.
+        image_id: the AMI (its platform and architecture are the instance's); default: a Linux one."""
+        args = dict(ImageId=image_id or self.ami, MinCount=count, MaxCount=count, InstanceType="t3.micro")
         if imdsv2 is not None:
             args["MetadataOptions"] = {"HttpTokens": "required" if imdsv2 else "optional", "HttpEndpoint": "enabled"}
         if tags:

@@ -111,6 +111,76 @@ def test_a_good_rollout_covers_every_target_exactly_once(stack):
     assert (ledger[opted[0]]["state"], ledger[opted[0]]["reasonCode"]) == ("skipped", "OptedOut")
 
 
+def family_images(stack) -> dict[str, str]:
+    """One AMI of each of three platform families, by what EC2 says of the AMI (not by what plan-rollout makes of
+    it): Linux/UNIX on x86_64, Linux/UNIX on arm64 (moto ships one), Windows on x86_64."""
+    images = stack.ec2.describe_images()["Images"]
+
+    def first(windows: bool, arch: str) -> str:
+        return next(i["ImageId"] for i in images
+                    if ((i.get("Platform") or "").lower() == "windows") == windows and i.get("Architecture") == arch)
+    return {"linux-x86_64": first(False, "x86_64"), "linux-arm64": first(False, "arm64"),
+            "windows-x86_64": first(True, "x86_64")}
+
+
+def test_the_canary_holds_every_platform_family_and_grows_when_they_outnumber_its_slots(stack):
+    """20 Linux x86_64 instances, 1 Linux arm64 and 1 Windows: a canary of 2 picked in shuffled order would
+    hold two Linux x86_64 instances almost every time. The canary grows to one instance per family (3), and
+    its install execution is what installed one instance of each family (read from the ledger)."""
+    images = family_images(stack)
+    tags = {"team": "families", "fleet-sim:existing": "true", "fleet-sim:install-seconds": "1"}
+    family_of = {}
+    for family, count in (("linux-x86_64", 20), ("linux-arm64", 1), ("windows-x86_64", 1)):
+        for i in stack.launch(count, tags, image_id=images[family]):
+            family_of[i] = family
+    name = "e2e-families"
+    r = cli(stack, "rollout", "--tag", "team=families", "--canary", "2", "--wave-size", "10", "--max-failure-ratio", "0.1",
+            "--pause", "0", "--name", name, "--wait", timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name
+    out = json.loads(stack.sfn.describe_execution(executionArn=arn)["output"])
+    assert [w["instances"] for w in out["waves"]] == [3, 10, 9], out["waves"]
+    # the canary's install execution (wave 0, chunk 0) claimed and installed one instance of each family
+    ledger = stack.ledger()
+    canary = [i for i in family_of if ledger.get(i, {}).get("executionArn", "").endswith(f":{name}-w0-c0")]
+    assert sorted(family_of[i] for i in canary) == ["linux-arm64", "linux-x86_64", "windows-x86_64"], canary
+    assert all(ledger[i]["state"] == "installed" for i in canary), [ledger[i] for i in canary]
+    assert all(ledger[i]["state"] == "installed" for i in family_of), "an instance was left out"
+    canary_run = [e for e in stack.executions() if e["name"] == f"{name}-w0-c0"]
+    assert len(canary_run) == 1 and canary_run[0]["status"] == "SUCCEEDED", canary_run
+    # the windows instance got the Windows document, the arm64 one the Linux document
+    documents = {family_of[i]: {c["DocumentName"] for c in stack.commands_for(i)} for i in canary}
+    assert documents["windows-x86_64"] == {stack.outputs["WindowsInstallDocumentName"]}, documents
+    assert documents["linux-arm64"] == documents["linux-x86_64"] == {stack.outputs["LinuxInstallDocumentName"]}, documents
+
+
+def test_the_rollout_lists_its_targets_across_invocations(stack):
+    """Listing pages across invocations, each bounded: the list state runs once per MAX_LIST_PAGES pages (the
+    template's 10 pages of 1,000 here; one invocation for this small fleet), returns the cursor and counts, and
+    the ids stay in the ledger (rollout#<name>#list#<n>), never in the payload."""
+    ids = existing_fleet(stack, 5, "listing", **{"fleet-sim:install-seconds": "1"})
+    opted = existing_fleet(stack, 2, "listing", **{"fleet-install:opt-out": "true"})
+    name = "e2e-listing"
+    r = cli(stack, "rollout", "--tag", "team=listing", "--canary", "1", "--wave-size", "4", "--pause", "0",
+            "--name", name, "--wait", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    arn = stack.outputs["RolloutStateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name
+    events = stack.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+    listed = [json.loads(e["stateExitedEventDetails"]["output"]) for e in events
+              if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == "List Target Instances"]
+    assert len(listed) == 1, listed
+    assert listed[0]["maxPages"] == 10 and listed[0]["pagesRead"] == 1 and listed[0]["more"] is False, listed
+    assert listed[0]["listing"] == {"nextToken": None, "pages": 1, "targets": 5, "optedOut": 2}, listed
+    assert not any(i in json.dumps(listed) for i in ids + opted), "instance ids travelled in the payload"
+    page = stack.ddb.get_item(TableName=stack.outputs["LedgerTableName"],
+                              Key={"instanceId": {"S": f"rollout#{name}#list#0"}}, ConsistentRead=True)["Item"]
+    assert "state" not in page and "expiresAt" in page
+    assert sorted(v["S"] for ids_ in page["targets"]["M"].values() for v in ids_["L"]) == sorted(ids)
+    ledger = stack.ledger()
+    assert all(ledger[i]["state"] == "installed" for i in ids)
+    assert {ledger[i]["reasonCode"] for i in opted} == {"OptedOut"}
+
+
 def test_a_rollout_named_with_multibyte_characters_runs(stack):
     """Names are cut at character boundaries: a long multibyte rollout name once panicked plan-rollout (byte
     slicing; release builds abort on panic). 78 characters, 2 or 3 bytes each: every chunk's child

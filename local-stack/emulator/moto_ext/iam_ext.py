@@ -324,8 +324,32 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
         if params.get("Name") or params.get("Rule"):
             return [(f"events:{op}", f"arn:{part}:events:{region}:{account}:rule/{params.get('Name') or params.get('Rule')}", ctx)]
         return [(f"events:{op}", "*", ctx)]
+    if service == "ec2" and op in ("RunInstances", "AssociateIamInstanceProfile",
+                                   "ReplaceIamInstanceProfileAssociation"):
+        # giving an instance a profile passes its role to EC2: iam:PassRole on the role, as AWS requires
+        out = [(f"ec2:{op}", "*", ctx)]
+        for role_arn in _profile_role_arns(account, params.get("IamInstanceProfile.Name"),
+                                           params.get("IamInstanceProfile.Arn")):
+            out.append(("iam:PassRole", role_arn, {"iam:PassedToService": "ec2.amazonaws.com"}))
+        return out
     prefix = {"ec2": "ec2", "logs": "logs", "cloudformation": "cloudformation"}.get(service, service)
     return [(f"{prefix}:{op}", "*", ctx)]
+
+
+def _profile_role_arns(account: str, name: str | None, arn: str | None) -> list[str]:
+    """The role ARNs of an instance profile given by name or ARN ([] if none given or it does not exist: EC2
+    refuses the request itself then)."""
+    from moto.iam.models import iam_backends
+
+    if not name and not arn:
+        return []
+    if not name:
+        name = str(arn).rsplit("/", 1)[-1]
+    try:
+        profile = iam_backends[account]["aws"].get_instance_profile(name)
+    except Exception:  # noqa: BLE001
+        return []
+    return [r.arn for r in profile.roles]
 
 
 def _role_arn(account: str, role_name: str) -> str:

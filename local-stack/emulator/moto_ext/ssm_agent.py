@@ -975,9 +975,13 @@ def _known_instances(backend, ids) -> list:
     found, missing = [], []
     for iid in dict.fromkeys(ids):
         try:
-            found.append(ec2.get_instance_by_id(iid))
+            inst = ec2.get_instance_by_id(iid)
         except Exception:  # noqa: BLE001
+            inst = None
+        if inst is None:
             missing.append(iid)
+        else:
+            found.append(inst)
     if missing:
         raise ValueError(f"no such instances: {', '.join(missing)}")
     return found

@@ -52,9 +52,14 @@ class Stack:
         return self._ami
 
     def launch(self, count: int, tags: dict[str, str] | None = None, profile: bool = True,
-               imdsv2: bool | None = None, image_id: str | None = None) -> list[str]:
+               imdsv2: bool | None = None, image_id: str | None = None,
+               drop_running_event: bool = False) -> list[str]:
         """imdsv2: True requires IMDSv2 tokens (HttpTokens required), False allows IMDSv1, None: EC2's default.
-        image_id: the AMI (its platform and architecture are the instance's); default: a Linux one."""
+        image_id: the AMI (its platform and architecture are the instance's); default: a Linux one.
+        drop_running_event: EC2's "running" event of these instances is lost (tag fleet-sim:drop-running-event),
+        as EventBridge's best-effort delivery can lose one; the instances are otherwise normal."""
+        if drop_running_event:
+            tags = {**(tags or {}), "fleet-sim:drop-running-event": "true"}
         args = dict(ImageId=image_id or self.ami, MinCount=count, MaxCount=count, InstanceType="t3.micro")
         if imdsv2 is not None:
             args["MetadataOptions"] = {"HttpTokens": "required" if imdsv2 else "optional", "HttpEndpoint": "enabled"}
@@ -143,6 +148,41 @@ class Stack:
 
     def clear_faults(self) -> None:
         requests.delete(f"{self.endpoint}/_fleet/faults", timeout=10)
+
+    # --- drift, lost events, late credentials (the local stack's simulation) -----------------
+    def remove_agent(self, ids: list[str], mode: str = "removed") -> dict[str, str]:
+        """The security agent on these instances is lost after its install: "removed" (package gone; the next
+        install run takes the document's install path) or "stopped" (service stopped; the next run starts it).
+        Returns {instance id: "absent" | "stopped"}."""
+        r = requests.post(f"{self.endpoint}/_fleet/agent/remove", json={"instanceIds": list(ids), "mode": mode},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["agents"]
+
+    def agent_states(self, ids: list[str]) -> dict[str, str]:
+        """{instance id: "running" | "stopped" | "absent"}: the simulated security agent now."""
+        r = requests.get(f"{self.endpoint}/_fleet/agent", params={"instanceIds": ",".join(ids)}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["agents"]
+
+    def associate_profile(self, instance_id: str, profile: str | None = None) -> str:
+        """Associate an instance profile with a running instance (default: the stack's SimInstanceProfileName,
+        whose role allows SSM), as the account's root; the simulated SSM Agent registers register-delay seconds
+        later, as a real one does once credentials appear. Returns the association id."""
+        name = profile or self.outputs["SimInstanceProfileName"]
+        out = self.ec2.associate_iam_instance_profile(InstanceId=instance_id, IamInstanceProfile={"Name": name})
+        return out["IamInstanceProfileAssociation"]["AssociationId"]
+
+    def drop_running_events(self, count: int = 1, ids: list[str] | None = None) -> None:
+        """Lose the next `count` EC2 "running" events (of any instance, or of each of `ids`)."""
+        body = {"count": count, **({"instanceIds": list(ids)} if ids else {})}
+        requests.post(f"{self.endpoint}/_fleet/events/drop", json=body, timeout=10).raise_for_status()
+
+    def dropped_running_events(self) -> list[str]:
+        """The instance ids whose "running" event was lost so far, in order."""
+        r = requests.get(f"{self.endpoint}/_fleet/events/drop", timeout=10)
+        r.raise_for_status()
+        return [d["instanceId"] for d in r.json()["dropped"]]
 
 
 def moto_endpoint() -> str:

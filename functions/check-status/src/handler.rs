@@ -49,6 +49,18 @@ pub struct Response {
     /// The pending instances given, and those whose agent update succeeded in this check.
     pub pending: Vec<String>,
     pub agent_updated: Vec<AgentUpdated>,
+    /// What this check recorded (not the execution's running total): published as metrics.
+    #[serde(skip)]
+    pub recorded: Recorded,
+}
+
+/// Outcomes one check wrote to the ledger.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Installed now (a fresh install, or a drift put back; not a verification that found it there).
+    pub installed: u64,
+    pub failed: u64,
+    pub drift_repaired: u64,
 }
 
 /// (route, document, version, parameters, minimum agent, next attempt): instances that can share a resend.
@@ -323,7 +335,19 @@ pub async fn handle(
     let result = ledger::write_all(db, table, &req.execution, writes).await?;
     let refused: std::collections::HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
     let mut summary = req.summary;
+    let mut recorded = Recorded::default();
     for f in &finals {
+        if !refused.contains(f.instance.instance_id.as_str()) {
+            match (f.state, f.code) {
+                (LedgerState::Installed, ReasonCode::Verified) => {}
+                (LedgerState::Installed, code) => {
+                    recorded.installed += 1;
+                    recorded.drift_repaired += u64::from(code == ReasonCode::DriftRepaired);
+                }
+                (LedgerState::Failed, _) => recorded.failed += 1,
+                _ => {}
+            }
+        }
         if refused.contains(f.instance.instance_id.as_str()) {
             // A newer run took the instance over: its outcome is that run's to record.
             summary.add(DUPLICATE, Some(&f.instance.platform), ReasonCode::SupersededByNewerRun);
@@ -380,6 +404,7 @@ pub async fn handle(
         finished,
         pending,
         agent_updated,
+        recorded,
     })
 }
 

@@ -217,7 +217,9 @@ pub const METRIC_OLDEST_HOURS: &str = "OldestNonCompliantHours";
 pub const METRIC_RUNNING: &str = "RunningInstances";
 pub const METRIC_COMPLIANT: &str = "CompliantInstances";
 pub const METRIC_NOT_COMPLIANT: &str = "NonCompliantInstances";
+/// Drift put back, counted by check-status as it happens (the sweep's own total is SweepDriftRepaired).
 pub const METRIC_DRIFT_REPAIRED: &str = "DriftRepaired";
+pub const METRIC_SWEEP_DRIFT_REPAIRED: &str = "SweepDriftRepaired";
 pub const METRIC_SENT: &str = "SweepInstancesSent";
 
 /// The Embedded Metric Format documents for one sweep: the totals (dimension Stack), and the
@@ -248,7 +250,7 @@ pub fn emf_documents(
             (METRIC_RUNNING, "Count"),
             (METRIC_COMPLIANT, "Count"),
             (METRIC_NOT_COMPLIANT, "Count"),
-            (METRIC_DRIFT_REPAIRED, "Count"),
+            (METRIC_SWEEP_DRIFT_REPAIRED, "Count"),
             (METRIC_SENT, "Count"),
         ]),
         "Stack": stack,
@@ -257,7 +259,7 @@ pub fn emf_documents(
         METRIC_RUNNING: tally.running,
         METRIC_COMPLIANT: tally.count(COMPLIANT),
         METRIC_NOT_COMPLIANT: tally.count(NOT_COMPLIANT),
-        METRIC_DRIFT_REPAIRED: drift_repaired,
+        METRIC_SWEEP_DRIFT_REPAIRED: drift_repaired,
         METRIC_SENT: sent,
     })];
     for (reason, count) in &tally.by_reason {
@@ -269,6 +271,38 @@ pub fn emf_documents(
         }));
     }
     docs
+}
+
+/// Metric names check-status publishes per check (namespace FleetInstall, dimension Stack).
+pub const METRIC_INSTALLED: &str = "InstancesInstalled";
+pub const METRIC_FAILED: &str = "InstancesFailed";
+
+/// The Embedded Metric Format document for one check's outcomes.
+pub fn emf_outcomes(
+    stack: &str,
+    now: DateTime<Utc>,
+    installed: u64,
+    failed: u64,
+    drift_repaired: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": METRIC_NAMESPACE,
+                "Dimensions": [["Stack"]],
+                "Metrics": [
+                    {"Name": METRIC_INSTALLED, "Unit": "Count"},
+                    {"Name": METRIC_FAILED, "Unit": "Count"},
+                    {"Name": METRIC_DRIFT_REPAIRED, "Unit": "Count"},
+                ],
+            }],
+        },
+        "Stack": stack,
+        METRIC_INSTALLED: installed,
+        METRIC_FAILED: failed,
+        METRIC_DRIFT_REPAIRED: drift_repaired,
+    })
 }
 
 #[cfg(test)]
@@ -407,7 +441,7 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], METRIC_NAMESPACE);
         assert_eq!(docs[0][METRIC_RATIO], 0.5);
-        assert_eq!(docs[0][METRIC_DRIFT_REPAIRED], 3);
+        assert_eq!(docs[0][METRIC_SWEEP_DRIFT_REPAIRED], 3);
         assert_eq!(docs[0]["Stack"], "fleet");
         // every metric named in the metadata is a member of the document
         for d in &docs {
@@ -416,6 +450,11 @@ mod tests {
             }
         }
         assert_eq!(docs[1]["Reason"], "NeverSeen");
+        let o = emf_outcomes("fleet", t("2026-11-02T00:00:00Z"), 5, 1, 2);
+        for m in o["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap() {
+            assert!(o.get(m["Name"].as_str().unwrap()).is_some());
+        }
+        assert_eq!(o[METRIC_INSTALLED], 5);
         assert_eq!(docs[1][METRIC_NOT_COMPLIANT], 1);
     }
 }

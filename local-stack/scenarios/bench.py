@@ -11,6 +11,11 @@
 5. a 100,000-target rollout (installs simulated instantly, see scale.py): the largest payload and history;
 6. a table of every figure against its target on stdout, and target/bench/report.json.
 
+A scenario that fails (an exception, a settle that times out, a rollout that does not succeed) is listed under
+"failed" in the report and as FAILED in the table, its figures are absent (never another scenario's in their
+place: each figure is keyed by the scenario that measured it), the other scenarios still run, and the exit status
+is 1.
+
     .venv/bin/python local-stack/scenarios/bench.py [--skip-functions] [--runs 5] [--rollout 10000] [--scale 100000]
 
 The API floor of an operation is ceil(items / per-call limit), where items is what the calls carried, counted
@@ -228,6 +233,65 @@ def rollout(stack: Stack, n: int) -> dict:
     }
 
 
+class ScenarioFailed(Exception):
+    """A scenario that ran to its end without the outcome it measures (e.g. a rollout that did not succeed)."""
+
+
+def run_scenario(report: dict, name: str, fn) -> dict | None:
+    """Run one scenario: its figures go to report[name]; if it fails (any exception, or SystemExit from a wait that
+    gave up), report["failed"][name] says why and report[name] stays absent."""
+    try:
+        figures = fn()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure of a scenario is reported, not raised
+        reason = str(e) or type(e).__name__
+        log(f"{name}: FAILED: {reason}")
+        report.setdefault("failed", {})[name] = reason[:2000]
+        report.pop(name, None)
+        return None
+    report[name] = figures
+    return figures
+
+
+def scale_scenario(stack: Stack, targets: int) -> dict:
+    """The rollout at scale: its figures, or ScenarioFailed when the rollout did not succeed."""
+    s = scale.rollout_at_scale(stack, targets=targets, log=log)
+    s.pop("instanceIds", None)
+    if s.get("status") != "SUCCEEDED":
+        raise ScenarioFailed(f"the {targets:,}-target rollout ended {s.get('status')}: {s.get('error')}: "
+                             f"{(s.get('cause') or '')[:500]}")
+    return s
+
+
+def summarize(report: dict) -> dict:
+    """The report's summary keys, each from the scenarios that succeeded, keyed by scenario: a failed scenario's
+    figures are absent, never replaced by another scenario's."""
+    ran = [k for k in ("burst", "rollout") if k in report]
+    report["api_calls"] = {k: report[k]["api"]["byOperation"] for k in ran}
+    report["api_calls_ratio"] = {k: report[k]["api"]["ratio"] for k in ran}
+    report["transitions_per_instance"] = {k: report[k]["transitionsPerInstance"] for k in ran}
+    report["usd_per_1000_instances"] = {k: report[k]["cost"]["usdPer1000Instances"] for k in ran}
+    report["max_payload_bytes"] = {k: report[k]["maxPayloadBytes"] for k in ("burst", "rollout", "scale") if k in report}
+    report["max_history_events"] = {}
+    if "burst" in report:
+        report["max_history_events"]["burst"] = report["burst"]["maxHistoryEvents"]
+    if "rollout" in report:
+        r = report["rollout"]
+        report["max_history_events"]["rollout"] = max(r["rolloutHistoryEvents"], r["installMaxHistoryEvents"])
+    if "scale" in report:
+        report["max_history_events"]["scale"] = report["scale"]["maxHistoryEvents"]
+    if "burst" in report:
+        report["demo_seconds"] = report["burst"]["seconds"]
+    else:
+        report.pop("demo_seconds", None)
+    report["targets"] = {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()}
+    return report
+
+
+def exit_status(report: dict) -> int:
+    """1 when any scenario failed."""
+    return 1 if report.get("failed") else 0
+
+
 def check(name: str, value) -> str:
     if value is None:
         return "n/a"
@@ -256,14 +320,27 @@ def table(report: dict) -> str:
         row("usd_per_1000_instances, burst", "usd", f"{b['cost']['usdPer1000Instances']:.4f}")
     if r:
         row("usd_per_1000_instances, rollout", "usd", f"{r['cost']['usdPer1000Instances']:.4f}")
-    if report.get("max_payload_bytes") is not None:
-        row(f"max_payload_bytes, {report['scale']['targets']:,} targets", "max_payload_bytes", report["max_payload_bytes"])
-        row(f"max_history_events, {report['scale']['targets']:,} targets", "max_history_events", report["max_history_events"])
+    payload, history = report.get("max_payload_bytes") or {}, report.get("max_history_events") or {}
+    if r and "rollout" in payload:
+        row(f"max_payload_bytes, {r['instances']:,} rollout", "max_payload_bytes", payload["rollout"])
+        row(f"max_history_events, {r['instances']:,} rollout", "max_history_events", history["rollout"])
+    sc = report.get("scale")
+    if sc and "scale" in payload:
+        row(f"max_payload_bytes, {sc['targets']:,} targets", "max_payload_bytes", payload["scale"])
+        row(f"max_history_events, {sc['targets']:,} targets", "max_history_events", history["scale"])
+        if sc.get("listInvocations"):
+            rows.append((f"list pages per invocation, {sc['targets']:,} targets",
+                         f"<= {sc['maxListPagesPerInvocation']} ({sc['listInvocations']} invocations, "
+                         f"{sc['listSeconds']} s)", f"<= {sc['listMaxPages']}",
+                         "met" if sc["maxListPagesPerInvocation"] <= sc["listMaxPages"] else "MISSED"))
     for fn, f in sorted((report.get("functions") or {}).items()):
         row(f"init_ms {fn}", "init_ms", f["init_ms"])
         row(f"rss_mb {fn}", "rss_mb", f["rss_mb"])
     if report.get("demo_seconds") is not None:
         rows.append(("demo_seconds (1,100 burst)", f"{report['demo_seconds']}", "", ""))
+    for name, reason in sorted((report.get("failed") or {}).items()):
+        first = reason.splitlines()[0] if reason else ""
+        rows.append((f"{name} scenario", "FAILED", "", first[:160]))
     widths = [max(len(str(x[i])) for x in rows) for i in range(4)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(x, widths)).rstrip() for x in rows)
 
@@ -282,53 +359,49 @@ def main(argv=None) -> int:
         import bench_functions
 
         log("init_ms and rss_mb of every function (release builds)")
-        measured = bench_functions.measure(runs=args.runs, build=True)
-        report["functions"] = measured["functions"]
-        report["init_ms"] = {fn: f["init_ms"] for fn, f in measured["functions"].items()}
-        report["rss_mb"] = {fn: f["rss_mb"] for fn, f in measured["functions"].items()}
+        measured = run_scenario(report, "functions",
+                                lambda: bench_functions.measure(runs=args.runs, build=True)["functions"])
+        if measured is not None:
+            report["init_ms"] = {fn: f["init_ms"] for fn, f in measured.items()}
+            report["rss_mb"] = {fn: f["rss_mb"] for fn, f in measured.items()}
 
+    scenarios = [(name, n) for name, n in (("burst", args.burst), ("rollout", args.rollout), ("scale", args.scale)) if n]
     started = False
     try:
         log("starting the local stack")
         # A batching window long enough to gather the whole burst, as the deployed 180 s window does.
-        subprocess.run(RUN + ["up", "--build", "--param", "BatchWindowSeconds=20"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        up = subprocess.run(RUN + ["up", "--build", "--param", "BatchWindowSeconds=20"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL)
         started = True
-        stack = Stack(f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5055')}", access_key="fleet-bench")
-        if args.burst:
-            log(f"a {args.burst:,}-instance launch burst")
-            report["burst"] = burst(stack, args.burst)
-            report["demo_seconds"] = report["burst"]["seconds"]
-        if args.rollout:
-            log(f"a {args.rollout:,}-instance rollout with real installs")
-            report["rollout"] = rollout(stack, args.rollout)
-        if args.scale:
-            log(f"a {args.scale:,}-target rollout, installs simulated instantly")
-            s = scale.rollout_at_scale(stack, targets=args.scale, log=log)
-            s.pop("instanceIds")
-            report["scale"] = s
-            candidates = [s["maxPayloadBytes"]] + ([report["rollout"]["installMaxPayloadBytes"]] if args.rollout else [])
-            report["max_payload_bytes"] = max(candidates)
-            report["max_history_events"] = max([s["maxHistoryEvents"]] + ([report["rollout"]["installMaxHistoryEvents"]] if args.rollout else []))
+        if up.returncode != 0:
+            for name, _ in scenarios:
+                report.setdefault("failed", {})[name] = f"the local stack did not start (run.py up exited {up.returncode})"
+            scenarios = []
+        stack = Stack(f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5055')}", access_key="fleet-bench") \
+            if scenarios else None
+        for name, n in scenarios:
+            if name == "burst":
+                log(f"a {n:,}-instance launch burst")
+                run_scenario(report, "burst", lambda: burst(stack, n))
+            elif name == "rollout":
+                log(f"a {n:,}-instance rollout with real installs")
+                run_scenario(report, "rollout", lambda: rollout(stack, n))
+            else:
+                log(f"a {n:,}-target rollout, installs simulated instantly")
+                run_scenario(report, "scale", lambda: scale_scenario(stack, n))
     finally:
         if started:
             subprocess.run(RUN + ["down"], cwd=ROOT, stdout=subprocess.DEVNULL)
 
-    api = {}
-    for k in ("burst", "rollout"):
-        if k in report:
-            api[k] = report[k]["api"]["byOperation"]
-    report["api_calls"] = api
-    report["api_calls_ratio"] = {k: report[k]["api"]["ratio"] for k in ("burst", "rollout") if k in report}
-    report["transitions_per_instance"] = {k: report[k]["transitionsPerInstance"] for k in ("burst", "rollout") if k in report}
-    report["usd_per_1000_instances"] = {k: report[k]["cost"]["usdPer1000Instances"] for k in ("burst", "rollout") if k in report}
-    report["targets"] = {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()}
+    summarize(report)
     os.makedirs(os.path.dirname(REPORT), exist_ok=True)
     with open(REPORT, "w") as f:
         json.dump(report, f, indent=2)
     print(table(report))
     print(f"\nReport: {os.path.relpath(REPORT, ROOT)}")
-    return 0
+    if report.get("failed"):
+        print(f"FAILED scenarios: {', '.join(sorted(report['failed']))} (their figures are absent)")
+    return exit_status(report)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_sfn::types::ExecutionStatus;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use fleet_core::model::LedgerState;
 use serde::Serialize;
 use serde_json::json;
 
@@ -280,7 +281,7 @@ pub async fn reinstall(
     progress: Progress,
 ) -> Result<ReplayReport> {
     progress.update("reading failed instances from the ledger");
-    let mut ids: Vec<String> = query_by_state(db, table, "failed", failed_since)
+    let mut ids: Vec<String> = query_by_state(db, table, LedgerState::Failed, failed_since)
         .await?
         .into_iter()
         .map(|r| r.instance_id)

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context as _, Result};
 use aws_sdk_sfn::operation::describe_execution::{DescribeExecutionError, DescribeExecutionOutput};
 use aws_sdk_sfn::types::HistoryEvent;
-use fleet_core::model::Summary;
+use fleet_core::model::{LedgerState, Summary};
 use fleet_core::rollout::WaveResult;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::StatusArgs;
 use crate::context::{Context, Report, StackOutputs};
-use crate::ledger::{scan_by_execution, ExecutionFilter, LedgerRow};
+use crate::ledger::{scan_by_execution, state_label, ExecutionFilter, LedgerRecord};
 use crate::table::{key_values, section, Table};
 
 /// The rollout workflow's state whose task output carries each wave's result.
@@ -49,7 +49,7 @@ pub struct AgentRow {
 }
 
 /// Count the ledger's AgentTooOld and AgentUpdated instances by platform ("unknown" without one).
-pub fn agent_rows(rows: &[LedgerRow]) -> Vec<AgentRow> {
+pub fn agent_rows(rows: &[LedgerRecord]) -> Vec<AgentRow> {
     let mut by: BTreeMap<String, AgentRow> = BTreeMap::new();
     for r in rows {
         let code = r.reason_code.as_deref().unwrap_or_default();
@@ -82,7 +82,7 @@ pub struct LedgerSection {
     pub by_state: BTreeMap<String, u64>,
     /// Instances whose SSM Agent was too old (AgentTooOld) or updated (AgentUpdated), by platform.
     pub agent: Vec<AgentRow>,
-    pub failed: Vec<LedgerRow>,
+    pub failed: Vec<LedgerRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -526,10 +526,10 @@ pub async fn report(
         ExecutionFilter::Prefix(p) => format!("{p}*"),
     };
     for row in &rows {
-        *r.ledger.by_state.entry(row.state.clone()).or_default() += 1;
+        *r.ledger.by_state.entry(state_label(row).to_string()).or_default() += 1;
     }
     r.ledger.agent = agent_rows(&rows);
-    r.ledger.failed = rows.into_iter().filter(|row| row.state == "failed").collect();
+    r.ledger.failed = rows.into_iter().filter(|row| row.is(LedgerState::Failed)).collect();
     r.ledger.failed.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     Ok(r)
 }
@@ -644,9 +644,9 @@ mod tests {
                 execution_filter: "arn:aws:states:eu-west-1:1:execution:Install:rollout-20261125T180000-w*".into(),
                 by_state: BTreeMap::from([("failed".into(), 3), ("installed".into(), 7)]),
                 agent: vec![],
-                failed: vec![LedgerRow {
+                failed: vec![LedgerRecord {
                     instance_id: "i-0123456789abcdef0".into(),
-                    state: "failed".into(),
+                    state: Some(LedgerState::Failed),
                     reason_code: Some("CommandFailed".into()),
                     reason: Some("exit code 5: checksum mismatch".into()),
                     platform: Some("Ubuntu".into()),
@@ -681,7 +681,7 @@ mod tests {
 
         let arn = "arn:aws:states:r:1:execution:Install:run-1";
         let touched = |mut i: crate::ledger::Item| {
-            i.insert("executionArn".into(), AttributeValue::S(arn.into()));
+            i.insert(crate::ledger::attr::EXECUTION_ARN.into(), AttributeValue::S(arn.into()));
             i
         };
         let scan = mock!(aws_sdk_dynamodb::Client::scan)
@@ -695,7 +695,10 @@ mod tests {
                         "2026-11-25T01:00:00.000Z",
                     )))
                     .items(touched(item("batch#linux-doc-1", "failed", "2026-11-25T01:00:00.000Z")))
-                    .last_evaluated_key("instanceId", AttributeValue::S("batch#linux-doc-1".into()))
+                    .last_evaluated_key(
+                        crate::ledger::attr::INSTANCE_ID,
+                        AttributeValue::S("batch#linux-doc-1".into()),
+                    )
                     .build()
             })
             .output(move || {
@@ -764,9 +767,9 @@ mod tests {
         let arn = "arn:aws:states:r:1:execution:Install:run-2";
         let row = |id: &str, state: &str, code: &str, platform: &str| {
             let mut i = item(id, state, "2026-11-25T01:00:00.000Z");
-            i.insert("executionArn".into(), AttributeValue::S(arn.into()));
-            i.insert("reasonCode".into(), AttributeValue::S(code.into()));
-            i.insert("platform".into(), AttributeValue::S(platform.into()));
+            i.insert(crate::ledger::attr::EXECUTION_ARN.into(), AttributeValue::S(arn.into()));
+            i.insert(crate::ledger::attr::REASON_CODE.into(), AttributeValue::S(code.into()));
+            i.insert(crate::ledger::attr::PLATFORM.into(), AttributeValue::S(platform.into()));
             i
         };
         let scan = mock!(aws_sdk_dynamodb::Client::scan).then_output(move || {

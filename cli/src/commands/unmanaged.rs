@@ -1,22 +1,23 @@
 //! `unmanaged`: the instances the ledger records as unmanaged or skipped, with the reason.
 
 use anyhow::Result;
+use fleet_core::model::LedgerState;
 use serde::Serialize;
 
 use crate::args::since;
 use crate::cli::UnmanagedArgs;
 use crate::context::{Context, Report};
-use crate::ledger::{query_by_state, LedgerRow};
+use crate::ledger::{query_by_state, LedgerRecord};
 use crate::table::{section, Table};
 
-pub const STATES: [&str; 2] = ["unmanaged", "skipped"];
+pub const STATES: [LedgerState; 2] = [LedgerState::Unmanaged, LedgerState::Skipped];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnmanagedReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
-    pub instances: Vec<LedgerRow>,
+    pub instances: Vec<LedgerRecord>,
 }
 
 impl Report for UnmanagedReport {
@@ -33,7 +34,7 @@ impl Report for UnmanagedReport {
         for r in &self.instances {
             t.row([
                 r.instance_id.clone(),
-                r.state.clone(),
+                crate::ledger::state_label(r).to_string(),
                 r.reason_code.clone().unwrap_or_default(),
                 r.platform.clone().unwrap_or_default(),
                 r.created_at.clone().unwrap_or_default(),
@@ -77,15 +78,16 @@ pub async fn unmanaged(db: &aws_sdk_dynamodb::Client, table: &str, since: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::attr;
     use crate::ledger::tests::item;
     use aws_sdk_dynamodb::operation::query::QueryOutput;
     use aws_sdk_dynamodb::types::AttributeValue;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     fn with_reason(mut i: crate::ledger::Item, code: &str, reason: &str) -> crate::ledger::Item {
-        i.insert("reasonCode".into(), AttributeValue::S(code.into()));
-        i.insert("reason".into(), AttributeValue::S(reason.into()));
-        i.insert("platform".into(), AttributeValue::S("Linux/UNIX".into()));
+        i.insert(attr::REASON_CODE.into(), AttributeValue::S(code.into()));
+        i.insert(attr::REASON.into(), AttributeValue::S(reason.into()));
+        i.insert(attr::PLATFORM.into(), AttributeValue::S("Linux/UNIX".into()));
         i
     }
 
@@ -113,7 +115,10 @@ mod tests {
                         "NoInstanceProfile",
                         "no IAM instance profile",
                     ))
-                    .last_evaluated_key("instanceId", AttributeValue::S("i-0000000000000000a".into()))
+                    .last_evaluated_key(
+                        crate::ledger::attr::INSTANCE_ID,
+                        AttributeValue::S("i-0000000000000000a".into()),
+                    )
                     .build()
             })
             .output(|| {
@@ -125,7 +130,10 @@ mod tests {
                         "AgentNotReporting",
                         "SSM agent never registered\nafter 900s",
                     ))
-                    .last_evaluated_key("instanceId", AttributeValue::S("i-0000000000000000b".into()))
+                    .last_evaluated_key(
+                        crate::ledger::attr::INSTANCE_ID,
+                        AttributeValue::S("i-0000000000000000b".into()),
+                    )
                     .build()
             })
             .output(|| QueryOutput::builder().build())

@@ -179,7 +179,7 @@ class Poller:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stack", default=os.path.join(ROOT, "target", "local-stack", "stack.json"))
+    ap.add_argument("--stack", default=os.path.join(os.environ.get("FLEET_LOCAL_STACK_DIR") or os.path.join(ROOT, "target", "local-stack"), "stack.json"))
     ap.add_argument("--lambda-endpoint", default=None, help="default: the stack's lambdaEndpoint")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the template's BatchSize")
     ap.add_argument("--window", type=float, default=None,

@@ -28,7 +28,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-STATE = os.path.join(ROOT, "target", "local-stack")
+# FLEET_LOCAL_STACK_DIR: a second stack (its own pids, outputs and logs) beside the default one.
+STATE = os.environ.get("FLEET_LOCAL_STACK_DIR") or os.path.join(ROOT, "target", "local-stack")
 PIDS = os.path.join(STATE, "pids")
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 PY = os.path.join(VENV_BIN, "python") if os.path.exists(os.path.join(VENV_BIN, "python")) else sys.executable

@@ -28,7 +28,7 @@ from botocore.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-OUT_DIR = os.path.join(ROOT, "target", "local-stack")
+OUT_DIR = os.environ.get("FLEET_LOCAL_STACK_DIR") or os.path.join(ROOT, "target", "local-stack")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 PARTITION = "aws"

@@ -10,7 +10,7 @@ import boto3
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-OUTPUTS = ROOT / "target" / "local-stack" / "outputs.json"
+OUTPUTS = pathlib.Path(os.environ.get("FLEET_LOCAL_STACK_DIR") or ROOT / "target" / "local-stack") / "outputs.json"
 
 
 class Stack:

@@ -138,6 +138,22 @@ pub fn name_timestamp(now: DateTime<Utc>) -> String {
     now.format("%Y%m%dT%H%M%S").to_string()
 }
 
+/// Eight hex digits that differ from one call (and one process) to the next: std's RandomState is
+/// seeded randomly per process and per instance, and the clock's nanoseconds and the process id go
+/// in too. Two names made within the same second get different suffixes (1 chance in 4 billion
+/// of a clash).
+pub fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
+}
+
 /// Parse an RFC 3339 time and normalise it to the ledger's format (UTC, milliseconds, `Z`), so
 /// that string comparison with `updatedAt` is time comparison.
 pub fn since(s: &str) -> Result<String> {
@@ -236,6 +252,15 @@ mod tests {
         let long_suffix = "ü".repeat(90);
         assert_eq!(cut_name("base", &long_suffix), "ü".repeat(80));
         assert_eq!(cut_name("", ""), "");
+    }
+
+    #[test]
+    fn unique_suffixes_differ() {
+        let all: std::collections::HashSet<String> = (0..1000).map(|_| unique_suffix()).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(all
+            .iter()
+            .all(|s| s.len() == 8 && s.chars().all(|c| c.is_ascii_hexdigit())));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The command line: global flags and one subcommand each for prereq, preview, rollout,
-//! status, unmanaged and replay.
+//! status, unmanaged, replay, sweep and compliance.
 
 use std::path::PathBuf;
 
@@ -48,13 +48,13 @@ pub fn ssm_policy_arn(partition: &str) -> String {
 #[command(
     name = "fleet-install",
     version,
-    about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay.",
-    long_about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay.\n\n\
+    about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance.",
+    long_about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance.\n\n\
         Reads the deployed stack's outputs (ledger table, state machines, documents, opt-out tag) with \
         CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
         progress goes to stderr when it is a terminal.",
     after_help = "Exit status: 0 on success; 1 on errors; 2 when the command ran but reports a failure \
-        (`rollout --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role or \
+        (`rollout --wait` or `sweep --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role or \
         could not turn on Default Host Management Configuration, `replay` could not redrive or start an execution), \
         and on usage errors."
 )]
@@ -116,6 +116,14 @@ pub enum Command {
     Unmanaged(UnmanagedArgs),
     /// Re-run failures: redrive failed executions, or re-install the instances that failed.
     Replay(ReplayArgs),
+    /// Start a sweep now (as its schedule does): every running instance compared with the ledger;
+    /// never-seen, unmanaged, failed (when their retry time has come), skipped-but-running and
+    /// stale instances are sent to install, installed ones are verified (drift repaired).
+    Sweep(SweepArgs),
+    /// Put every running instance in one bucket (compliant, not compliant with its reason,
+    /// skipped, opted out): the compliance ratio, counts by bucket and reason, the oldest
+    /// not-compliant instance.
+    Compliance(ComplianceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +224,37 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Wait for the sweep to end, then show its report: what it found, what it sent and why,
+    /// what came of it, and compliance before and after (or the sweep that was already running).
+    #[arg(long)]
+    pub wait: bool,
+    /// Verify every installed instance, not only those whose last verification is older than the
+    /// drift check interval (one verification run each: a SendCommand per 50 instances).
+    #[arg(long)]
+    pub verify_all: bool,
+}
+
+/// What `compliance --by` breaks the counts down by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComplianceBy {
+    /// One row per platform, one column per bucket.
+    Platform,
+    /// One row per reason (not compliant and skipped), with its oldest instance.
+    Reason,
+}
+
+#[derive(Debug, Args)]
+pub struct ComplianceArgs {
+    /// Also break the counts down by platform or by reason.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub by: Option<ComplianceBy>,
+    /// Also list every running instance with its bucket, reason, platform and since when.
+    #[arg(long)]
+    pub instances: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,7 +268,16 @@ mod tests {
     #[test]
     fn help_lists_every_command() {
         let help = Cli::command().render_help().to_string();
-        for c in ["prereq", "preview", "rollout", "status", "unmanaged", "replay"] {
+        for c in [
+            "prereq",
+            "preview",
+            "rollout",
+            "status",
+            "unmanaged",
+            "replay",
+            "sweep",
+            "compliance",
+        ] {
             assert!(help.contains(c), "{c} missing from\n{help}");
         }
     }
@@ -320,6 +368,44 @@ mod tests {
         assert!(p.enable_default_host_management && !p.apply);
         let p = prereq(&["--apply", "--enable-default-host-management"]).unwrap();
         assert!(p.enable_default_host_management && p.apply);
+    }
+
+    #[test]
+    fn sweep_and_compliance_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["fleet-install"].iter().chain(args).copied());
+        let Command::Sweep(s) = parse(&["sweep"]).unwrap().command else {
+            panic!()
+        };
+        assert!(!s.wait && !s.verify_all);
+        let cli = parse(&["sweep", "--wait", "--verify-all", "--output", "json"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let Command::Sweep(s) = cli.command else { panic!() };
+        assert!(s.wait && s.verify_all);
+        let Command::Compliance(c) = parse(&["compliance"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((c.by, c.instances), (None, false));
+        for (value, by) in [("platform", ComplianceBy::Platform), ("reason", ComplianceBy::Reason)] {
+            let Command::Compliance(c) = parse(&["compliance", "--by", value]).unwrap().command else {
+                panic!()
+            };
+            assert_eq!(c.by, Some(by));
+        }
+        let Command::Compliance(c) = parse(&["compliance", "--instances", "--by=reason"]).unwrap().command else {
+            panic!()
+        };
+        assert!(c.instances && c.by == Some(ComplianceBy::Reason));
+        for bad in [
+            vec!["compliance", "--by", "bucket"],
+            vec!["compliance", "--by"],
+            vec!["sweep", "--verify"],
+            vec!["sweep", "now"],
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let e = parse(&["compliance", "--by", "os"]).unwrap_err().to_string();
+        assert!(e.contains("platform") && e.contains("reason"), "{e}");
     }
 
     #[test]

@@ -160,6 +160,9 @@ impl StackOutputs {
     pub fn rollout_state_machine(&self) -> Result<&str> {
         self.get("RolloutStateMachineArn")
     }
+    pub fn sweep_state_machine(&self) -> Result<&str> {
+        self.get("SweepStateMachineArn")
+    }
     pub fn opt_out_tag(&self) -> Result<&str> {
         self.get("OptOutTagKey")
     }

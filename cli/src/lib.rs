@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{prereq, preview, replay, rollout, status, unmanaged};
+use crate::commands::{compliance, prereq, preview, replay, rollout, status, sweep, unmanaged};
 use crate::context::Context;
 
 /// Exit status when the command ran but what it reports failed (a rollout that did not
@@ -71,6 +71,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let r = replay::run(&ctx, a).await?;
             ctx.emit(&r)?;
             r.ok()
+        }
+        Command::Sweep(a) => {
+            let r = sweep::run(&ctx, a).await?;
+            ctx.emit(&r)?;
+            r.ok()
+        }
+        Command::Compliance(a) => {
+            ctx.emit(&compliance::run(&ctx, a).await?)?;
+            true
         }
     };
     Ok(if ok {

@@ -118,7 +118,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Start a sweep now (as its schedule does): every running instance compared with the ledger;
     /// never-seen, unmanaged, failed (when their retry time has come), skipped-but-running and
-    /// stale instances are sent to install, installed ones are verified (drift repaired).
+    /// stale instances are sent to install; installed ones due for their drift check are verified
+    /// (a removed or stopped agent is put back).
     Sweep(SweepArgs),
     /// Put every running instance in one bucket (compliant, not compliant with its reason,
     /// skipped, opted out): the compliance ratio, counts by bucket and reason, the oldest

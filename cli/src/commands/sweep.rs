@@ -585,6 +585,12 @@ mod tests {
         assert_eq!(json["anotherSweepRunning"]["name"], "sweep-20261125T180000-12345678");
         // the sweep did what it should (leave the fleet to the other one): success
         assert!(SweepOutcome::Finished(Box::new(f)).ok());
+        // an output that is not a report is said to be so, not shown as zeros
+        let odd = Finished::from_description(&described(ExecutionStatus::Succeeded, Some(json!({"x": 1}))));
+        assert!(odd.report.is_none() && odd.another_sweep_running.is_none());
+        assert!(odd
+            .to_table()
+            .contains("Report: the execution's output has no sweep report\n"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 `history_figures(sfn, arn)` reads one execution's history: its events, its state transitions (what Step Functions
 bills: every state entered), and the largest payload it carried (any input, output or parameters in the history,
-in UTF-8 bytes).
+in UTF-8 bytes). `list_figures(events)` reads a rollout's listing from its history: each "List Target Instances"
+invocation's output (pages read, the most it may read, the cursor and counts).
 
 `rollout_at_scale(stack, targets)` runs the real rollout workflow (statemachine/rollout.asl.json with the real
 plan-rollout and evaluate-wave functions) over a fleet that exists only in the emulator's EC2, with installs
@@ -38,8 +39,8 @@ def history(sfn, arn: str) -> list[dict]:
     return _all_pages(sfn.get_execution_history, "events", executionArn=arn)
 
 
-def history_figures(sfn, arn: str) -> dict:
-    events = history(sfn, arn)
+def history_figures(sfn, arn: str, events: list[dict] | None = None) -> dict:
+    events = history(sfn, arn) if events is None else events
     largest, where = 0, None
     for e in events:
         for k, details in e.items():
@@ -60,6 +61,35 @@ def history_figures(sfn, arn: str) -> dict:
         "transitionsByState": entered,
         "maxPayloadBytes": largest,
         "maxPayloadAt": where,
+    }
+
+
+#: The rollout workflow's list state (statemachine/rollout.asl.json).
+LIST_STATE = "List Target Instances"
+
+
+def list_figures(events: list[dict]) -> dict:
+    """The listing of a rollout, from its history: one entry per "List Target Instances" invocation that succeeded
+    (its output: pagesRead, maxPages, more, listing), and the seconds from the first list state entered to the last
+    one exited."""
+    outputs, entered, exited = [], [], []
+    for e in events:
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == LIST_STATE:
+            entered.append(e["timestamp"])
+        if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == LIST_STATE:
+            exited.append(e["timestamp"])
+            out = json.loads(e["stateExitedEventDetails"].get("output") or "{}")
+            if "pagesRead" in out:
+                outputs.append(out)
+    pages_read = [o["pagesRead"] for o in outputs]
+    last = outputs[-1]["listing"] if outputs else {}
+    return {
+        "listInvocations": len(outputs),
+        "listPagesRead": pages_read,
+        "listPages": last.get("pages"),
+        "listMaxPages": max((o["maxPages"] for o in outputs), default=None),
+        "maxListPagesPerInvocation": max(pages_read, default=None),
+        "listSeconds": round((max(exited) - min(entered)).total_seconds(), 1) if entered and exited else None,
     }
 
 
@@ -145,7 +175,11 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
     seconds = time.time() - t1
     log(f"rollout {d['status']} in {seconds:.0f} s")
     children = [e["executionArn"] for e in _executions(stack.sfn, stub["stateMachineArn"])]
-    figures = {"rollout": history_figures(stack.sfn, arn)}
+    events = history(stack.sfn, arn)
+    figures = {"rollout": history_figures(stack.sfn, arn, events)}
+    listing = list_figures(events)
+    log(f"listing: {listing['listInvocations']} invocations, pages read {listing['listPagesRead']} "
+        f"(at most {listing['listMaxPages']} each), {listing['listSeconds']} s")
     children_figures = [history_figures(stack.sfn, c) for c in children]
     output = json.loads(d.get("output") or "{}")
     every = [figures["rollout"], *children_figures]
@@ -164,6 +198,7 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
         "maxHistoryEvents": max(f["events"] for f in every),
         "maxPayloadBytes": biggest["maxPayloadBytes"],
         "maxPayloadAt": ("rollout: " if biggest is figures["rollout"] else "install chunk: ") + str(biggest["maxPayloadAt"]),
+        **listing,
         "instanceIds": ids,
         "rolloutArn": arn,
     }

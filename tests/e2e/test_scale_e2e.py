@@ -6,6 +6,7 @@ local-stack/scenarios/scale.py). Runs in a session of its own (`pytest -m scale`
 the other end-to-end tests down. Writes its figures to target/e2e/scale-100k.json and prints them.
 """
 import json
+import re
 import sys
 
 import pytest
@@ -19,6 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.scale]
 
 PAYLOAD_LIMIT = 262_144
 HISTORY_LIMIT = 25_000
+#: plan-rollout's MAX_LIST_PAGES, as template.yaml sets it
+MAX_LIST_PAGES = int(re.search(r'MAX_LIST_PAGES:\s*"?(\d+)', (ROOT / "template.yaml").read_text()).group(1))
 
 
 def test_a_100k_target_rollout_stays_within_payload_and_history_limits(stack):
@@ -29,11 +32,20 @@ def test_a_100k_target_rollout_stays_within_payload_and_history_limits(stack):
     out.write_text(json.dumps(r, indent=2))
     print(f"\n100k rollout: {r['status']} in {r['seconds']} s; largest payload {r['maxPayloadBytes']} bytes "
           f"({r['maxPayloadAt']}), largest history {r['maxHistoryEvents']} events (rollout {r['rolloutHistoryEvents']}), "
-          f"{r['childExecutions']} install executions; figures in {out.relative_to(ROOT)}")
+          f"{r['childExecutions']} install executions; listing: {r['listInvocations']} invocations reading "
+          f"{r['listPagesRead']} pages (at most {r['listMaxPages']} each) in {r['listSeconds']} s; "
+          f"figures in {out.relative_to(ROOT)}")
 
     assert r["status"] == "SUCCEEDED", f"{r.get('error')}: {r.get('cause')}"
     assert r["maxPayloadBytes"] < PAYLOAD_LIMIT
     assert r["maxHistoryEvents"] < HISTORY_LIMIT
+    # no invocation pages through the fleet: each list invocation read at most MAX_LIST_PAGES (10 in the template)
+    # pages of 1,000, read from the function's own output in the history; 100,100 instances are 101 pages, so 11
+    # invocations
+    assert r["listMaxPages"] == MAX_LIST_PAGES
+    assert r["maxListPagesPerInvocation"] <= MAX_LIST_PAGES, r["listPagesRead"]
+    assert sum(r["listPagesRead"]) == r["listPages"] == 101, r["listPagesRead"]
+    assert r["listInvocations"] == 11, r["listPagesRead"]
     # a canary of 500, then waves of 10 %: 1 + 10 waves, every target in exactly one wave
     assert [w["instances"] for w in r["waves"]] == [500] + [10_000] * 9 + [9_500]
     assert r["installedReported"] == 100_000

@@ -14,7 +14,6 @@ import pytest
 from botocore.config import Config
 
 from moto_ext import install_outcomes as O
-from moto_ext import sim_tags as T
 from test_fleet_realism import DOCUMENTS, WIN, WIN_PARAMS, plugin, run
 from test_ssm_sim import EC2_TRUST, SSM_POLICY, env, error_code, info, instance_profile  # noqa: F401
 

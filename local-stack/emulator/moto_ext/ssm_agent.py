@@ -500,7 +500,6 @@ def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]
         return _plan_update(st, instance, platform, parameters, now, run, skipped)
     st.sends[iid] = st.sends.get(iid, 0) + 1
     n = st.sends[iid]
-    service = "fleet-agent"
     dur = T.install_seconds(tags)
     if not run:
         return Invocation(iid, platform, n, 0, 0, "Failed", "Failed", -1,

@@ -24,13 +24,17 @@ WINDOWS = {"fleet-sim:platform": "Windows|Microsoft Windows Server 2022 Datacent
 
 @pytest.fixture(scope="module", autouse=True)
 def empty_fleet(stack):
+    terminate_all(stack)
+    yield
+
+
+def terminate_all(stack):
     running = [i["InstanceId"]
                for page in stack.ec2.get_paginator("describe_instances").paginate(
                    Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
                for r in page["Reservations"] for i in r["Instances"]]
     for n in range(0, len(running), 500):
         stack.ec2.terminate_instances(InstanceIds=running[n:n + 500])
-    yield
 
 
 def sweep(stack, verify_all: bool = False, timeout: float = 300, wait: bool = True) -> dict | str:
@@ -75,6 +79,10 @@ def test_instances_running_before_the_stack_are_installed_by_the_sweep_and_gone_
     # pre-existing instances: no running event ever came, no ledger item
     ids = stack.launch(3, {"fleet-sim:existing": "true"})
     ids += stack.launch(1, {"fleet-sim:existing": "true", **WINDOWS})
+    # and one installed through its event, then terminated
+    (ended,) = stack.launch(1)
+    wait_for_state(stack, [ended], "installed")
+    stack.ec2.terminate_instances(InstanceIds=[ended])
     ledger = stack.ledger()
     assert not any(i in ledger for i in ids)
     report = sweep(stack)
@@ -83,13 +91,15 @@ def test_instances_running_before_the_stack_are_installed_by_the_sweep_and_gone_
     for i in ids:
         assert len(install_commands(stack, i)) == 1, i
         assert ledger[i]["reasonCode"] == "Installed" and ledger[i].get("verifiedAt"), ledger[i]
-    # the earlier tests' instances were terminated: their items are gone now, and expire
+    # a terminated instance's item is gone now, and expires (so are earlier tests' instances, terminated above)
+    assert ledger[ended]["state"] == "gone" and ledger[ended]["reasonCode"] == "Gone", ledger[ended]
+    assert int(ledger[ended]["expiresAt"]) > time.time() + 30 * 86400
     gone = [v for v in ledger.values() if v.get("state") == "gone"]
-    assert gone and report["gone"] >= len(gone) > 0
-    assert all(v.get("expiresAt") and v["reasonCode"] == "Gone" for v in gone)
+    assert report["gone"] == len(gone)
 
 
 def test_a_compliant_fleet_sweep_sends_only_what_the_drift_check_needs(stack):
+    terminate_all(stack)
     linux = stack.launch(4, {"fleet-sim:existing": "true"})
     windows = stack.launch(2, {"fleet-sim:existing": "true", **WINDOWS})
     ids = linux + windows

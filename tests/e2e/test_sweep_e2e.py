@@ -196,3 +196,73 @@ def test_an_event_that_ended_in_the_dead_letter_queue_is_installed_by_the_next_s
     ledger = wait_for_state(stack, [iid], "installed", timeout=5)
     assert ledger[iid]["reasonCode"] == "Installed"
     assert len(install_commands(stack, iid)) == 1
+
+
+def test_an_instance_whose_running_event_was_lost_is_installed_by_the_next_sweep(stack):
+    (iid,) = stack.launch(1, drop_running_event=True)
+    time.sleep(3)  # what its event would have taken to arrive: it never does
+    assert iid in stack.dropped_running_events()
+    assert iid not in stack.ledger()
+    report = sweep(stack)
+    assert report["work"].get("neverSeen", 0) >= 1
+    ledger = wait_for_state(stack, [iid], "installed", timeout=5)
+    assert ledger[iid]["reasonCode"] == "Installed"
+    assert len(install_commands(stack, iid)) == 1
+
+
+def test_unmanaged_instances_are_installed_by_the_sweep_once_their_cause_is_fixed(stack):
+    iam = boto3.client("iam", endpoint_url=stack.endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    # one without an instance profile
+    (bare,) = stack.launch(1, profile=False)
+    # one whose role lacks the SSM policy
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName="e2e-sweep-bare", AssumeRolePolicyDocument=json.dumps(trust))
+    iam.create_instance_profile(InstanceProfileName="e2e-sweep-bare")
+    iam.add_role_to_instance_profile(InstanceProfileName="e2e-sweep-bare", RoleName="e2e-sweep-bare")
+    args = dict(ImageId=stack.ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                IamInstanceProfile={"Name": "e2e-sweep-bare"})
+    nopolicy = stack.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
+    stack.running_event(nopolicy)
+    ids = [bare, nopolicy]
+    ledger = wait_for_state(stack, ids, "unmanaged", timeout=240)
+    assert ledger[bare]["reasonCode"] == "NoInstanceProfile", ledger[bare]
+    assert ledger[nopolicy]["reasonCode"] == "AgentNotReporting", ledger[nopolicy]
+    # a sweep before anything is fixed: classified again, still unmanaged, the check's time recorded
+    sweep(stack)
+    again = stack.ledger()
+    for i in ids:
+        assert again[i]["state"] == "unmanaged" and again[i]["updatedAt"] > ledger[i]["updatedAt"], again[i]
+        assert install_commands(stack, i) == []
+    # the fixes: a profile associated; the policy attached by `fleet-install prereq --apply`
+    stack.associate_profile(bare)
+    from test_rollout_e2e import cli
+    run = cli(stack, "prereq", "--apply")
+    assert run.returncode == 0, run.stderr
+    attached = [p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName="e2e-sweep-bare")["AttachedPolicies"]]
+    assert attached == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+    report = sweep(stack)
+    assert report["work"].get("reclassify", 0) >= 2
+    ledger = wait_for_state(stack, ids, "installed", timeout=5)
+    for i in ids:
+        assert len(install_commands(stack, i)) == 1, i
+
+
+def test_an_agent_removed_or_stopped_after_its_install_is_repaired_in_one_sweep_and_counted_as_drift(stack):
+    removed, stopped, fine = stack.launch(3)
+    ids = [removed, stopped, fine]
+    wait_for_state(stack, ids, "installed", timeout=180)
+    stack.remove_agent([removed], "removed")
+    stack.remove_agent([stopped], "stopped")
+    assert stack.agent_states(ids) == {removed: "absent", stopped: "stopped", fine: "running"}
+    report = sweep(stack, verify_all=True)
+    assert report["driftRepaired"] >= 2
+    ledger = stack.ledger()
+    assert stack.agent_states(ids) == {i: "running" for i in ids}
+    for i in (removed, stopped):
+        assert ledger[i]["state"] == "installed" and ledger[i]["reasonCode"] == "DriftRepaired", ledger[i]
+        assert int(ledger[i]["driftCount"]) == 1 and ledger[i]["lastDriftAt"], ledger[i]
+        assert len(install_commands(stack, i)) == 2, i  # its install, and the one verification that repaired it
+    assert "again" in ledger[removed]["reason"] and "started" in ledger[stopped]["reason"]
+    assert ledger[fine]["reasonCode"] == "Verified" and "driftCount" not in ledger[fine]

@@ -120,6 +120,8 @@ def test_sweep_wait_installs_what_it_finds_and_reports_it(stack):
     assert report == json.loads(described["output"])
     assert report["work"]["neverSeen"] >= 2 and report["found"]["byReason"]["NeverSeen"] >= 2, report
     assert report["sent"] == sum(report["work"].values())
+    assert report["installed"] >= 2 and report["failedExecutions"] == 0, report
+    assert report["ratioAfter"] >= report["ratioBefore"]
     assert sum(report["found"]["byBucket"].values()) == report["running"]
     ledger = stack.ledger()
     assert {ledger[i]["state"] for i in ids} == {"installed"}

@@ -269,33 +269,33 @@ pub async fn handle(
         .map(|f| {
             let mut fields = ledger::base_fields(f.state, &req.execution, &now);
             fields.extend([
-                ("reasonCode", s(f.code.as_str())),
-                ("reason", s(&f.reason)),
-                ("platform", s(&f.instance.platform)),
+                (attr::REASON_CODE, s(f.code.as_str())),
+                (attr::REASON, s(&f.reason)),
+                (attr::PLATFORM, s(&f.instance.platform)),
             ]);
             if f.command.batch.is_agent_update() {
                 // `attempts` and `commandId` stay the install's.
                 fields.extend([
-                    ("agentUpdateCommandId", s(&f.command.command_id)),
-                    ("agentUpdateAttempts", n(f.command.batch.attempt)),
+                    (attr::AGENT_UPDATE_COMMAND_ID, s(&f.command.command_id)),
+                    (attr::AGENT_UPDATE_ATTEMPTS, n(f.command.batch.attempt)),
                 ]);
             } else {
                 fields.extend([
-                    ("commandId", s(&f.command.command_id)),
-                    ("attempts", n(f.command.batch.attempt)),
-                    ("document", s(&f.command.batch.document_name)),
-                    ("documentVersion", s(&f.command.batch.document_version)),
+                    (attr::COMMAND_ID, s(&f.command.command_id)),
+                    (attr::ATTEMPTS, n(f.command.batch.attempt)),
+                    (attr::DOCUMENT, s(&f.command.batch.document_name)),
+                    (attr::DOCUMENT_VERSION, s(&f.command.batch.document_version)),
                 ]);
             }
             if !f.status_detail.is_empty() {
-                fields.push(("statusDetail", s(&f.status_detail)));
+                fields.push((attr::STATUS_DETAIL, s(&f.status_detail)));
             }
             if f.verified {
                 // Installed and running now: the sweep's backoff starts over.
                 fields.extend([(attr::VERIFIED_AT, s(&now)), (attr::SWEEP_ATTEMPTS, n(0))]);
             }
             if f.drift {
-                fields.extend([(attr::LAST_DRIFT_AT, s(&now)), ("+driftCount", n(1))]);
+                fields.extend([(attr::LAST_DRIFT_AT, s(&now)), (attr::ADD_DRIFT_COUNT, n(1))]);
             }
             LedgerWrite {
                 key: f.instance.instance_id.clone(),
@@ -309,22 +309,21 @@ pub async fn handle(
         let mut fields = ledger::base_fields(LedgerState::Installing, &req.execution, &now);
         let from = inst.agent_version.as_deref().unwrap_or("");
         fields.extend([
-            ("reasonCode", s(ReasonCode::AgentUpdated.as_str())),
-            (
-                "reason",
+            (attr::REASON_CODE, s(ReasonCode::AgentUpdated.as_str())),
+            (attr::REASON,
                 s(format!(
                     "SSM Agent {} updated by AWS-UpdateSSMAgent (command {}); the install follows once SSM reports the new version",
                     if from.is_empty() { "(version unknown)" } else { from },
                     cmd.command_id
                 )),
             ),
-            ("platform", s(&inst.platform)),
-            ("agentUpdateCommandId", s(&cmd.command_id)),
-            ("agentUpdateAttempts", n(cmd.batch.attempt)),
-            ("agentUpdatedAt", s(&now)),
+            (attr::PLATFORM, s(&inst.platform)),
+            (attr::AGENT_UPDATE_COMMAND_ID, s(&cmd.command_id)),
+            (attr::AGENT_UPDATE_ATTEMPTS, n(cmd.batch.attempt)),
+            (attr::AGENT_UPDATED_AT, s(&now)),
         ]);
         if !from.is_empty() {
-            fields.push(("agentUpdatedFrom", s(from)));
+            fields.push((attr::AGENT_UPDATED_FROM, s(from)));
         }
         LedgerWrite {
             key: inst.instance_id.clone(),

@@ -44,6 +44,25 @@ pub mod attr {
     pub const EXPIRES_AT: &str = "expiresAt";
     /// Workflow items: their ids.
     pub const INSTANCE_IDS: &str = "instanceIds";
+    /// Sweep chunks: the ids (also in `instanceIds`) that are verified, not installed.
+    pub const VERIFY_IDS: &str = "verifyIds";
+    /// Workflow items: what they are (rolloutTargets, sweepTargets, batchLock).
+    pub const KIND: &str = "kind";
+    pub const ROLLOUT_ID: &str = "rolloutId";
+    pub const SWEEP_ID: &str = "sweepId";
+    /// The batch an instance was last sent in (its lock is `batch#<key>`).
+    pub const BATCH_KEY: &str = "batchKey";
+    pub const AGENT_UPDATE_COMMAND_ID: &str = "agentUpdateCommandId";
+    pub const AGENT_UPDATE_ATTEMPTS: &str = "agentUpdateAttempts";
+    pub const AGENT_UPDATED_AT: &str = "agentUpdatedAt";
+    pub const AGENT_UPDATED_FROM: &str = "agentUpdatedFrom";
+    /// The sweep lock: the execution that holds it, until when, since when.
+    pub const HOLDER: &str = "holder";
+    pub const LEASE_UNTIL: &str = "leaseUntil";
+    pub const STARTED_AT: &str = "startedAt";
+    /// Counters (`+` prefix: the ledger adds the value, see `ledger::LedgerWrite`).
+    pub const ADD_DRIFT_COUNT: &str = "+driftCount";
+    pub const ADD_SWEEP_ATTEMPTS: &str = "+sweepAttempts";
 }
 
 /// One instance as the ledger records it.

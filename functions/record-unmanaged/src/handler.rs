@@ -1,5 +1,6 @@
 use fleet_core::ledger::{self, note_write, s, Guard, LedgerWrite};
 use fleet_core::model::{Execution, InstanceNote, LedgerState, ReasonCode, Summary, DUPLICATE};
+use fleet_core::record::attr;
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -162,8 +163,8 @@ pub async fn handle(client: &aws_sdk_dynamodb::Client, table: &str, payload: Val
                 .filter(|id| fleet_core::model::is_valid_instance_id(id))
                 .map(|id| {
                     let mut f = ledger::base_fields(LedgerState::Failed, &execution, &now);
-                    f.push(("reasonCode", s(ReasonCode::WorkflowError.as_str())));
-                    f.push(("reason", s(&reason)));
+                    f.push((attr::REASON_CODE, s(ReasonCode::WorkflowError.as_str())));
+                    f.push((attr::REASON, s(&reason)));
                     LedgerWrite {
                         key: id.clone(),
                         fields: f,

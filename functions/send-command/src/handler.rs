@@ -11,6 +11,7 @@
 //! planned before the update still names the old one. Before a resend (attempt > 1) the
 //! instances' tags are read again and those that now carry the opt-out tag key are not sent.
 
+use fleet_core::record::attr;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Duration, Utc};
@@ -231,12 +232,12 @@ async fn send_batch(
     let mut writes = vec![LedgerWrite {
         key: ledger::batch_lock_key(&key),
         fields: vec![
-            ("kind", s("batch")),
-            ("executionArn", s(&exec.execution_id)),
-            ("document", s(&batch.document_name)),
+            (attr::KIND, s("batch")),
+            (attr::EXECUTION_ARN, s(&exec.execution_id)),
+            (attr::DOCUMENT, s(&batch.document_name)),
             ("attempt", n(batch.attempt)),
             ("instanceCount", n(batch.instances.len())),
-            ("updatedAt", s(&now)),
+            (attr::UPDATED_AT, s(&now)),
             // Not an instance: no `state` (it stays out of the byState index), and it expires.
             ledger::ttl_field(),
         ],
@@ -245,18 +246,18 @@ async fn send_batch(
     for i in &to_claim {
         let mut f = ledger::base_fields(LedgerState::Installing, exec, &now);
         f.extend([
-            ("platform", s(&i.platform)),
-            ("document", s(&batch.document_name)),
-            ("documentVersion", s(&batch.document_version)),
-            ("batchKey", s(&key)),
+            (attr::PLATFORM, s(&i.platform)),
+            (attr::DOCUMENT, s(&batch.document_name)),
+            (attr::DOCUMENT_VERSION, s(&batch.document_version)),
+            (attr::BATCH_KEY, s(&key)),
         ]);
         if batch.is_agent_update() {
             // `attempts` counts the install's attempts only.
             f.extend([
-                ("agentUpdateAttempts", n(batch.attempt)),
-                ("reasonCode", s("UpdatingAgent")),
+                (attr::AGENT_UPDATE_ATTEMPTS, n(batch.attempt)),
+                (attr::REASON_CODE, s("UpdatingAgent")),
                 (
-                    "reason",
+                    attr::REASON,
                     s(format!(
                         "{}: {} sent (attempt {}); the install follows",
                         fleet_core::agent::too_old(
@@ -273,10 +274,10 @@ async fn send_batch(
             ]);
         } else if batch.verify {
             f.extend([
-                ("attempts", n(batch.attempt)),
-                ("reasonCode", s("Verifying")),
+                (attr::ATTEMPTS, n(batch.attempt)),
+                (attr::REASON_CODE, s("Verifying")),
                 (
-                    "reason",
+                    attr::REASON,
                     s(format!(
                         "verification sent with {} (attempt {}): puts the agent back if it is gone or stopped",
                         batch.document_name, batch.attempt
@@ -285,10 +286,10 @@ async fn send_batch(
             ]);
         } else {
             f.extend([
-                ("attempts", n(batch.attempt)),
-                ("reasonCode", s("Installing")),
+                (attr::ATTEMPTS, n(batch.attempt)),
+                (attr::REASON_CODE, s("Installing")),
                 (
-                    "reason",
+                    attr::REASON,
                     s(format!("attempt {} sent with {}", batch.attempt, batch.document_name)),
                 ),
             ]);
@@ -324,7 +325,7 @@ async fn send_batch(
                 .iter()
                 .find(|i| i.instance_id == k)
                 .map(|i| i.platform.clone());
-            let code = match get_s(&item, "state") {
+            let code = match get_s(&item, attr::STATE) {
                 Some("installed") => ReasonCode::AlreadyInstalled,
                 Some("installing") => ReasonCode::InProgressElsewhere,
                 _ => ReasonCode::SupersededByNewerRun,
@@ -332,7 +333,7 @@ async fn send_batch(
             tracing::info!(
                 instance = k,
                 reason = code.as_str(),
-                by = get_s(&item, "executionArn"),
+                by = get_s(&item, attr::EXECUTION_ARN),
                 "instance not claimed"
             );
             resp.summary.add(DUPLICATE, platform.as_deref(), code);
@@ -360,12 +361,12 @@ async fn send_batch(
                 },
             }
         };
-        if let Some(command_id) = get_s(lock_item, "commandId") {
+        if let Some(command_id) = get_s(lock_item, attr::COMMAND_ID) {
             resp.reused += 1;
             tracing::info!(batch_key = key, command_id, "batch already sent: reusing its command");
             return Ok(Some(sent_with(command_id.to_string(), sent_instances(lock_item))));
         }
-        let since = get_s(lock_item, "updatedAt")
+        let since = get_s(lock_item, attr::UPDATED_AT)
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc) - Duration::seconds(60))
             .unwrap_or_else(|| Utc::now() - Duration::hours(24));
@@ -373,7 +374,7 @@ async fn send_batch(
         // update): look under the one its lock records, then the current and the planned names.
         let mut documents: Vec<&str> = Vec::new();
         for d in [
-            get_s(lock_item, "document"),
+            get_s(lock_item, attr::DOCUMENT),
             Some(&batch.document_name),
             Some(&planned_document),
         ]
@@ -566,7 +567,10 @@ async fn record_command_id(
     command_id: &str,
     instance_ids: &[String],
 ) -> Result<(), FleetError> {
-    let mut fields = vec![("commandId", s(command_id)), ("updatedAt", s(ledger::now_rfc3339()))];
+    let mut fields = vec![
+        (attr::COMMAND_ID, s(command_id)),
+        (attr::UPDATED_AT, s(ledger::now_rfc3339())),
+    ];
     if !instance_ids.is_empty() {
         fields.push((
             SENT_INSTANCES,
@@ -596,8 +600,8 @@ async fn record_rejected(
         .iter()
         .map(|i| {
             let mut f = ledger::base_fields(LedgerState::Failed, exec, &now);
-            f.push(("reasonCode", s(ReasonCode::RejectedBySsm.as_str())));
-            f.push(("reason", s(&reason)));
+            f.push((attr::REASON_CODE, s(ReasonCode::RejectedBySsm.as_str())));
+            f.push((attr::REASON, s(&reason)));
             LedgerWrite {
                 key: i.instance_id.clone(),
                 fields: f,

@@ -286,9 +286,9 @@ async fn begin(
             .key(attr::INSTANCE_ID, s(ledger::SWEEP_LOCK_KEY))
             .update_expression("SET #holder = :me, #until = :until, #started = :started, #ttl = :ttl")
             .expression_attribute_names("#pk", attr::INSTANCE_ID)
-            .expression_attribute_names("#holder", "holder")
-            .expression_attribute_names("#until", "leaseUntil")
-            .expression_attribute_names("#started", "startedAt")
+            .expression_attribute_names("#holder", attr::HOLDER)
+            .expression_attribute_names("#until", attr::LEASE_UNTIL)
+            .expression_attribute_names("#started", attr::STARTED_AT)
             .expression_attribute_names("#ttl", attr::EXPIRES_AT)
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":until", s(rfc3339(now + config.lease)))
@@ -317,7 +317,7 @@ async fn begin(
                 };
                 let holder = e
                     .item()
-                    .and_then(|i| i.get("holder"))
+                    .and_then(|i| i.get(attr::HOLDER))
                     .and_then(|v| v.as_s().ok())
                     .cloned()
                     .unwrap_or_default();
@@ -356,7 +356,7 @@ async fn release(db: &aws_sdk_dynamodb::Client, config: &Config, c: &Common) -> 
         .table_name(&config.table)
         .key(attr::INSTANCE_ID, s(ledger::SWEEP_LOCK_KEY))
         .condition_expression("#holder = :me")
-        .expression_attribute_names("#holder", "holder")
+        .expression_attribute_names("#holder", attr::HOLDER)
         .expression_attribute_values(":me", s(&c.execution.execution_id))
         .send()
         .await
@@ -492,7 +492,7 @@ fn retry_write(id: &str, record: Option<&LedgerRecord>, now: DateTime<Utc>, sett
     let next = now + backoff(attempt, settings.retry_base, settings.retry_max);
     LedgerWrite {
         key: id.to_string(),
-        fields: vec![(attr::RETRY_AFTER, s(rfc3339(next))), ("+sweepAttempts", n(1))],
+        fields: vec![(attr::RETRY_AFTER, s(rfc3339(next))), (attr::ADD_SWEEP_ATTEMPTS, n(1))],
         guard: Guard::SweepRetry { now: rfc3339(now) },
     }
 }

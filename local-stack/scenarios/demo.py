@@ -8,7 +8,9 @@
    install executions; a live progress view (instances by state);
 4. `fleet-install unmanaged`, then `fleet-install replay` of what failed;
 5. a report by final state, platform and reason, also written to target/demo/report.json;
-6. stops every process it started, also on Ctrl-C or failure.
+6. later, what events alone miss: running events lost, agents removed or stopped, profiles associated; then
+   `fleet-install sweep --wait --verify-all` finds and fixes them, and `fleet-install compliance` shows the fleet;
+7. stops every process it started, also on Ctrl-C or failure.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import requests  # noqa: E402
 
-from fleet import Stack  # noqa: E402
+from fleet import OUTPUTS, Stack  # noqa: E402
 
 RUN = [sys.executable, os.path.join(os.path.dirname(HERE), "emulator", "run.py")]
 CLI = os.path.join(ROOT, "target", "debug", "fleet-install")
@@ -63,7 +65,7 @@ def say(msg: str) -> None:
 
 def cli(stack: Stack, *args: str, check: bool = False) -> int:
     env = stack.operator_env()   # an operator's permissions: the stack's OperatorPolicy, nothing else
-    argv = [CLI, "--endpoint-url", stack.endpoint, "--outputs-file", os.path.join(ROOT, "target", "local-stack", "outputs.json"), *args]
+    argv = [CLI, "--endpoint-url", stack.endpoint, "--outputs-file", str(OUTPUTS), *args]
     print("$ fleet-install " + " ".join(args), flush=True)
     rc = subprocess.run(argv, env=env).returncode
     if check and rc != 0:
@@ -230,6 +232,43 @@ def print_report(r: dict) -> None:
     print(f"\nFull report: {os.path.relpath(REPORT, ROOT)}")
 
 
+def sweep_and_compliance(stack: Stack, burst: dict[str, tuple[str, str]]) -> int:
+    """What events alone miss, and the sweep that makes the ledger true again."""
+    say("Later: EventBridge loses the running events of 30 new instances; a clean-up script removes the agent from "
+        "10 installed instances and stops it on 5; an engineer gives 10 instances without a profile their profile")
+    lost = stack.launch(30, {"team": "batch"}, drop_running_event=True)
+    ledger = stack.ledger()
+    installed = sorted(i for i in burst if ledger.get(i, {}).get("state") == "installed")
+    removed, stopped = installed[:10], installed[10:15]
+    stack.remove_agent(removed, "removed")
+    stack.remove_agent(stopped, "stopped")
+    # instances without a profile whose SSM Agent is recent enough (an old one would be updated first, and
+    # a few of those updates fail by design: the sweep records them AgentTooOld, it cannot fix them)
+    candidates = sorted(i for i, (group, _) in burst.items() if group == "no instance profile")
+    tags = {i["InstanceId"]: {t["Key"] for t in i.get("Tags", [])}
+            for r in stack.ec2.describe_instances(InstanceIds=candidates)["Reservations"] for i in r["Instances"]}
+    bare = [i for i in candidates if "fleet-sim:agent-version" not in tags.get(i, set())][:10]
+    for iid in bare:
+        stack.associate_profile(iid)
+    time.sleep(3)   # the longest register delay of the demo fleet's healthy agents
+    say("A sweep (every 6 hours when deployed, here on demand): every running instance against the ledger, "
+        "installed ones verified (--verify-all; by default once DriftCheckIntervalHours has passed)")
+    rc = cli(stack, "sweep", "--wait", "--verify-all")
+    say("Compliance: every running instance in exactly one bucket")
+    cli(stack, "compliance", "--by", "reason")
+    ledger = stack.ledger()
+    agents = stack.agent_states(removed + stopped)
+    unfixed = [i for i in lost + bare if ledger.get(i, {}).get("state") != "installed"]
+    unfixed += [i for i in removed + stopped if agents.get(i) != "running"]
+    if rc != 0 or unfixed:
+        print(f"ERROR: the sweep left {len(unfixed)} of the instances it should fix unfixed "
+              f"(sweep exit code {rc}): {unfixed[:10]}", file=sys.stderr)
+        return 1
+    print(f"\nThe sweep installed the {len(lost)} instances whose events were lost and the {len(bare)} that got a "
+          f"profile, and put back the {len(removed)} removed and {len(stopped)} stopped agents.")
+    return 0
+
+
 def main() -> int:
     rng = random.Random(1100)
     started = False
@@ -288,7 +327,7 @@ def main() -> int:
         if r["missing"]:
             print(f"ERROR: {len(r['missing'])} instances are not in the ledger", file=sys.stderr)
             return 1
-        return 0
+        return sweep_and_compliance(stack, burst)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -296,7 +335,7 @@ def main() -> int:
         print(f"demo failed: {ex}", file=sys.stderr)
         return 1
     finally:
-        if started or os.path.exists(os.path.join(ROOT, "target", "local-stack", "pids")):
+        if started or os.path.exists(os.path.join(os.path.dirname(str(OUTPUTS)), "pids")):
             subprocess.run(RUN + ["down"], cwd=ROOT)
 
 

@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::Client;
 
 use crate::error::FleetError;
 use crate::model::{is_valid_instance_id, Execution, InstanceNote, LedgerState};
+use crate::record::attr;
 
 /// TransactWriteItems takes at most 100 items.
 pub const MAX_TRANSACTION: usize = 100;
@@ -30,7 +31,7 @@ pub const SWEEP_PREFIX: &str = "sweep#";
 pub const SWEEP_LOCK_KEY: &str = "sweep#lock";
 /// The table's TTL attribute (epoch seconds, a Number). Only non-instance items carry it:
 /// DynamoDB deletes them some time after it passes. Instance items never expire.
-pub const TTL_ATTRIBUTE: &str = "expiresAt";
+pub const TTL_ATTRIBUTE: &str = attr::EXPIRES_AT;
 /// How long batch locks and rollout chunk lists are kept: 35 days. Longer than the 14 days in
 /// which Step Functions can redrive a failed execution (a redriven send must still find its lock,
 /// a redriven chunk its targets) and than the 30 days SSM keeps command history (a lock's command
@@ -73,7 +74,7 @@ pub fn ttl_field() -> (&'static str, AttributeValue) {
 /// byState index and count as an instance). A malformed id is never written as a key.
 pub fn check_write(w: &LedgerWrite) -> Result<(), FleetError> {
     if is_non_instance_key(&w.key) {
-        if w.fields.iter().any(|(name, _)| *name == "state") {
+        if w.fields.iter().any(|(name, _)| *name == attr::STATE) {
             return Err(FleetError::invalid_input(format!(
                 "ledger item {} is not an instance and must not carry a state",
                 crate::text::clip(&w.key, 80)
@@ -153,20 +154,20 @@ pub fn now_rfc3339() -> String {
 /// The fields every instance write carries.
 pub fn base_fields(state: LedgerState, exec: &Execution, now: &str) -> Vec<(&'static str, AttributeValue)> {
     vec![
-        ("state", s(state.as_str())),
-        ("executionArn", s(&exec.execution_id)),
-        ("executionStartedAt", s(&exec.execution_start_time)),
-        ("updatedAt", s(now)),
+        (attr::STATE, s(state.as_str())),
+        (attr::EXECUTION_ARN, s(&exec.execution_id)),
+        (attr::EXECUTION_STARTED_AT, s(&exec.execution_start_time)),
+        (attr::UPDATED_AT, s(now)),
     ]
 }
 
 /// The write for an unmanaged or skipped instance.
 pub fn note_write(note: &InstanceNote, state: LedgerState, exec: &Execution, now: &str) -> LedgerWrite {
     let mut fields = base_fields(state, exec, now);
-    fields.push(("reasonCode", s(note.reason_code.as_str())));
-    fields.push(("reason", s(&note.reason)));
+    fields.push((attr::REASON_CODE, s(note.reason_code.as_str())));
+    fields.push((attr::REASON, s(&note.reason)));
     if let Some(p) = &note.platform {
-        fields.push(("platform", s(p)));
+        fields.push((attr::PLATFORM, s(p)));
     }
     LedgerWrite {
         key: note.instance_id.clone(),
@@ -193,29 +194,29 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             }
         }
     }
-    names.insert("#created".into(), "createdAt".into());
+    names.insert("#created".into(), attr::CREATED_AT.into());
     values.insert(":now".into(), s(now_rfc3339()));
     sets.push("#created = if_not_exists(#created, :now)".into());
     let condition = match &w.guard {
         Guard::SweepRetry { now } => {
-            names.insert("#state".into(), "state".into());
-            names.insert("#retry".into(), "retryAfter".into());
+            names.insert("#state".into(), attr::STATE.into());
+            names.insert("#retry".into(), attr::RETRY_AFTER.into());
             values.insert(":failed".into(), s(LedgerState::Failed.as_str()));
             values.insert(":due".into(), s(now));
             "#state = :failed AND (attribute_not_exists(#retry) OR #retry <= :due)".to_string()
         }
         Guard::Gone => {
-            names.insert("#pk".into(), "instanceId".into());
-            names.insert("#state".into(), "state".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
+            names.insert("#state".into(), attr::STATE.into());
             values.insert(":gone".into(), s(LedgerState::Gone.as_str()));
             "attribute_exists(#pk) AND #state <> :gone".to_string()
         }
         Guard::ClaimVerify { stale_before } => {
-            names.insert("#pk".into(), "instanceId".into());
-            names.insert("#started".into(), "executionStartedAt".into());
-            names.insert("#state".into(), "state".into());
-            names.insert("#exec".into(), "executionArn".into());
-            names.insert("#updated".into(), "updatedAt".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
+            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
+            names.insert("#state".into(), attr::STATE.into());
+            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
+            names.insert("#updated".into(), attr::UPDATED_AT.into());
             values.insert(":started".into(), s(&exec.execution_start_time));
             values.insert(":exec".into(), s(&exec.execution_id));
             values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
@@ -226,19 +227,19 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
                 .to_string()
         }
         Guard::NotExists => {
-            names.insert("#pk".into(), "instanceId".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
             "attribute_not_exists(#pk)".to_string()
         }
         Guard::OwnedByExecution => {
-            names.insert("#exec".into(), "executionArn".into());
+            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
             values.insert(":exec".into(), s(&exec.execution_id));
             "#exec = :exec".to_string()
         }
         Guard::Unfinished => {
-            names.insert("#pk".into(), "instanceId".into());
-            names.insert("#started".into(), "executionStartedAt".into());
-            names.insert("#state".into(), "state".into());
-            names.insert("#exec".into(), "executionArn".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
+            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
+            names.insert("#state".into(), attr::STATE.into());
+            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
             values.insert(":started".into(), s(&exec.execution_start_time));
             values.insert(":exec".into(), s(&exec.execution_id));
             values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
@@ -250,9 +251,9 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
                 .to_string()
         }
         Guard::NotNewerNorInstalled => {
-            names.insert("#pk".into(), "instanceId".into());
-            names.insert("#started".into(), "executionStartedAt".into());
-            names.insert("#state".into(), "state".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
+            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
+            names.insert("#state".into(), attr::STATE.into());
             values.insert(":started".into(), s(&exec.execution_start_time));
             values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
             "attribute_not_exists(#pk) OR (#started <= :started AND #state <> :installed)".to_string()
@@ -262,13 +263,13 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             document_version,
             stale_before,
         } => {
-            names.insert("#pk".into(), "instanceId".into());
-            names.insert("#started".into(), "executionStartedAt".into());
-            names.insert("#state".into(), "state".into());
-            names.insert("#exec".into(), "executionArn".into());
-            names.insert("#updated".into(), "updatedAt".into());
-            names.insert("#doc".into(), "document".into());
-            names.insert("#ver".into(), "documentVersion".into());
+            names.insert("#pk".into(), attr::INSTANCE_ID.into());
+            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
+            names.insert("#state".into(), attr::STATE.into());
+            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
+            names.insert("#updated".into(), attr::UPDATED_AT.into());
+            names.insert("#doc".into(), attr::DOCUMENT.into());
+            names.insert("#ver".into(), attr::DOCUMENT_VERSION.into());
             values.insert(":started".into(), s(&exec.execution_start_time));
             values.insert(":exec".into(), s(&exec.execution_id));
             values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
@@ -284,7 +285,7 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
     };
     Update::builder()
         .table_name(table)
-        .key("instanceId", s(&w.key))
+        .key(attr::INSTANCE_ID, s(&w.key))
         .update_expression(format!("SET {}", sets.join(", ")))
         .condition_expression(condition)
         .set_expression_attribute_names(Some(names))
@@ -429,11 +430,14 @@ pub async fn put_target_chunks(
         .iter()
         .map(|(key, ids)| {
             let mut item = Item::new();
-            item.insert("instanceId".into(), s(key));
-            item.insert("kind".into(), s("rolloutTargets"));
-            item.insert("rolloutId".into(), s(rollout_id));
-            item.insert("instanceIds".into(), AttributeValue::L(ids.iter().map(s).collect()));
-            item.insert("createdAt".into(), s(&now));
+            item.insert(attr::INSTANCE_ID.into(), s(key));
+            item.insert(attr::KIND.into(), s("rolloutTargets"));
+            item.insert(attr::ROLLOUT_ID.into(), s(rollout_id));
+            item.insert(
+                attr::INSTANCE_IDS.into(),
+                AttributeValue::L(ids.iter().map(s).collect()),
+            );
+            item.insert(attr::CREATED_AT.into(), s(&now));
             // Not an instance: expires, and never carries `state`.
             item.insert(ttl_name.into(), ttl_value.clone());
             item
@@ -471,14 +475,14 @@ pub async fn put_sweep_chunks(
         .iter()
         .map(|(key, chunk)| {
             let mut item = Item::new();
-            item.insert("instanceId".into(), s(key));
-            item.insert("kind".into(), s("sweepTargets"));
-            item.insert("sweepId".into(), s(sweep_id));
-            item.insert("instanceIds".into(), list(&chunk.instance_ids));
+            item.insert(attr::INSTANCE_ID.into(), s(key));
+            item.insert(attr::KIND.into(), s("sweepTargets"));
+            item.insert(attr::SWEEP_ID.into(), s(sweep_id));
+            item.insert(attr::INSTANCE_IDS.into(), list(&chunk.instance_ids));
             if !chunk.verify_ids.is_empty() {
-                item.insert("verifyIds".into(), list(&chunk.verify_ids));
+                item.insert(attr::VERIFY_IDS.into(), list(&chunk.verify_ids));
             }
-            item.insert("createdAt".into(), s(&now));
+            item.insert(attr::CREATED_AT.into(), s(&now));
             item.insert(ttl_name.into(), ttl_value.clone());
             item
         })
@@ -501,7 +505,7 @@ pub async fn get_records(
     for group in ids.chunks(MAX_BATCH_GET) {
         let keys: Vec<Item> = group
             .iter()
-            .map(|id| Item::from([("instanceId".to_string(), s(id))]))
+            .map(|id| Item::from([(attr::INSTANCE_ID.to_string(), s(id))]))
             .collect();
         let mut pending = Some(
             KeysAndAttributes::builder()
@@ -609,7 +613,7 @@ pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk
     let resp = client
         .get_item()
         .table_name(table)
-        .key("instanceId", s(key))
+        .key(attr::INSTANCE_ID, s(key))
         .consistent_read(true)
         .send()
         .await
@@ -618,14 +622,14 @@ pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk
         .item()
         .ok_or_else(|| FleetError::invalid_input(format!("no rollout targets stored under {key}")))?;
     let list = item
-        .get("instanceIds")
+        .get(attr::INSTANCE_IDS)
         .and_then(|v| v.as_l().ok())
         .ok_or_else(|| FleetError::invalid_input(format!("{key} holds no instanceIds list")))?;
     let strings = |l: &[AttributeValue]| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect::<Vec<_>>();
     Ok(Chunk {
         instance_ids: strings(list),
         verify_ids: item
-            .get("verifyIds")
+            .get(attr::VERIFY_IDS)
             .and_then(|v| v.as_l().ok())
             .map(|l| strings(l))
             .unwrap_or_default(),
@@ -667,8 +671,8 @@ pub async fn put_target_list_pages(
             by_family.entry(t.family.as_str()).or_default().push(s(&t.instance_id));
         }
         let fields: Vec<(&'static str, AttributeValue)> = vec![
-            ("kind", s(ROLLOUT_LIST_KIND)),
-            ("rolloutId", s(rollout_id)),
+            (attr::KIND, s(ROLLOUT_LIST_KIND)),
+            (attr::ROLLOUT_ID, s(rollout_id)),
             ("page", n(page)),
             (
                 "targets",
@@ -679,7 +683,7 @@ pub async fn put_target_list_pages(
                         .collect(),
                 ),
             ),
-            ("createdAt", s(&now)),
+            (attr::CREATED_AT, s(&now)),
             ttl_field(),
         ];
         let write = LedgerWrite {
@@ -689,7 +693,7 @@ pub async fn put_target_list_pages(
         };
         check_write(&write)?;
         let mut item: Item = write.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        item.insert("instanceId".into(), s(write.key));
+        item.insert(attr::INSTANCE_ID.into(), s(write.key));
         items.push(item);
     }
     put_items(client, table, items).await
@@ -714,7 +718,7 @@ pub async fn load_target_list_pages(
                 .set_keys(Some(
                     group
                         .iter()
-                        .map(|k| HashMap::from([("instanceId".to_string(), s(k))]))
+                        .map(|k| HashMap::from([(attr::INSTANCE_ID.to_string(), s(k))]))
                         .collect(),
                 ))
                 .consistent_read(true)
@@ -732,7 +736,7 @@ pub async fn load_target_list_pages(
             let got = resp.responses().and_then(|r| r.get(table)).cloned().unwrap_or_default();
             let progressed = !got.is_empty();
             for item in got {
-                if let Some(key) = get_s(&item, "instanceId").map(str::to_string) {
+                if let Some(key) = get_s(&item, attr::INSTANCE_ID).map(str::to_string) {
                     found.insert(key, item);
                 }
             }

@@ -424,7 +424,7 @@ pub fn describe_page_error(
             service: "ec2:DescribeInstances".into(),
             message: format!(
                 "EC2 refused the listing's cursor (NextToken {:?}) as invalid or expired ({code}: {}): the listing \
-                 cannot resume from it. Start the rollout again; it lists its targets from the beginning",
+                 cannot resume from it. Start the rollout or sweep again; it lists from the beginning",
                 crate::text::clip(token, 40),
                 err.as_service_error().and_then(|e| e.message()).unwrap_or("no message")
             ),
@@ -572,7 +572,7 @@ mod tests {
                 text.contains("cursor") && text.contains("old-cursor") && text.contains(code),
                 "{text}"
             );
-            assert!(text.contains("Start the rollout again"), "{text}");
+            assert!(text.contains("Start the rollout or sweep again"), "{text}");
         }
         // without a cursor the same code is not about a cursor; a denial stays a denial
         let rule = mock!(aws_sdk_ec2::Client::describe_instances).then_error(refused("InvalidParameterValue"));

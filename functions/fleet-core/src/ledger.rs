@@ -500,39 +500,54 @@ pub async fn get_records(
     table: &str,
     ids: &[String],
 ) -> Result<HashMap<String, crate::record::LedgerRecord>, FleetError> {
+    Ok(get_items(client, table, ids)
+        .await?
+        .values()
+        .filter_map(crate::record::LedgerRecord::from_item)
+        .map(|r| (r.instance_id.clone(), r))
+        .collect())
+}
+
+/// The items under the given keys, by key: BatchGetItem, 100 keys a call, strongly consistent;
+/// unprocessed keys are asked again, with backoff while a call returns nothing. Keys without an
+/// item are absent from the map.
+pub async fn get_items(client: &Client, table: &str, keys: &[String]) -> Result<HashMap<String, Item>, FleetError> {
     use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let mut out = HashMap::new();
-    for group in ids.chunks(MAX_BATCH_GET) {
-        let keys: Vec<Item> = group
-            .iter()
-            .map(|id| Item::from([(attr::INSTANCE_ID.to_string(), s(id))]))
-            .collect();
-        let mut pending = Some(
+    let mut found = HashMap::new();
+    for group in keys.chunks(MAX_BATCH_GET) {
+        let mut request = Some(
             KeysAndAttributes::builder()
-                .set_keys(Some(keys))
+                .set_keys(Some(
+                    group
+                        .iter()
+                        .map(|k| Item::from([(attr::INSTANCE_ID.to_string(), s(k))]))
+                        .collect(),
+                ))
                 .consistent_read(true)
                 .build()
                 .map_err(|e| FleetError::invalid_input(e.to_string()))?,
         );
         let mut tries = 0;
-        while let Some(request) = pending.take() {
+        while let Some(keys) = request.take() {
             let resp = client
                 .batch_get_item()
-                .request_items(table, request)
+                .request_items(table, keys)
                 .send()
                 .await
                 .map_err(|e| FleetError::from_sdk("dynamodb", "BatchGetItem", &e))?;
-            for item in resp.responses().and_then(|r| r.get(table)).into_iter().flatten() {
-                if let Some(r) = crate::record::LedgerRecord::from_item(item) {
-                    out.insert(r.instance_id.clone(), r);
+            let got = resp.responses().and_then(|r| r.get(table)).cloned().unwrap_or_default();
+            let progressed = !got.is_empty();
+            for item in got {
+                if let Some(key) = get_s(&item, attr::INSTANCE_ID).map(str::to_string) {
+                    found.insert(key, item);
                 }
             }
-            pending = resp
+            request = resp
                 .unprocessed_keys()
                 .and_then(|u| u.get(table))
                 .filter(|k| !k.keys().is_empty())
                 .cloned();
-            if pending.is_some() {
+            if request.is_some() && !progressed {
                 tries += 1;
                 if tries > 8 {
                     return Err(FleetError::Throttled {
@@ -544,7 +559,7 @@ pub async fn get_records(
             }
         }
     }
-    Ok(out)
+    Ok(found)
 }
 
 /// Put whole items with BatchWriteItem, 25 a call, retrying unprocessed items with backoff.
@@ -709,54 +724,8 @@ pub async fn load_target_list_pages(
     rollout_id: &str,
     pages: usize,
 ) -> Result<Vec<crate::rollout::Target>, FleetError> {
-    use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let mut found: HashMap<String, Item> = HashMap::new();
     let keys: Vec<String> = (0..pages).map(|p| rollout_list_key(rollout_id, p)).collect();
-    for group in keys.chunks(MAX_BATCH_GET) {
-        let mut request = Some(
-            KeysAndAttributes::builder()
-                .set_keys(Some(
-                    group
-                        .iter()
-                        .map(|k| HashMap::from([(attr::INSTANCE_ID.to_string(), s(k))]))
-                        .collect(),
-                ))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| FleetError::invalid_input(e.to_string()))?,
-        );
-        let mut tries = 0;
-        while let Some(keys) = request.take() {
-            let resp = client
-                .batch_get_item()
-                .request_items(table, keys)
-                .send()
-                .await
-                .map_err(|e| FleetError::from_sdk("dynamodb", "BatchGetItem", &e))?;
-            let got = resp.responses().and_then(|r| r.get(table)).cloned().unwrap_or_default();
-            let progressed = !got.is_empty();
-            for item in got {
-                if let Some(key) = get_s(&item, attr::INSTANCE_ID).map(str::to_string) {
-                    found.insert(key, item);
-                }
-            }
-            request = resp
-                .unprocessed_keys()
-                .and_then(|u| u.get(table))
-                .filter(|k| !k.keys().is_empty())
-                .cloned();
-            if request.is_some() && !progressed {
-                tries += 1;
-                if tries > 8 {
-                    return Err(FleetError::Throttled {
-                        service: "dynamodb:BatchGetItem".into(),
-                        message: format!("listed pages of rollout {rollout_id} still unprocessed after {tries} tries"),
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
-            }
-        }
-    }
+    let found = get_items(client, table, &keys).await?;
     let mut out = Vec::new();
     for key in &keys {
         let item = found.get(key).ok_or_else(|| {

@@ -482,7 +482,7 @@ mod tests {
         let err = handle(&ec2, &db, &config(), list_request(previous)).await.unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::AWS_REJECTED);
         assert!(err.to_string().contains("invalid or expired"), "{err}");
-        assert!(err.to_string().contains("Start the rollout again"), "{err}");
+        assert!(err.to_string().contains("Start the rollout or sweep again"), "{err}");
     }
 
     fn page_item(

@@ -192,42 +192,14 @@ pub async fn handle(
     now: DateTime<Utc>,
     payload: Value,
 ) -> Result<Value, FleetError> {
-    let bad = |e: serde_json::Error| FleetError::invalid_input(format!("sweep: {e}"));
-    let action: Action = serde_json::from_value(payload.clone()).map_err(bad)?;
-    let common: Common = serde_json::from_value(payload.clone()).map_err(bad)?;
+    let action: Action = body(&payload)?;
+    let common: Common = body(&payload)?;
     let out = match action.action.as_str() {
-        "begin" => serde_json::to_value(
-            begin(
-                clients,
-                config,
-                now,
-                &common,
-                serde_json::from_value(payload).map_err(bad)?,
-            )
-            .await?,
-        ),
-        "list" => serde_json::to_value(
-            list(
-                clients,
-                config,
-                now,
-                &common,
-                serde_json::from_value(payload).map_err(bad)?,
-            )
-            .await?,
-        ),
-        "gone" => serde_json::to_value(
-            gone(
-                clients,
-                config,
-                now,
-                &common,
-                serde_json::from_value(payload).map_err(bad)?,
-            )
-            .await?,
-        ),
+        "begin" => serde_json::to_value(begin(clients, config, now, &common, body(&payload)?).await?),
+        "list" => serde_json::to_value(list(clients, config, now, &common, body(&payload)?).await?),
+        "gone" => serde_json::to_value(gone(clients, config, now, &common, body(&payload)?).await?),
         "finish" => {
-            let report = finish(serde_json::from_value(payload).map_err(bad)?);
+            let report = finish(body(&payload)?);
             for doc in fleet_core::compliance::emf_documents(
                 &report.found_after(),
                 &config.stack_name,
@@ -260,6 +232,11 @@ pub async fn handle(
         }
     };
     out.map_err(|e| FleetError::invalid_input(format!("sweep: cannot serialise the answer: {e}")))
+}
+
+/// An action's request, read from the payload.
+fn body<T: serde::de::DeserializeOwned>(payload: &Value) -> Result<T, FleetError> {
+    serde_json::from_value(payload.clone()).map_err(|e| FleetError::invalid_input(format!("sweep: {e}")))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -384,7 +361,6 @@ async fn list(
     c: &Common,
     req: ListRequest,
 ) -> Result<Listed, FleetError> {
-    use aws_sdk_ec2::types::Filter;
     let settings = Settings {
         verify_all: req.verify_all,
         ..config.settings.clone()
@@ -396,33 +372,25 @@ async fn list(
     let mut retry_writes = Vec::new();
     let mut pages = 0;
     while pages < config.max_pages {
-        let resp = clients
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("instance-state-name").values("running").build())
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
+        // every running instance: no tag filter
+        let page =
+            fleet_core::adapters::describe_running_page(&clients.ec2, &[], &config.opt_out_tag, token.take()).await?;
         pages += 1;
         let mut running = Vec::new();
-        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
-            let Some(id) = i.instance_id() else { continue };
-            if !fleet_core::model::is_valid_instance_id(id) {
+        for t in page.instances {
+            let f = t.facts;
+            if !fleet_core::model::is_valid_instance_id(&f.instance_id) {
                 tracing::warn!(
-                    instance_id = fleet_core::text::clip(id, 64),
+                    instance_id = fleet_core::text::clip(&f.instance_id, 64),
                     "EC2 returned a malformed instance id: not swept"
                 );
                 continue;
             }
             running.push(RunningInstance {
-                instance_id: id.to_string(),
-                launch_time: i
-                    .launch_time()
-                    .and_then(|d| DateTime::<Utc>::from_timestamp(d.secs(), d.subsec_nanos())),
-                opted_out: fleet_core::adapters::has_opt_out_tag(i, &config.opt_out_tag),
-                platform: i.platform_details().map(str::to_string),
+                instance_id: f.instance_id,
+                launch_time: f.launch_time,
+                opted_out: f.opted_out,
+                platform: f.platform_details,
             });
         }
         let ids: Vec<String> = running.iter().map(|r| r.instance_id.clone()).collect();
@@ -438,7 +406,7 @@ async fn list(
             }
             todo.push((inst.instance_id.clone(), work));
         }
-        token = resp.next_token().map(str::to_string);
+        token = page.next_token;
         if token.is_none() {
             break;
         }

@@ -97,6 +97,72 @@ pub fn failure_ratio(f: f64) -> Result<f64> {
     }
 }
 
+/// A whole number of at least `min`. clap lets negative-looking values (`-1`) reach the numeric
+/// options' parsers (`allow_negative_numbers`), so that the answer says what the option takes
+/// rather than "unexpected argument '-1' found". clap prefixes the message with the option and
+/// the value, and exits with 2.
+fn whole_number(s: &str, min: u64, what: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let at_least = if min == 0 {
+        "0 or more".to_string()
+    } else {
+        format!("at least {min}")
+    };
+    match t.parse::<i128>() {
+        Ok(n) if n < i128::from(min) => Err(format!("must be {at_least} ({what}), got {t}")),
+        Ok(n) => u64::try_from(n).map_err(|_| format!("{t} is too large ({what})")),
+        Err(_) => Err(format!("must be a whole number, {at_least} ({what}), got {t:?}")),
+    }
+}
+
+fn number(s: &str, what: &str) -> Result<f64, String> {
+    let t = s.trim();
+    match t.parse::<f64>() {
+        Ok(f) if f.is_finite() => Ok(f),
+        _ => Err(format!("must be a number ({what}), got {t:?}")),
+    }
+}
+
+/// `--canary N`: 0 or more instances (0: no canary).
+pub fn parse_canary(s: &str) -> Result<usize, String> {
+    let n = whole_number(s, 0, "instances in the canary wave; 0: no canary")?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// `--wave-size N`: at least 1 instance per wave.
+pub fn parse_wave_size(s: &str) -> Result<usize, String> {
+    let n = whole_number(s, 1, "instances per wave")?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// `--wave-percent P`: more than 0 and at most 100.
+pub fn parse_wave_percent(s: &str) -> Result<f64, String> {
+    const WHAT: &str = "percent of the targets per wave";
+    let p = number(s, WHAT)?;
+    if p > 0.0 && p <= 100.0 {
+        Ok(p)
+    } else {
+        Err(format!("must be greater than 0 and at most 100 ({WHAT}), got {p}"))
+    }
+}
+
+/// `--max-failure-ratio F`: 0 to 1.
+pub fn parse_failure_ratio(s: &str) -> Result<f64, String> {
+    const WHAT: &str = "failed / (installed + failed); 0.05 = 5%";
+    let f = number(s, WHAT)?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("must be between 0 and 1 ({WHAT}), got {f}"))
+    }
+}
+
+/// `--pause SECONDS`: 0 or more.
+pub fn parse_pause(s: &str) -> Result<u32, String> {
+    let n = whole_number(s, 0, "seconds between waves")?;
+    u32::try_from(n).map_err(|_| format!("must be at most {} seconds, got {n}", u32::MAX))
+}
+
 /// Step Functions execution names have at most this many characters (Unicode code points, not
 /// bytes).
 pub const MAX_EXECUTION_NAME: usize = 80;
@@ -136,6 +202,15 @@ pub fn cut_name(base: &str, suffix: &str) -> String {
 /// The UTC timestamp used in generated names: yyyymmddThhmmss.
 pub fn name_timestamp(now: DateTime<Utc>) -> String {
     now.format("%Y%m%dT%H%M%S").to_string()
+}
+
+/// A generated execution name that no other call makes: `<prefix>-<UTC yyyymmddThhmmss>-<suffix>`
+/// (the suffix: [`unique_suffix`], 8 random hex digits), so that two runs started within the same
+/// second get different names. Step Functions refuses a name twice, or (an execution of that name
+/// still running, with the same input) returns the running one instead of starting a new one.
+/// `sweep`, `replay` and `rollout` (without `--name`) name their executions with it.
+pub fn unique_name(prefix: &str, now: DateTime<Utc>, suffix: &str) -> String {
+    cut_name(&format!("{prefix}-{}", name_timestamp(now)), &format!("-{suffix}"))
 }
 
 /// Eight hex digits that differ from one call (and one process) to the next: std's RandomState is

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::args::{parse_tag, TagPair};
+use crate::args::{
+    parse_canary, parse_failure_ratio, parse_pause, parse_tag, parse_wave_percent, parse_wave_size, TagPair,
+};
 
 /// The SSM managed policy in the `aws` partition; other partitions: [`ssm_policy_arn`].
 pub const DEFAULT_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
@@ -54,9 +56,10 @@ pub fn ssm_policy_arn(partition: &str) -> String {
         CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
         progress goes to stderr when it is a terminal.",
     after_help = "Exit status: 0 on success; 1 on errors; 2 when the command ran but reports a failure \
-        (`rollout --wait` or `sweep --wait` ended in a status other than SUCCEEDED, `prereq` could not read or change a role or \
+        (`rollout --wait` or `sweep --wait` ended in a status other than SUCCEEDED, `rollout` found an execution of that name \
+        already running and started nothing, `prereq` could not read or change a role or \
         could not turn on Default Host Management Configuration, `replay` could not redrive or start an execution), \
-        and on usage errors."
+        and on usage errors (a bad option value included)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -162,14 +165,33 @@ pub struct TargetArgs {
     /// must match).
     #[arg(long = "tag", value_name = "KEY=VALUE", required = true, value_parser = parse_tag)]
     pub tags: Vec<TagPair>,
+    // Numeric options take negative-looking values (allow_negative_numbers) so that their parser,
+    // not clap's "unexpected argument", says what they accept.
     /// Instances in the canary wave (0: no canary).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        allow_negative_numbers = true,
+        value_parser = parse_canary
+    )]
     pub canary: usize,
-    /// Instances per wave after the canary.
-    #[arg(long, value_name = "N", conflicts_with = "wave_percent")]
+    /// Instances per wave after the canary (at least 1).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "wave_percent",
+        allow_negative_numbers = true,
+        value_parser = parse_wave_size
+    )]
     pub wave_size: Option<usize>,
-    /// Percent of all targets per wave after the canary [default: 10].
-    #[arg(long, value_name = "P")]
+    /// Percent of all targets per wave after the canary, more than 0 and at most 100 [default: 10].
+    #[arg(
+        long,
+        value_name = "P",
+        allow_negative_numbers = true,
+        value_parser = parse_wave_percent
+    )]
     pub wave_percent: Option<f64>,
 }
 
@@ -183,13 +205,26 @@ pub struct PreviewArgs {
 pub struct RolloutArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
-    /// Stop the rollout when a wave's failed / (installed + failed) is above this.
-    #[arg(long, value_name = "F", default_value_t = 0.05)]
+    /// Stop the rollout when a wave's failed / (installed + failed) is above this (0 to 1).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.05,
+        allow_negative_numbers = true,
+        value_parser = parse_failure_ratio
+    )]
     pub max_failure_ratio: f64,
-    /// Seconds to wait between waves.
-    #[arg(long = "pause", value_name = "SECONDS", default_value_t = 300)]
+    /// Seconds to wait between waves (0 or more).
+    #[arg(
+        long = "pause",
+        value_name = "SECONDS",
+        default_value_t = 300,
+        allow_negative_numbers = true,
+        value_parser = parse_pause
+    )]
     pub pause_seconds: u32,
-    /// Execution name [default: rollout-<UTC yyyymmddThhmmss>].
+    /// Execution name, used as given [default: rollout-<UTC yyyymmddThhmmss>-<8 random hex digits>].
+    /// If an execution of this name already exists, nothing is started and rollout says so (exit 2).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Wait for the rollout to end, then show its status.
@@ -332,6 +367,69 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn negative_and_out_of_range_numbers_are_explained() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| Cli::try_parse_from(["fleet-install"].iter().chain(args).copied());
+        for (command, option, value, says) in [
+            ("rollout", "--canary", "-1", "must be 0 or more"),
+            ("preview", "--canary", "-1", "must be 0 or more"),
+            ("rollout", "--canary", "1.5", "must be a whole number"),
+            ("rollout", "--wave-size", "-5", "must be at least 1"),
+            ("preview", "--wave-size", "0", "must be at least 1"),
+            ("rollout", "--wave-percent", "-10", "greater than 0 and at most 100"),
+            ("preview", "--wave-percent", "-0.5", "greater than 0 and at most 100"),
+            ("rollout", "--wave-percent", "150", "greater than 0 and at most 100"),
+            ("rollout", "--wave-percent", "NaN", "must be a number"),
+            ("rollout", "--max-failure-ratio", "-0.1", "between 0 and 1"),
+            ("rollout", "--max-failure-ratio", "5", "between 0 and 1"),
+            ("rollout", "--pause", "-30", "must be 0 or more"),
+            ("rollout", "--pause", "99999999999", "at most 4294967295 seconds"),
+        ] {
+            let e = parse(&[command, "--tag", "a=b", option, value]).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{option} {value}: {text}");
+            assert_eq!(e.exit_code(), 2, "{option} {value}");
+            assert!(!text.contains("unexpected argument"), "{text}");
+            assert!(text.contains(option) && text.contains(says), "{option} {value}: {text}");
+        }
+        // The same values, given with `=`, get the same answer.
+        let e = parse(&["rollout", "--tag", "a=b", "--canary=-1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{e}");
+        // Values in range still parse, 0 included where it means something.
+        let Command::Rollout(r) = parse(&[
+            "rollout",
+            "--tag",
+            "a=b",
+            "--canary",
+            "0",
+            "--wave-percent",
+            "100",
+            "--max-failure-ratio",
+            "0",
+            "--pause",
+            "0",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                r.targets.canary,
+                r.targets.wave_percent,
+                r.max_failure_ratio,
+                r.pause_seconds
+            ),
+            (0, Some(100.0), 0.0, 0)
+        );
+        // A negative number is never taken for an option: a missing value is still said to be missing.
+        let e = parse(&["rollout", "--tag", "a=b", "--canary", "--wave-size", "5"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("a value is required"), "{e}");
     }
 
     #[test]

@@ -10,10 +10,11 @@ use fleet_core::model::LedgerState;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::args::{cut_name, name_timestamp, since};
+use crate::args::{cut_name, since, unique_name, unique_suffix};
 use crate::cli::ReplayArgs;
 use crate::context::{Context, Progress, Report};
 use crate::ledger::query_by_state;
+use crate::start::{start_execution, StartOutcome};
 use crate::table::{key_values, section, Table};
 
 /// Step Functions redrives Standard executions up to 14 days after they stopped.
@@ -40,7 +41,8 @@ pub struct RedriveRow {
 pub struct ReplayRow {
     pub name: String,
     pub instances: usize,
-    /// started, would start, failed
+    /// started, would start, not started (an execution of that name already existed: `reason`
+    /// says which, `executionArn` is its), failed
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_arn: Option<String>,
@@ -74,7 +76,9 @@ impl ReplayReport {
     pub fn ok(&self) -> bool {
         match self {
             ReplayReport::Redrive { executions, .. } => executions.iter().all(|e| e.action != "failed"),
-            ReplayReport::Reinstall { executions, .. } => executions.iter().all(|e| e.action != "failed"),
+            ReplayReport::Reinstall { executions, .. } => executions
+                .iter()
+                .all(|e| e.action != "failed" && e.action != NOT_STARTED),
         }
     }
 }
@@ -258,13 +262,18 @@ pub async fn redrive(
     })
 }
 
-/// The install executions a replay starts: `replay-<timestamp>-<n>`, n from 1, at most 1,000
-/// instances each; names within Step Functions' 80 characters (cut at character boundaries).
-pub fn plan_chunks(ids: &[String], now: DateTime<Utc>) -> Vec<(String, Vec<String>)> {
-    let ts = name_timestamp(now);
+/// A replay row's action when StartExecution found an execution of that name: nothing started.
+pub const NOT_STARTED: &str = "not started";
+
+/// The install executions a replay starts: `replay-<UTC yyyymmddThhmmss>-<suffix>-<n>` (suffix: 8
+/// random hex digits, [`unique_suffix`], so that replays started within the same second never share
+/// a name), n from 1, at most 1,000 instances each; names within Step Functions' 80 characters (cut
+/// at character boundaries).
+pub fn plan_chunks(ids: &[String], now: DateTime<Utc>, suffix: &str) -> Vec<(String, Vec<String>)> {
+    let base = unique_name("replay", now, suffix);
     ids.chunks(INSTANCES_PER_EXECUTION)
         .enumerate()
-        .map(|(n, c)| (cut_name(&format!("replay-{ts}"), &format!("-{}", n + 1)), c.to_vec()))
+        .map(|(n, c)| (cut_name(&base, &format!("-{}", n + 1)), c.to_vec()))
         .collect()
 }
 
@@ -289,7 +298,7 @@ pub async fn reinstall(
     ids.sort();
     ids.dedup();
     let mut rows = Vec::new();
-    for (name, chunk) in plan_chunks(&ids, now) {
+    for (name, chunk) in plan_chunks(&ids, now, &unique_suffix()) {
         let mut row = ReplayRow {
             name: name.clone(),
             instances: chunk.len(),
@@ -301,21 +310,19 @@ pub async fn reinstall(
         if !dry_run {
             progress.update(format!("starting {name}"));
             let input = json!({"instanceIds": chunk, "source": "replay"});
-            match sfn
-                .start_execution()
-                .state_machine_arn(install_state_machine)
-                .name(&name)
-                .input(input.to_string())
-                .send()
-                .await
-            {
-                Ok(resp) => {
+            match start_execution(sfn, install_state_machine, &name, &input.to_string()).await {
+                Ok(StartOutcome::Started { execution_arn }) => {
                     row.action = "started".into();
-                    row.execution_arn = Some(resp.execution_arn().to_string());
+                    row.execution_arn = Some(execution_arn);
+                }
+                Ok(StartOutcome::Existing(e)) => {
+                    row.action = NOT_STARTED.into();
+                    row.reason = Some(e.describe());
+                    row.execution_arn = Some(e.execution_arn);
                 }
                 Err(e) => {
                     row.action = "failed".into();
-                    row.reason = Some(crate::aws::message(&e));
+                    row.reason = Some(e);
                 }
             }
         }
@@ -351,16 +358,120 @@ mod tests {
     #[test]
     fn chunks_of_a_thousand_with_numbered_names() {
         let ids: Vec<String> = (0..2001).map(|n| format!("i-{n:017x}")).collect();
-        let c = plan_chunks(&ids, now());
+        let c = plan_chunks(&ids, now(), "0000abcd");
         assert_eq!(
             c.iter().map(|(n, ids)| (n.as_str(), ids.len())).collect::<Vec<_>>(),
             vec![
-                ("replay-20261125T180000-1", 1000),
-                ("replay-20261125T180000-2", 1000),
-                ("replay-20261125T180000-3", 1)
+                ("replay-20261125T180000-0000abcd-1", 1000),
+                ("replay-20261125T180000-0000abcd-2", 1000),
+                ("replay-20261125T180000-0000abcd-3", 1)
             ]
         );
-        assert!(plan_chunks(&[], now()).is_empty());
+        assert!(plan_chunks(&[], now(), "0000abcd").is_empty());
+    }
+
+    fn one_failed_instance() -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_dynamodb::Client::query).then_output(|| {
+            QueryOutput::builder()
+                .items(item("i-0000000000000000a", "failed", "2026-11-25T01:00:00.000Z"))
+                .build()
+        })
+    }
+
+    async fn replay_at(sfn: &aws_sdk_sfn::Client, db: &aws_sdk_dynamodb::Client) -> ReplayReport {
+        reinstall(
+            sfn,
+            db,
+            "ledger",
+            "arn:aws:states:r:1:stateMachine:Install",
+            Some("2026-11-25T00:00:00.000Z"),
+            false,
+            now(),
+            Progress::disabled(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn rows(r: &ReplayReport) -> &[ReplayRow] {
+        match r {
+            ReplayReport::Reinstall { executions, .. } => executions,
+            ReplayReport::Redrive { .. } => panic!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_replays_in_the_same_second_start_two_executions() {
+        let q = one_failed_instance();
+        let d = crate::start::tests::not_there();
+        // Step Functions' answer names the execution it was asked to start.
+        let start = mock!(aws_sdk_sfn::Client::start_execution).then_compute_output(|r| {
+            StartExecutionOutput::builder()
+                .execution_arn(format!("arn:aws:states:r:1:execution:Install:{}", r.name().unwrap()))
+                .start_date(aws_smithy_types::DateTime::from_secs(Utc::now().timestamp()))
+                .build()
+                .unwrap()
+        });
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&q]);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&d, &start]);
+        let first = replay_at(&sfn, &db).await;
+        let second = replay_at(&sfn, &db).await;
+        assert_eq!(start.num_calls(), 2);
+        let (a, b) = (&rows(&first)[0], &rows(&second)[0]);
+        assert_ne!(a.name, b.name, "the same second, the same name");
+        assert_ne!(a.execution_arn, b.execution_arn);
+        for row in [a, b] {
+            assert_eq!(row.action, "started");
+            assert!(row.name.starts_with("replay-20261125T180000-"), "{}", row.name);
+            assert!(row.name.ends_with("-1"), "{}", row.name);
+            assert_eq!(row.name.chars().count(), "replay-20261125T180000-".len() + 8 + 2);
+            assert!(crate::args::execution_name(&row.name).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_execution_that_already_existed_is_not_reported_started() {
+        // StartExecution with the name of a running execution and the same input returns it as if
+        // it had started it: the CLI looks the name up and says so instead.
+        let q = one_failed_instance();
+        let existing = mock!(aws_sdk_sfn::Client::describe_execution).then_compute_output(|r| {
+            aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput::builder()
+                .execution_arn(r.execution_arn().unwrap())
+                .state_machine_arn("arn:aws:states:r:1:stateMachine:Install")
+                .status(ExecutionStatus::Running)
+                .start_date(aws_smithy_types::DateTime::from_secs(now().timestamp()))
+                .build()
+                .unwrap()
+        });
+        let start = mock!(aws_sdk_sfn::Client::start_execution).then_compute_output(|r| {
+            StartExecutionOutput::builder()
+                .execution_arn(format!("arn:aws:states:r:1:execution:Install:{}", r.name().unwrap()))
+                .start_date(aws_smithy_types::DateTime::from_secs(now().timestamp()))
+                .build()
+                .unwrap()
+        });
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&q]);
+        let sfn = mock_client!(aws_sdk_sfn, RuleMode::MatchAny, [&existing, &start]);
+        let r = replay_at(&sfn, &db).await;
+        assert_eq!(start.num_calls(), 0);
+        let row = &rows(&r)[0];
+        assert_eq!(row.action, NOT_STARTED);
+        assert!(row
+            .execution_arn
+            .as_deref()
+            .is_some_and(|a| a.ends_with(&format!(":{}", row.name))));
+        assert!(!r.ok(), "nothing new started: a reported failure");
+        let text = r.to_table();
+        println!("{text}");
+        assert!(
+            text.contains(
+                "  not started: an execution of this name already exists (RUNNING since 2026-11-25T18:00:00Z); nothing was started  arn:"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("  started  arn:"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["executions"][0]["action"], "not started");
     }
 
     fn execution(name: &str, days_ago: i64) -> ExecutionListItem {
@@ -456,19 +567,20 @@ mod tests {
             });
         let start = mock!(aws_sdk_sfn::Client::start_execution)
             .match_requests(|r| {
-                r.name() == Some("replay-20261125T180000-1")
+                r.name()
+                    .is_some_and(|n| n.starts_with("replay-20261125T180000-") && n.ends_with("-1"))
                     && r.input()
                         == Some(r#"{"instanceIds":["i-0000000000000000a","i-0000000000000000b"],"source":"replay"}"#)
             })
             .then_output(|| {
                 StartExecutionOutput::builder()
-                    .execution_arn("arn:aws:states:r:1:execution:Install:replay-20261125T180000-1")
-                    .start_date(aws_smithy_types::DateTime::from_secs(0))
+                    .execution_arn("arn:aws:states:r:1:execution:Install:replay-20261125T180000-0000abcd-1")
+                    .start_date(aws_smithy_types::DateTime::from_secs(Utc::now().timestamp()))
                     .build()
                     .unwrap()
             });
         let db = mock_client!(aws_sdk_dynamodb, [&q]);
-        let sfn = mock_client!(aws_sdk_sfn, [&start]);
+        let sfn = mock_client!(aws_sdk_sfn, [&crate::start::tests::not_there(), &start]);
         let r = reinstall(
             &sfn,
             &db,
@@ -485,6 +597,11 @@ mod tests {
         assert_eq!(start.num_calls(), 1);
         let text = r.to_table();
         println!("{text}");
-        assert!(text.contains("replay-20261125T180000-1          2  started  arn:aws:states:r:1:execution:Install:replay-20261125T180000-1"), "{text}");
+        assert!(
+            text.contains(
+                "          2  started  arn:aws:states:r:1:execution:Install:replay-20261125T180000-0000abcd-1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -10,11 +10,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::args::{
-    cut_name, describe_tags, execution_name, failure_ratio, group_tags, name_timestamp, wave_size, TagFilter,
+    describe_tags, execution_name, failure_ratio, group_tags, unique_name, unique_suffix, wave_size, TagFilter,
 };
 use crate::cli::RolloutArgs;
 use crate::commands::status::{self, Ev, StatusReport};
 use crate::context::{Context, Progress, Report};
+use crate::start::{start_execution, Existing, StartOutcome};
 use crate::table::key_values;
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -41,8 +42,11 @@ pub fn rollout_input(
     })
 }
 
-pub fn default_name(now: DateTime<Utc>) -> String {
-    cut_name(&format!("rollout-{}", name_timestamp(now)), "")
+/// `rollout-<UTC yyyymmddThhmmss>-<8 random hex digits>` (suffix: [`unique_suffix`]): two rollouts
+/// started within the same second never share a name. Its install executions are named
+/// `<name>-w<wave>-c<chunk>`, well within 80 characters.
+pub fn default_name(now: DateTime<Utc>, suffix: &str) -> String {
+    unique_name("rollout", now, suffix)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,11 +81,37 @@ impl Report for Started {
     }
 }
 
-/// What `rollout` prints: the start, or with --wait the final status.
+/// An execution of the rollout's name already existed: StartExecution would have returned it (a
+/// running one with the same input) or refused the name; nothing was started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotStarted {
+    pub name: String,
+    /// Always false: tells this answer from a start in JSON.
+    pub started: bool,
+    pub reason: String,
+    /// The execution that had the name: its ARN, status and start.
+    #[serde(flatten)]
+    pub existing: Existing,
+}
+
+impl Report for NotStarted {
+    fn to_table(&self) -> String {
+        key_values(&[
+            ("Not started", format!("{}: {}", self.name, self.reason)),
+            ("Execution", self.existing.execution_arn.clone()),
+            ("Follow", format!("fleet-install status {}", self.name)),
+        ])
+    }
+}
+
+/// What `rollout` prints: the start, or with --wait the final status, or that an execution of
+/// that name already existed.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum RolloutOutcome {
     Started(Started),
+    NotStarted(NotStarted),
     Finished(Box<StatusReport>),
 }
 
@@ -89,16 +119,18 @@ impl Report for RolloutOutcome {
     fn to_table(&self) -> String {
         match self {
             RolloutOutcome::Started(s) => s.to_table(),
+            RolloutOutcome::NotStarted(n) => n.to_table(),
             RolloutOutcome::Finished(r) => r.to_table(),
         }
     }
 }
 
 impl RolloutOutcome {
-    /// False when --wait saw the rollout end in anything but SUCCEEDED.
+    /// False when --wait saw the rollout end in anything but SUCCEEDED, or when nothing started.
     pub fn ok(&self) -> bool {
         match self {
             RolloutOutcome::Started(_) => true,
+            RolloutOutcome::NotStarted(_) => false,
             RolloutOutcome::Finished(r) => r.succeeded(),
         }
     }
@@ -108,11 +140,19 @@ pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
     let t = &args.targets;
     let size = wave_size(t.wave_size, t.wave_percent)?;
     let ratio = failure_ratio(args.max_failure_ratio)?;
-    let name = execution_name(&args.name.clone().unwrap_or_else(|| default_name(Utc::now())))?;
+    let name = execution_name(
+        &args
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(Utc::now(), &unique_suffix())),
+    )?;
     let input = rollout_input(&group_tags(&t.tags), t.canary, size, ratio, args.pause_seconds);
     let outputs = ctx.outputs().await?;
     let sfn = ctx.sfn();
-    let started = start(&sfn, outputs.rollout_state_machine()?, &name, input).await?;
+    let started = match start(&sfn, outputs.rollout_state_machine()?, &name, input).await? {
+        RolloutOutcome::Started(s) => s,
+        other => return Ok(other),
+    };
     if !args.wait {
         return Ok(RolloutOutcome::Started(started));
     }
@@ -136,20 +176,30 @@ pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
     Ok(RolloutOutcome::Finished(Box::new(report)))
 }
 
-pub async fn start(sfn: &aws_sdk_sfn::Client, state_machine_arn: &str, name: &str, input: Value) -> Result<Started> {
-    let resp = sfn
-        .start_execution()
-        .state_machine_arn(state_machine_arn)
-        .name(name)
-        .input(input.to_string())
-        .send()
+/// Start the rollout: [`RolloutOutcome::Started`], or [`RolloutOutcome::NotStarted`] when an
+/// execution of that name already existed (never reported as started).
+pub async fn start(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    name: &str,
+    input: Value,
+) -> Result<RolloutOutcome> {
+    let outcome = start_execution(sfn, state_machine_arn, name, &input.to_string())
         .await
-        .map_err(|e| anyhow!(crate::aws::message(&e)))
+        .map_err(|e| anyhow!(e))
         .with_context(|| format!("cannot start rollout {name} on {state_machine_arn}"))?;
-    Ok(Started {
-        name: name.to_string(),
-        execution_arn: resp.execution_arn().to_string(),
-        input,
+    Ok(match outcome {
+        StartOutcome::Started { execution_arn } => RolloutOutcome::Started(Started {
+            name: name.to_string(),
+            execution_arn,
+            input,
+        }),
+        StartOutcome::Existing(existing) => RolloutOutcome::NotStarted(NotStarted {
+            name: name.to_string(),
+            started: false,
+            reason: existing.describe(),
+            existing,
+        }),
     })
 }
 
@@ -244,7 +294,7 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-11-25T18:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(default_name(t), "rollout-20261125T180000");
+        assert_eq!(default_name(t, "0000abcd"), "rollout-20261125T180000-0000abcd");
     }
 
     #[tokio::test]
@@ -262,11 +312,14 @@ mod tests {
                     .build()
                     .unwrap()
             });
-        let sfn = mock_client!(aws_sdk_sfn, [&rule]);
+        let sfn = mock_client!(aws_sdk_sfn, [&crate::start::tests::not_there(), &rule]);
         let input = rollout_input(&[], 2, WaveSize::Count(5), 0.1, 60);
-        let s = start(&sfn, "arn:aws:states:r:1:stateMachine:Rollout", "rollout-1", input)
+        let RolloutOutcome::Started(s) = start(&sfn, "arn:aws:states:r:1:stateMachine:Rollout", "rollout-1", input)
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(s.execution_arn, "arn:aws:states:r:1:execution:Rollout:rollout-1");
         let text = s.to_table();
         println!("{text}");
@@ -274,6 +327,47 @@ mod tests {
             text.contains("Plan       canary 2, then waves of 5 instances; stop above failure ratio 0.1; pause 60 s")
         );
         assert!(RolloutOutcome::Started(s).ok());
+    }
+
+    #[test]
+    fn default_names_differ_within_a_second() {
+        let t = DateTime::parse_from_rfc3339("2026-11-25T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (a, b) = (default_name(t, &unique_suffix()), default_name(t, &unique_suffix()));
+        assert_ne!(a, b, "two rollouts in the same second must not share a name");
+        assert!(a.starts_with("rollout-20261125T180000-"), "{a}");
+        assert_eq!(a.chars().count(), "rollout-20261125T180000-".len() + 8);
+        // its install executions' names (`<name>-w<wave>-c<chunk>`) stay within 80 characters
+        assert!(execution_name(&format!("{a}-w9999-c9999")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_running_rollout_of_that_name_is_not_reported_started() {
+        // `rollout --name r` twice with the same arguments: StartExecution would return the running
+        // execution as though it had started it.
+        const ARN: &str = "arn:aws:states:r:1:execution:Rollout:rollout-1";
+        let running = crate::start::tests::running(ARN, 1_700_000_000);
+        let rule = crate::start::tests::started(ARN, 1_700_000_000);
+        let sfn = mock_client!(aws_sdk_sfn, aws_smithy_mocks::RuleMode::MatchAny, [&running, &rule]);
+        let input = rollout_input(&[], 2, WaveSize::Count(5), 0.1, 60);
+        let o = start(&sfn, "arn:aws:states:r:1:stateMachine:Rollout", "rollout-1", input)
+            .await
+            .unwrap();
+        assert_eq!(rule.num_calls(), 0);
+        assert!(!o.ok(), "nothing started: a reported failure");
+        let text = o.to_table();
+        println!("{text}");
+        assert!(!text.contains("Started"), "{text}");
+        assert!(
+            text.contains("Not started  rollout-1: an execution of this name already exists (RUNNING since 2023-11-14T22:13:20Z); nothing was started\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("Execution    {ARN}\n")), "{text}");
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["started"], false);
+        assert_eq!(json["executionArn"], ARN);
+        assert_eq!(json["status"], "RUNNING");
     }
 
     #[test]

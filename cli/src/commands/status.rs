@@ -112,7 +112,8 @@ pub struct StatusReport {
     /// Rollouts: the waves evaluated so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waves: Option<Vec<WaveResult>>,
-    /// Installs: what started it.
+    /// What started the run, from the workflow's input: `ec2-running`, `replay`, `rollout <name>
+    /// wave <n>`, `sweep <name>` (not the execution's name, which is `name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Installs: counts by state, platform and reason (when it has ended).
@@ -451,6 +452,16 @@ fn kind_of(desc: &DescribeExecutionOutput, outputs: &StackOutputs) -> Kind {
     }
 }
 
+/// What started a run, as its input says (`source`: start-install's `ec2-running`, `replay`, the
+/// rollout's `rollout <name> wave <n>`, the sweep's `sweep <name>`).
+pub fn source(input: Option<&Value>) -> Option<String> {
+    input?
+        .get("source")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// The status report of a described execution.
 pub async fn report(
     sfn: &aws_sdk_sfn::Client,
@@ -460,6 +471,7 @@ pub async fn report(
 ) -> Result<StatusReport> {
     let kind = kind_of(desc, outputs);
     let output: Option<Value> = desc.output().and_then(|o| serde_json::from_str(o).ok());
+    let input: Option<Value> = desc.input().and_then(|i| serde_json::from_str(i).ok());
     let name = desc.name().unwrap_or_default().to_string();
     let mut r = StatusReport {
         execution_arn: desc.execution_arn().to_string(),
@@ -474,7 +486,7 @@ pub async fn report(
         targets: None,
         waves_planned: None,
         waves: None,
-        source: None,
+        source: source(input.as_ref()),
         summary: None,
         agent_updated: None,
         ledger: LedgerSection::default(),
@@ -507,8 +519,9 @@ pub async fn report(
             ExecutionFilter::Prefix(execution_arn(outputs.install_state_machine()?, &format!("{name}-w"))?)
         }
         Kind::Install | Kind::Other => {
+            // The output's `source` ("Report Summary") is the execution's name: the run's source is
+            // in its input.
             if let Some(o) = &output {
-                r.source = o.get("source").and_then(Value::as_str).map(str::to_string);
                 r.summary = o
                     .get("summary")
                     .and_then(|s| serde_json::from_value::<Summary>(s.clone()).ok());
@@ -757,6 +770,73 @@ mod tests {
         );
         assert!(!r.to_table().contains('#'));
     }
+    #[tokio::test]
+    async fn the_source_is_the_runs_not_the_execution_name() {
+        use aws_sdk_dynamodb::operation::scan::ScanOutput;
+        use aws_smithy_mocks::{mock, mock_client};
+
+        let scan = mock!(aws_sdk_dynamodb::Client::scan).then_output(|| ScanOutput::builder().build());
+        let db = mock_client!(aws_sdk_dynamodb, aws_smithy_mocks::RuleMode::MatchAny, [&scan]);
+        let sfn = mock_client!(aws_sdk_sfn, []);
+        let outputs = StackOutputs::new(
+            BTreeMap::from([
+                ("LedgerTableName".to_string(), "ledger".to_string()),
+                (
+                    "InstallStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Install".to_string(),
+                ),
+                (
+                    "RolloutStateMachineArn".to_string(),
+                    "arn:aws:states:r:1:stateMachine:Rollout".to_string(),
+                ),
+            ]),
+            "test",
+        );
+        for (name, source) in [
+            ("replay-20261125T180000-0000abcd-1", "replay"),
+            ("a1b2c3", "ec2-running"),
+            ("rollout-1-w2-c0", "rollout rollout-1 wave 2"),
+            (
+                "sweep-20261125T180000-0000abcd-c0",
+                "sweep sweep-20261125T180000-0000abcd",
+            ),
+        ] {
+            // "Report Summary" puts the execution's name in the output's `source`; the input has the run's.
+            let desc = DescribeExecutionOutput::builder()
+                .execution_arn(format!("arn:aws:states:r:1:execution:Install:{name}"))
+                .state_machine_arn("arn:aws:states:r:1:stateMachine:Install")
+                .name(name)
+                .status(aws_sdk_sfn::types::ExecutionStatus::Succeeded)
+                .start_date(aws_smithy_types::DateTime::from_secs(0))
+                .input(serde_json::json!({"instanceIds": ["i-0000000000000000a"], "source": source}).to_string())
+                .output(serde_json::json!({"source": name, "summary": {"byState": {"installed": 1}}}).to_string())
+                .build()
+                .unwrap();
+            let r = report(&sfn, &db, &outputs, &desc).await.unwrap();
+            assert_eq!(r.source.as_deref(), Some(source));
+            assert_eq!(r.name, name);
+            let text = r.to_table();
+            assert!(text.contains(&format!("\nSource     {source}\n")), "{text}");
+            assert!(text.contains(&format!("\nName       {name}\n")), "{text}");
+            let json = serde_json::to_value(&r).unwrap();
+            assert_eq!(json["source"], source);
+            assert_eq!(json["name"], name);
+        }
+        // No source in the input (started by hand): none shown, not the name.
+        let desc = DescribeExecutionOutput::builder()
+            .execution_arn("arn:aws:states:r:1:execution:Install:by-hand")
+            .state_machine_arn("arn:aws:states:r:1:stateMachine:Install")
+            .name("by-hand")
+            .status(aws_sdk_sfn::types::ExecutionStatus::Running)
+            .start_date(aws_smithy_types::DateTime::from_secs(0))
+            .input(r#"{"instanceIds": []}"#)
+            .build()
+            .unwrap();
+        let r = report(&sfn, &db, &outputs, &desc).await.unwrap();
+        assert_eq!(r.source, None);
+        assert!(!r.to_table().contains("Source"), "{}", r.to_table());
+    }
+
     #[tokio::test]
     async fn agent_too_old_and_updated_are_counted_by_platform() {
         use crate::ledger::tests::item;

@@ -12,7 +12,7 @@ use fleet_core::compliance::{Tally, COMPLIANT, OPTED_OUT};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::args::{cut_name, name_timestamp, unique_suffix};
+use crate::args::{unique_name, unique_suffix};
 use crate::cli::SweepArgs;
 use crate::context::{Context, Progress, Report};
 use crate::table::{key_values, section, Table};
@@ -30,11 +30,11 @@ pub const WORK: [(&str, &str); 6] = [
     ("verify", "verify"),
 ];
 
-/// `sweep-<UTC yyyymmddThhmmss>-<8 random hex digits>`: two sweeps started within the same second
-/// get different names (Step Functions refuses a name twice). Its install executions are named
-/// `<name>-c<n>`, well within 80 characters.
+/// `sweep-<UTC yyyymmddThhmmss>-<8 random hex digits>` ([`unique_name`], shared with replay and
+/// rollout): two sweeps started within the same second get different names (Step Functions refuses
+/// a name twice). Its install executions are named `<name>-c<n>`, well within 80 characters.
 pub fn default_name(now: DateTime<Utc>, suffix: &str) -> String {
-    cut_name(&format!("sweep-{}", name_timestamp(now)), &format!("-{suffix}"))
+    unique_name("sweep", now, suffix)
 }
 
 /// The sweep workflow's input.

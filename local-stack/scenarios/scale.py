@@ -11,14 +11,22 @@ simulated instantly: each chunk's install execution is a two-state stand-in that
 from the ledger (the same item the real install workflow reads) and reports them installed. The payloads and
 histories of the real install workflow depend on the chunk size (at most 1,000 instances), not on the rollout's
 size; `make bench` measures them on a rollout with real installs.
+
+`sweep_at_scale(stack)` runs the real sweep workflow (statemachine/sweep.asl.json with the real sweep function)
+over every running instance of the emulator's account, each chunk's install execution the same instant stand-in.
+`sweep_page_figures(events)` reads from a sweep's history the pages each "List Running Instances" and "Find Gone
+Instances" invocation read (the `pages` of its output).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Fields of history event details that carry a payload.
 PAYLOAD_FIELDS = ("input", "output", "parameters", "cause")
@@ -143,6 +151,20 @@ def stand_in_role(stack, tag: str) -> str:
     return arn
 
 
+def with_stand_in_install(stack, key: str, tag: str) -> tuple[str, dict, dict]:
+    """A copy of the stack's state machine `key` (an outputs key) whose install executions are the instant
+    stand-in: (role, the copy, the stand-in), both created with a role of the measurement's own."""
+    real = stack.sfn.describe_state_machine(stateMachineArn=stack.outputs[key])
+    role = stand_in_role(stack, tag)
+    stub = stack.sfn.create_state_machine(name=f"{tag}-install", roleArn=role,
+                                          definition=stub_install_definition(stack.outputs["LedgerTableName"]))
+    definition = real["definition"].replace(stack.outputs["InstallStateMachineArn"], stub["stateMachineArn"])
+    assert definition != real["definition"], f"the definition of {key} does not start the install workflow"
+    name = key.removesuffix("StateMachineArn").lower()
+    copy = stack.sfn.create_state_machine(name=f"{tag}-{name}", roleArn=role, definition=definition)
+    return role, copy, stub
+
+
 def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_percent: int = 10,
                      opted_out: int = 100, timeout: float = 3600, log=print) -> dict:
     """Run the rollout workflow over `targets` instances (plus `opted_out` opted-out ones) and return the figures
@@ -154,17 +176,10 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
                                                        stack.outputs.get("OptOutTagKey", "fleet-install:opt-out"): "true"}) if opted_out else []
     log(f"launched {len(ids) + len(skipped)} instances in the emulator's EC2 in {time.time() - t0:.0f} s")
 
-    real = stack.sfn.describe_state_machine(stateMachineArn=stack.outputs["RolloutStateMachineArn"])
-    install_arn = stack.outputs["InstallStateMachineArn"]
     # The two state machines here are copies made for the measurement (the rollout's definition pointed at an
     # instant install stand-in), so the stack's roles, scoped to the stack's own state machines, do not fit
     # them: they get a role of their own. plan-rollout and evaluate-wave still run with their own roles.
-    role = stand_in_role(stack, tag)
-    stub = stack.sfn.create_state_machine(name=f"{tag}-install", roleArn=role,
-                                          definition=stub_install_definition(stack.outputs["LedgerTableName"]))
-    definition = real["definition"].replace(install_arn, stub["stateMachineArn"])
-    assert definition != real["definition"], "the rollout definition does not start the install workflow"
-    rollout = stack.sfn.create_state_machine(name=f"{tag}-rollout", roleArn=role, definition=definition)
+    _, rollout, stub = with_stand_in_install(stack, "RolloutStateMachineArn", tag)
 
     t1 = time.time()
     arn = stack.sfn.start_execution(stateMachineArn=rollout["stateMachineArn"], name=tag, input=json.dumps({
@@ -201,6 +216,85 @@ def rollout_at_scale(stack, targets: int = 100_000, canary: int = 500, wave_perc
         **listing,
         "instanceIds": ids,
         "rolloutArn": arn,
+    }
+
+
+#: The sweep workflow's paging states (statemachine/sweep.asl.json): each reads at most MAX_LIST_PAGES pages.
+SWEEP_PAGING_STATES = {"list": "List Running Instances", "gone": "Find Gone Instances"}
+
+
+def function_env(function: str) -> dict[str, str]:
+    """A function's environment as the local stack runs it (env.json, from its template `Environment`)."""
+    state = os.environ.get("FLEET_LOCAL_STACK_DIR") or os.path.join(ROOT, "target", "local-stack")
+    with open(os.path.join(state, "env.json")) as f:
+        return json.load(f)[function]
+
+
+def sweep_page_figures(events: list[dict]) -> dict:
+    """The sweep's paging, from its history: for its list state (DescribeInstances pages of running instances) and
+    its gone state (ledger Scan pages), the pages each invocation that succeeded read (its output's `pages`), and
+    the seconds from the state's first entry to its last exit."""
+    out: dict = {}
+    for key, state in SWEEP_PAGING_STATES.items():
+        pages, entered, exited = [], [], []
+        for e in events:
+            if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == state:
+                entered.append(e["timestamp"])
+            if e["type"] == "TaskStateExited" and e["stateExitedEventDetails"]["name"] == state:
+                exited.append(e["timestamp"])
+                output = json.loads(e["stateExitedEventDetails"].get("output") or "{}")
+                if "pages" in output:
+                    pages.append(output["pages"])
+        out[f"{key}Invocations"] = len(pages)
+        out[f"{key}PagesRead"] = pages
+        out[f"{key}Seconds"] = round((max(exited) - min(entered)).total_seconds(), 1) if entered and exited else None
+    every = out["listPagesRead"] + out["gonePagesRead"]
+    out["maxPagesPerInvocation"] = max(every, default=None)
+    return out
+
+
+def sweep_at_scale(stack, timeout: float = 3600, verify_all: bool = False, log=print) -> dict:
+    """Run the sweep workflow over every running instance of the emulator's account, with the real sweep function
+    and each chunk's install execution the instant stand-in (it reads the chunk from the ledger and reports its
+    instances installed; nothing is written for them, so the next sweep finds them never seen again). Returns the
+    sweep's report, its paging (pages per list and gone invocation, the most it may read: the sweep function's
+    MAX_LIST_PAGES as the local stack runs it) and the payload and history of the sweep and of every child."""
+    tag = f"sweep-scale-{int(time.time())}"
+    _, sweep, stub = with_stand_in_install(stack, "SweepStateMachineArn", tag)
+    t1 = time.time()
+    arn = stack.sfn.start_execution(stateMachineArn=sweep["stateMachineArn"], name=tag,
+                                    input=json.dumps({"verifyAll": verify_all}))["executionArn"]
+    d = stack.wait_for_execution(arn, timeout)
+    seconds = (d["stopDate"] - d["startDate"]).total_seconds() if d.get("stopDate") else time.time() - t1
+    log(f"sweep {d['status']} in {seconds:.0f} s")
+    events = history(stack.sfn, arn)
+    own = history_figures(stack.sfn, arn, events)
+    paging = sweep_page_figures(events)
+    log(f"sweep paging: list {paging['listPagesRead']}, gone {paging['gonePagesRead']} pages per invocation")
+    children = [e["executionArn"] for e in _executions(stack.sfn, stub["stateMachineArn"])]
+    children_figures = [history_figures(stack.sfn, c) for c in children]
+    every = [own, *children_figures]
+    biggest = max(every, key=lambda f: f["maxPayloadBytes"])
+    report = json.loads(d.get("output") or "{}") if d["status"] == "SUCCEEDED" else {}
+    return {
+        "status": d["status"],
+        **({"error": d.get("error"), "cause": (d.get("cause") or "")[:2000]} if d["status"] != "SUCCEEDED" else {}),
+        "seconds": round(seconds, 1),
+        "report": report,
+        "running": report.get("running"),
+        "childExecutions": len(children),
+        "sweepHistoryEvents": own["events"],
+        "sweepTransitions": own["transitions"],
+        "sweepTransitionsByState": own["transitionsByState"],
+        # the sweep's own largest payload; the stand-in's (its GetItem of a 1,000-id chunk) may be larger
+        "sweepMaxPayloadBytes": own["maxPayloadBytes"],
+        "sweepMaxPayloadAt": own["maxPayloadAt"],
+        "maxHistoryEvents": max(f["events"] for f in every),
+        "maxPayloadBytes": biggest["maxPayloadBytes"],
+        "maxPayloadAt": ("sweep: " if biggest is own else "install chunk: ") + str(biggest["maxPayloadAt"]),
+        "maxPages": int(function_env("sweep")["MAX_LIST_PAGES"]),
+        **paging,
+        "sweepArn": arn,
     }
 
 

@@ -8,21 +8,36 @@
    event to the last ledger write (demo_seconds);
 4. a 10,000-instance rollout with real installs: API calls, transitions, the install executions' largest
    payload and history;
-5. a 100,000-target rollout (installs simulated instantly, see scale.py): the largest payload and history;
-6. a table of every figure against its target on stdout, and target/bench/report.json.
+5. the sweep over a 10,000-instance fleet of which 5 % is not compliant (half of those running since before the
+   stack, half launched with their `running` event lost), then over the same fleet, compliant: API calls against
+   their floor, state transitions per instance, pages per list and gone invocation, and the sweep's wall time
+   (the install of the 5 % is real: the sweep's install executions of the real install workflow);
+6. a 100,000-target rollout (installs simulated instantly, see scale.py): the largest payload and history, and
+   list pages per invocation;
+7. a sweep over the whole fleet then (about 110,000 instances, 100,000 of them never seen; each chunk's install
+   simulated instantly, see scale.py): pages per list and gone invocation, payload, history, wall time;
+8. a table of every figure against its target on stdout, and target/bench/report.json.
 
 A scenario that fails (an exception, a settle that times out, a rollout that does not succeed) is listed under
 "failed" in the report and as FAILED in the table, its figures are absent (never another scenario's in their
 place: each figure is keyed by the scenario that measured it), the other scenarios still run, and the exit status
 is 1.
 
-    .venv/bin/python local-stack/scenarios/bench.py [--skip-functions] [--runs 5] [--rollout 10000] [--scale 100000]
+    .venv/bin/python local-stack/scenarios/bench.py [--skip-functions] [--runs 5] [--rollout 10000] [--sweep 10000]
+        [--scale 100000] [--no-scale-sweep]
 
 The API floor of an operation is ceil(items / per-call limit), where items is what the calls carried, counted
 at the emulator: instance ids for SendCommand (50 a call) and DescribeInstanceInformation (50), instance-id
 filter values for DescribeInstances (200), items for DynamoDB writes (25, a batch write's limit, for
 BatchWriteItem, TransactWriteItems and single writes alike). Polls (ListCommandInvocations) and lookups that are not
 batched by instance count as measured: their floor is the call itself.
+
+The sweep's floor adds what listing the fleet and checking the ledger need: DescribeInstances, ceil(running / 1,000)
+listing pages (EC2's largest page) plus the instance-id lookups counted as above (the gone check's and the installs'
+200 ids a call); Scan, the pages reading the whole ledger takes: max(ceil(items / 1,000), the page the sweep asks
+for, ceil(bytes / 1 MB), DynamoDB's page), with every item's size (attribute names and values) as the bench reads
+the table after the sweep, chunks included; BatchGetItem, ceil(running / 100) (counted as above: keys per call); the
+lock, one UpdateItem and one DeleteItem (counted as single writes).
 """
 
 from __future__ import annotations
@@ -63,6 +78,10 @@ LIMITS = {
     "dynamodb.DeleteItem": 25,
     "dynamodb.BatchGetItem": 100,
 }
+
+#: The rollout's platform mix, also the sweep's never-seen instances'.
+MIX = [(0.5, "Linux|Amazon Linux|2023"), (0.2, "Linux|Ubuntu|22.04"), (0.1, "Linux|Red Hat Enterprise Linux Server|8.9"),
+       (0.05, "Linux|FreeBSD|14.1"), (0.15, "Windows|Microsoft Windows Server 2022 Datacenter|10.0.20348")]
 
 #: List prices (us-east-1): Step Functions Standard per transition; Lambda arm64 per GB-second and per request.
 USD_PER_TRANSITION = 0.025 / 1000
@@ -123,6 +142,32 @@ def cost(transitions: int, api: dict, instances: int) -> dict:
         "usdLambda": lambda_usd,
         "usdPer1000Instances": round((sfn_usd + lambda_usd) * 1000 / instances, 6),
     }
+
+
+#: DescribeInstances returns at most 1,000 instances a page; the sweep scans the ledger 1,000 items a page, and a
+#: DynamoDB Scan page holds at most 1 MB of items.
+DESCRIBE_PAGE = 1000
+SCAN_PAGE = 1000
+SCAN_PAGE_BYTES = 1_000_000
+
+
+def sweep_api_figures(calls: dict[str, int], running: int, ledger: tuple[int, int]) -> dict:
+    """api_figures with the sweep's floors for DescribeInstances (listing pages + id lookups) and Scan (ledger
+    pages); see the module docstring."""
+    api = api_figures(calls)
+    ops = api["byOperation"]
+    if "ec2.DescribeInstances" in ops:
+        listing = math.ceil(running / DESCRIBE_PAGE)
+        by_id = math.ceil(calls.get("items:ec2.DescribeInstances", 0) / LIMITS["ec2.DescribeInstances"])
+        ops["ec2.DescribeInstances"].update(floor=listing + by_id, listingFloor=listing, byIdFloor=by_id)
+    if "dynamodb.Scan" in ops:
+        items, size = ledger
+        floor = max(1, math.ceil(items / SCAN_PAGE), math.ceil(size / SCAN_PAGE_BYTES))
+        ops["dynamodb.Scan"].update(floor=floor, ledgerItems=items, ledgerBytes=size)
+    api["calls"] = sum(o["calls"] for o in ops.values())
+    api["floor"] = sum(o["floor"] for o in ops.values())
+    api["ratio"] = round(api["calls"] / api["floor"], 3) if api["floor"] else None
+    return api
 
 
 def executions_since(stack: Stack, since: float, key: str = "InstallStateMachineArn") -> list[dict]:
@@ -191,10 +236,8 @@ def burst(stack: Stack, n: int) -> dict:
 def rollout(stack: Stack, n: int) -> dict:
     """A rollout with real installs over n managed, registered instances of a mixed fleet."""
     tag = f"bench-rollout-{int(time.time())}"
-    mix = [(0.5, "Linux|Amazon Linux|2023"), (0.2, "Linux|Ubuntu|22.04"), (0.1, "Linux|Red Hat Enterprise Linux Server|8.9"),
-           (0.05, "Linux|FreeBSD|14.1"), (0.15, "Windows|Microsoft Windows Server 2022 Datacenter|10.0.20348")]
     ids: list[str] = []
-    for share, platform in mix:
+    for share, platform in MIX:
         ids += scale.launch_fleet(stack.endpoint, round(n * share), {
             "team": tag, "fleet-sim:existing": "true", "fleet-sim:platform": platform, "fleet-sim:install-seconds": "2",
         }, profile=stack.outputs["SimInstanceProfileName"])
@@ -237,6 +280,203 @@ class ScenarioFailed(Exception):
     """A scenario that ran to its end without the outcome it measures (e.g. a rollout that did not succeed)."""
 
 
+def launch_mix(stack: Stack, n: int, tags: dict[str, str]) -> list[str]:
+    """n managed instances of the mix (the simulation's instance profile, installs of 2 s), through the bulk launch."""
+    ids: list[str] = []
+    for k, (share, platform) in enumerate(MIX):
+        count = n - len(ids) if k == len(MIX) - 1 else round(n * share)
+        if count > 0:
+            ids += scale.launch_fleet(stack.endpoint, count, {
+                **tags, "fleet-sim:platform": platform, "fleet-sim:install-seconds": "2",
+            }, profile=stack.outputs["SimInstanceProfileName"])
+    return ids
+
+
+def running_instances(stack: Stack) -> dict[str, dict[str, str]]:
+    """Every running instance of the account (the bench's own DescribeInstances calls): id -> tags."""
+    out = {}
+    for page in stack.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-state-name", "Values": ["running"]}], PaginationConfig={"PageSize": 1000}):
+        for r in page["Reservations"]:
+            for i in r["Instances"]:
+                out[i["InstanceId"]] = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+    return out
+
+
+def running_count(stack: Stack) -> int:
+    """Running instances as EC2 counts them (the bench's own DescribeInstanceStatus calls, which describe running
+    instances only unless asked for all; far lighter than DescribeInstances pages at 100,000 instances)."""
+    pages = stack.ec2.get_paginator("describe_instance_status").paginate(PaginationConfig={"PageSize": 1000})
+    return sum(len(page["InstanceStatuses"]) for page in pages)
+
+
+def item_bytes(value) -> int:
+    """The size of a DynamoDB value as its page limit counts it: strings and binaries their bytes, numbers their
+    digits, lists and maps their members (and a map's keys)."""
+    (kind, v), = value.items()
+    if kind in ("S", "N"):
+        return len(v.encode())
+    if kind == "B":
+        return len(v)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return sum(item_bytes(x) for x in v)
+    if kind == "M":
+        return sum(len(k.encode()) + item_bytes(x) for k, x in v.items())
+    return sum(len(str(x).encode()) for x in v)  # SS, NS, BS
+
+
+def ledger_size(stack: Stack) -> tuple[int, int]:
+    """Items in the ledger table, every kind, and their bytes (attribute names and values): the bench's own Scan."""
+    n, size, kw = 0, 0, {"TableName": stack.outputs["LedgerTableName"]}
+    while True:
+        page = stack.ddb.scan(**kw)
+        n += len(page["Items"])
+        size += sum(len(k.encode()) + item_bytes(v) for it in page["Items"] for k, v in it.items())
+        if "LastEvaluatedKey" not in page:
+            return n, size
+        kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def run_sweep(stack: Stack, label: str, timeout: float = 3600) -> tuple[str, dict, dict]:
+    """Start the stack's sweep workflow and wait: (its name, DescribeExecution, its report). ScenarioFailed when
+    it does not succeed or stood down for another sweep."""
+    name = f"bench-{label}-{int(time.time())}"
+    arn = stack.sfn.start_execution(stateMachineArn=stack.outputs["SweepStateMachineArn"], name=name,
+                                    input=json.dumps({"verifyAll": False}))["executionArn"]
+    d = stack.wait_for_execution(arn, timeout)
+    if d["status"] != "SUCCEEDED":
+        raise ScenarioFailed(f"the sweep {name} ended {d['status']}: {d.get('error')}: {(d.get('cause') or '')[:500]}")
+    report = json.loads(d.get("output") or "{}")
+    if "running" not in report:
+        raise ScenarioFailed(f"the sweep {name} did not run: another sweep held the lock ({report})")
+    return name, d, report
+
+
+def measured_sweep(stack: Stack, label: str) -> dict:
+    """One sweep of the stack's real workflow (its install executions the real install workflow), measured: API
+    calls against the sweep's floor, state transitions of the sweep and of its install executions, pages per list
+    and gone invocation, payload, history and the execution's wall time."""
+    stack.api_calls(reset=True)
+    name, d, report = run_sweep(stack, label)
+    calls = stack.api_calls()
+    arn = d["executionArn"]
+    events = scale.history(stack.sfn, arn)
+    own = scale.history_figures(stack.sfn, arn, events)
+    children = [e for e in stack.executions() if e["name"].startswith(f"{name}-c")]
+    child_figures = [scale.history_figures(stack.sfn, e["executionArn"]) for e in children]
+    running = report["running"]
+    api = sweep_api_figures(calls, running, ledger_size(stack))
+    transitions = own["transitions"] + sum(f["transitions"] for f in child_figures)
+    by_state: dict[str, int] = {}
+    for f in (own, *child_figures):
+        for k, v in f["transitionsByState"].items():
+            by_state[k] = by_state.get(k, 0) + v
+    return {
+        "instances": running,
+        "seconds": round((d["stopDate"] - d["startDate"]).total_seconds(), 1),
+        "report": report,
+        "installExecutions": len(children),
+        "api": api,
+        "transitions": transitions,
+        "sweepTransitions": own["transitions"],
+        "transitionsPerInstance": round(transitions / running, 4) if running else None,
+        "transitionsByState": dict(sorted(by_state.items(), key=lambda kv: -kv[1])),
+        "cost": cost(transitions, api, max(running, 1)),
+        "sweepHistoryEvents": own["events"],
+        "maxHistoryEvents": max(f["events"] for f in (own, *child_figures)),
+        "maxPayloadBytes": max(f["maxPayloadBytes"] for f in (own, *child_figures)),
+        "maxPages": int(scale.function_env("sweep")["MAX_LIST_PAGES"]),
+        **scale.sweep_page_figures(events),
+    }
+
+
+def prepare_sweep_fleet(stack: Stack, compliant: int) -> dict:
+    """Make the account's running fleet exactly `compliant` instances installed by the real system: the installed
+    instances of the earlier scenarios are kept (the 10,000-instance rollout's first), every other running instance
+    is terminated, and if fewer than `compliant` were installed, never-seen instances are launched to make up the
+    number; then one sweep (not measured) marks the terminated ones gone and installs those (real installs)."""
+    running = running_instances(stack)
+    ledger = stack.ledger()
+    installed = sorted((i for i in running if ledger.get(i, {}).get("state") == "installed"),
+                       key=lambda i: (not running[i].get("team", "").startswith("bench-rollout"), i))
+    keep = installed[:compliant]
+    kept = set(keep)
+    drop = [i for i in running if i not in kept]
+    for n in range(0, len(drop), 1000):
+        stack.ec2.terminate_instances(InstanceIds=drop[n:n + 1000])
+    top_up = launch_mix(stack, compliant - len(keep), {"team": "bench-sweep-top-up", "fleet-sim:existing": "true"}) \
+        if len(keep) < compliant else []
+    log(f"  sweep fleet: {len(keep)} installed instances kept, {len(drop)} terminated, {len(top_up)} launched")
+    _, d, report = run_sweep(stack, "sweep-prepare")
+    ledger = stack.ledger()
+    not_installed = [i for i in keep + top_up if ledger.get(i, {}).get("state") != "installed"]
+    if not_installed or report["running"] != compliant:
+        raise ScenarioFailed(f"the sweep's fleet is not {compliant} installed instances: {report['running']} running, "
+                             f"{len(not_installed)} not installed (e.g. {not_installed[:3]})")
+    return {"kept": len(keep), "terminated": len(drop), "launched": len(top_up), "goneMarked": report["gone"],
+            "seconds": round((d["stopDate"] - d["startDate"]).total_seconds(), 1)}
+
+
+def sweep_not_compliant(stack: Stack, n: int, share: float = 0.05) -> dict:
+    """The sweep over n instances of which `share` are not compliant: half running since before the stack
+    (fleet-sim:existing), half launched now with their `running` event lost (fleet-sim:drop-running-event); none
+    has a ledger item. The sweep installs them (real installs)."""
+    k = round(n * share)
+    prepared = prepare_sweep_fleet(stack, n - k)
+    existing = launch_mix(stack, k - k // 2, {"team": "bench-sweep", "fleet-sim:existing": "true"})
+    lost = launch_mix(stack, k // 2, {"team": "bench-sweep", "fleet-sim:drop-running-event": "true"})
+    dropped = set(stack.dropped_running_events())
+    if not set(lost) <= dropped:
+        raise ScenarioFailed(f"{len(set(lost) - dropped)} of the instances launched to lose their running event "
+                             f"did not lose it")
+    ledger = stack.ledger()
+    if any(i in ledger for i in existing + lost):
+        raise ScenarioFailed("instances meant to be never seen have ledger items before the sweep")
+    figures = measured_sweep(stack, "sweep-5pct")
+    r = figures["report"]
+    ledger = stack.ledger()
+    installed = sum(1 for i in existing + lost if ledger.get(i, {}).get("state") == "installed")
+    if r["running"] != n or r["work"] != {"neverSeen": k} or installed != k or r["installed"] != k:
+        raise ScenarioFailed(f"the sweep over {n} instances with {k} never seen: running {r['running']}, work "
+                             f"{r['work']}, installed {r['installed']} (ledger: {installed} of {k})")
+    figures["fleet"] = {"compliant": n - k, "neverSeenExisting": len(existing), "lostRunningEvent": len(lost),
+                        "prepared": prepared}
+    return figures
+
+
+def sweep_compliant(stack: Stack, n: int, prepared: bool) -> dict:
+    """The sweep over n instances, every one installed and verified recently (the fleet the 5 % sweep left, or one
+    prepared here): it sends nothing."""
+    fleet = {"prepared": prepare_sweep_fleet(stack, n)} if not prepared else {}
+    figures = measured_sweep(stack, "sweep-compliant")
+    r = figures["report"]
+    if r["running"] != n or r["sent"] != 0 or r["ratioBefore"] != 1.0 or figures["installExecutions"]:
+        raise ScenarioFailed(f"the sweep over {n} compliant instances: running {r['running']}, sent {r['sent']}, "
+                             f"ratio before {r['ratioBefore']}, {figures['installExecutions']} install executions")
+    figures["fleet"] = {"compliant": n, **fleet}
+    return figures
+
+
+def scale_sweep_scenario(stack: Stack, targets: int) -> dict:
+    """The sweep over the whole fleet after the rollout at scale (scale.sweep_at_scale: installs simulated)."""
+    running = running_count(stack)
+    if running < targets:
+        raise ScenarioFailed(f"the fleet holds {running:,} running instances, fewer than the {targets:,} to sweep")
+    s = scale.sweep_at_scale(stack, log=log)
+    if s["status"] != "SUCCEEDED":
+        raise ScenarioFailed(f"the sweep of {running:,} instances ended {s['status']}: {s.get('error')}: "
+                             f"{(s.get('cause') or '')[:500]}")
+    r = s["report"]
+    if r.get("running") != running or sum(s["listPagesRead"]) != math.ceil(running / DESCRIBE_PAGE):
+        raise ScenarioFailed(f"the sweep counted {r.get('running')} running instances in {sum(s['listPagesRead'])} "
+                             f"pages; EC2 lists {running:,}")
+    s["transitionsPerInstance"] = round(s["sweepTransitions"] / running, 5)
+    s.pop("sweepArn", None)
+    return s
+
+
 def run_scenario(report: dict, name: str, fn) -> dict | None:
     """Run one scenario: its figures go to report[name]; if it fails (any exception, or SystemExit from a wait that
     gave up), report["failed"][name] says why and report[name] stays absent."""
@@ -262,23 +502,35 @@ def scale_scenario(stack: Stack, targets: int) -> dict:
     return s
 
 
+#: The 10,000-instance sweeps (report keys) and what the table calls them.
+SWEEPS = ("sweep_not_compliant", "sweep_compliant")
+SWEEP_LABELS = {"sweep_not_compliant": "5 % not compliant", "sweep_compliant": "compliant"}
+
+
 def summarize(report: dict) -> dict:
     """The report's summary keys, each from the scenarios that succeeded, keyed by scenario: a failed scenario's
     figures are absent, never replaced by another scenario's."""
-    ran = [k for k in ("burst", "rollout") if k in report]
+    ran = [k for k in ("burst", "rollout", *SWEEPS) if k in report]
     report["api_calls"] = {k: report[k]["api"]["byOperation"] for k in ran}
     report["api_calls_ratio"] = {k: report[k]["api"]["ratio"] for k in ran}
     report["transitions_per_instance"] = {k: report[k]["transitionsPerInstance"] for k in ran}
     report["usd_per_1000_instances"] = {k: report[k]["cost"]["usdPer1000Instances"] for k in ran}
-    report["max_payload_bytes"] = {k: report[k]["maxPayloadBytes"] for k in ("burst", "rollout", "scale") if k in report}
+    report["max_payload_bytes"] = {k: report[k]["maxPayloadBytes"] for k in ("burst", "rollout", "scale", *SWEEPS,
+                                                                            "scale_sweep") if k in report}
     report["max_history_events"] = {}
     if "burst" in report:
         report["max_history_events"]["burst"] = report["burst"]["maxHistoryEvents"]
     if "rollout" in report:
         r = report["rollout"]
         report["max_history_events"]["rollout"] = max(r["rolloutHistoryEvents"], r["installMaxHistoryEvents"])
-    if "scale" in report:
-        report["max_history_events"]["scale"] = report["scale"]["maxHistoryEvents"]
+    for k in ("scale", *SWEEPS, "scale_sweep"):
+        if k in report:
+            report["max_history_events"][k] = report[k]["maxHistoryEvents"]
+    report["sweep_seconds"] = {k: report[k]["seconds"] for k in (*SWEEPS, "scale_sweep") if k in report}
+    report["pages_per_invocation"] = {k: report[k]["maxPagesPerInvocation"] for k in (*SWEEPS, "scale_sweep")
+                                      if k in report}
+    if "scale" in report and report["scale"].get("maxListPagesPerInvocation") is not None:
+        report["pages_per_invocation"]["scale"] = report["scale"]["maxListPagesPerInvocation"]
     if "burst" in report:
         report["demo_seconds"] = report["burst"]["seconds"]
     else:
@@ -298,6 +550,17 @@ def check(name: str, value) -> str:
     op, target = TARGETS[name]
     ok = value <= target if op == "<=" else value < target
     return "met" if ok else "MISSED"
+
+
+def pages_row(rows: list, what: str, sw: dict) -> None:
+    """Pages per invocation of the sweep's list and gone states, against the most one may read."""
+    for key, label in (("list", "list"), ("gone", "gone")):
+        read = sw.get(f"{key}PagesRead") or []
+        if not read:
+            continue
+        rows.append((f"{label} pages per invocation, {what}",
+                     f"<= {max(read)} ({len(read)} invocations, {sw.get(f'{key}Seconds')} s)", f"<= {sw['maxPages']}",
+                     "met" if max(read) <= sw["maxPages"] else "MISSED"))
 
 
 def table(report: dict) -> str:
@@ -333,11 +596,35 @@ def table(report: dict) -> str:
                          f"<= {sc['maxListPagesPerInvocation']} ({sc['listInvocations']} invocations, "
                          f"{sc['listSeconds']} s)", f"<= {sc['listMaxPages']}",
                          "met" if sc["maxListPagesPerInvocation"] <= sc["listMaxPages"] else "MISSED"))
+    for k in SWEEPS:
+        sw = report.get(k)
+        if not sw:
+            continue
+        what = f"sweep of {sw['instances']:,}, {SWEEP_LABELS[k]}"
+        row(f"api_calls_ratio, {what}", "api_calls_ratio", sw["api"]["ratio"])
+        rows.append((f"api calls / floor, {what}", f"{sw['api']['calls']} / {sw['api']['floor']}", "", ""))
+        row(f"transitions_per_instance, {what}", "transitions_per_instance", sw["transitionsPerInstance"])
+        rows.append((f"sweep_seconds, {what}", f"{sw['seconds']} (sent {sw['report']['sent']}, "
+                     f"{sw['installExecutions']} install executions)", "", ""))
+        row(f"max_payload_bytes, {what}", "max_payload_bytes", sw["maxPayloadBytes"])
+        row(f"max_history_events, {what}", "max_history_events", sw["maxHistoryEvents"])
+        pages_row(rows, what, sw)
+    ss = report.get("scale_sweep")
+    if ss:
+        what = f"sweep of {ss['running']:,}"
+        rows.append((f"sweep_seconds, {what}", f"{ss['seconds']} (sent {ss['report']['sent']:,}, installs simulated)",
+                     "", ""))
+        row(f"transitions_per_instance, {what} (sweep only)", "transitions_per_instance", ss["transitionsPerInstance"])
+        row(f"max_payload_bytes, {what} and its install stand-ins", "max_payload_bytes", ss["maxPayloadBytes"])
+        if ss.get("sweepMaxPayloadBytes") is not None:
+            row(f"max_payload_bytes, {what}, the sweep's own", "max_payload_bytes", ss["sweepMaxPayloadBytes"])
+        row(f"max_history_events, {what}", "max_history_events", ss["maxHistoryEvents"])
+        pages_row(rows, what, ss)
     for fn, f in sorted((report.get("functions") or {}).items()):
         row(f"init_ms {fn}", "init_ms", f["init_ms"])
         row(f"rss_mb {fn}", "rss_mb", f["rss_mb"])
-    if report.get("demo_seconds") is not None:
-        rows.append(("demo_seconds (1,100 burst)", f"{report['demo_seconds']}", "", ""))
+    if report.get("demo_seconds") is not None and b:
+        rows.append((f"demo_seconds ({b['instances']:,} burst)", f"{report['demo_seconds']}", "", ""))
     for name, reason in sorted((report.get("failed") or {}).items()):
         first = reason.splitlines()[0] if reason else ""
         rows.append((f"{name} scenario", "FAILED", "", first[:160]))
@@ -351,7 +638,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-functions", action="store_true")
     ap.add_argument("--burst", type=int, default=1100)
     ap.add_argument("--rollout", type=int, default=10_000, help="instances of the rollout with real installs (0: skip)")
+    ap.add_argument("--sweep", type=int, default=10_000,
+                    help="instances of the sweeps over a compliant and a 5 %% non-compliant fleet (0: skip)")
     ap.add_argument("--scale", type=int, default=100_000, help="targets of the rollout at scale (0: skip)")
+    ap.add_argument("--no-scale-sweep", action="store_true", help="no sweep of the whole fleet after the rollout at scale")
     args = ap.parse_args(argv)
     report: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": {"cpus": os.cpu_count()}}
@@ -365,7 +655,10 @@ def main(argv=None) -> int:
             report["init_ms"] = {fn: f["init_ms"] for fn, f in measured.items()}
             report["rss_mb"] = {fn: f["rss_mb"] for fn, f in measured.items()}
 
-    scenarios = [(name, n) for name, n in (("burst", args.burst), ("rollout", args.rollout), ("scale", args.scale)) if n]
+    scenarios = [(name, n) for name, n in (
+        ("burst", args.burst), ("rollout", args.rollout), ("sweep_not_compliant", args.sweep),
+        ("sweep_compliant", args.sweep), ("scale", args.scale),
+        ("scale_sweep", 0 if args.no_scale_sweep else args.scale)) if n]
     started = False
     try:
         log("starting the local stack")
@@ -386,9 +679,18 @@ def main(argv=None) -> int:
             elif name == "rollout":
                 log(f"a {n:,}-instance rollout with real installs")
                 run_scenario(report, "rollout", lambda: rollout(stack, n))
-            else:
+            elif name == "sweep_not_compliant":
+                log(f"a sweep over {n:,} instances, 5 % not compliant (real installs)")
+                run_scenario(report, name, lambda: sweep_not_compliant(stack, n))
+            elif name == "sweep_compliant":
+                log(f"a sweep over {n:,} compliant instances")
+                run_scenario(report, name, lambda: sweep_compliant(stack, n, prepared="sweep_not_compliant" in report))
+            elif name == "scale":
                 log(f"a {n:,}-target rollout, installs simulated instantly")
                 run_scenario(report, "scale", lambda: scale_scenario(stack, n))
+            else:
+                log("a sweep over the whole fleet, installs simulated instantly")
+                run_scenario(report, name, lambda: scale_sweep_scenario(stack, n))
     finally:
         if started:
             subprocess.run(RUN + ["down"], cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -123,8 +123,8 @@ struct FinishRequest {
     chunk_count: usize,
     #[serde(default)]
     gone: u64,
-    /// One per install execution: `{"summary": <its output's summary>}`, or `{"failed": true}` when
-    /// the execution failed.
+    /// One per install execution: its output summary's `byState`, `byReason` and `driftUnrepaired`,
+    /// or `{"failed": true}` when the execution failed.
     #[serde(default)]
     results: Vec<Value>,
 }
@@ -576,10 +576,8 @@ fn finish(req: FinishRequest) -> Report {
             failed_executions += 1;
             continue;
         }
-        let summary: Summary = r
-            .get("summary")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
+        // the counts the Map keeps of the child's summary (byState, byReason, driftUnrepaired)
+        let summary: Summary = serde_json::from_value(r.get("summary").unwrap_or(r).clone()).unwrap_or_default();
         let by_state = serde_json::to_value(&summary.by_state).unwrap_or_default();
         let by_reason = serde_json::to_value(&summary.by_reason).unwrap_or_default();
         installed += count(&by_state, LedgerState::Installed.as_str());
@@ -655,7 +653,7 @@ mod tests {
             chunk_count: 2,
             gone: 1,
             results: vec![
-                serde_json::json!({"summary": {"byState": {"installed": 93, "failed": 5}, "byReason": {"Verified": 85, "DriftRepaired": 3, "InstallFailed": 5}, "driftUnrepaired": 2}}),
+                serde_json::json!({"byState": {"installed": 93, "failed": 5}, "byReason": {"Verified": 85, "DriftRepaired": 3, "InstallFailed": 5}, "driftUnrepaired": 2}),
                 serde_json::json!({"failed": true}),
             ],
         });

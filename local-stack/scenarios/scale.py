@@ -8,9 +8,9 @@ invocation's output (pages read, the most it may read, the cursor and counts).
 `rollout_at_scale(stack, targets)` runs the real rollout workflow (statemachine/rollout.asl.json with the real
 plan-rollout and evaluate-wave functions) over a fleet that exists only in the emulator's EC2, with installs
 simulated instantly: each chunk's install execution is a two-state stand-in that reads the chunk's instance ids
-from the ledger (the same item the real install workflow reads) and reports them installed. The payloads and
-histories of the real install workflow depend on the chunk size (at most 1,000 instances), not on the rollout's
-size; `make bench` measures them on a rollout with real installs.
+from the ledger (the same item the real install workflow reads) and reports them installed, in a summary of the
+install workflow's shape. The payloads and histories of the real install workflow depend on the chunk size (at most
+1,000 instances), not on the rollout's size; `make bench` measures them on a rollout with real installs.
 
 `sweep_at_scale(stack)` runs the real sweep workflow (statemachine/sweep.asl.json with the real sweep function)
 over every running instance of the emulator's account, each chunk's install execution the same instant stand-in.
@@ -126,7 +126,10 @@ def stub_install_definition(table: str) -> str:
             },
             "Report Installed": {
                 "Type": "Pass",
-                "Parameters": {"summary": {"byState": {"installed.$": "$.instances"}}},
+                "Comment": "The install workflow's summary, every field of it (fleet_core::model::Summary): its callers "
+                           "select fields of it (the sweep's Map keeps byState, byReason and driftUnrepaired).",
+                "Parameters": {"summary": {"byState": {"installed.$": "$.instances"}, "byPlatform": {}, "byReason": {},
+                                           "agentUpdated": 0, "driftUnrepaired": 0}},
                 "End": True,
             },
         },

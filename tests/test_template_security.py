@@ -18,10 +18,19 @@ import stack as local_stack  # noqa: E402
 LEDGER_RS = ROOT / "functions" / "fleet-core" / "src" / "ledger.rs"
 
 
+RECORD_RS = ROOT / "functions" / "fleet-core" / "src" / "record.rs"
+
+
 def rust_str_const(path: pathlib.Path, name: str) -> str:
-    m = re.search(rf'pub const {name}: &str = "([^"]+)";', path.read_text())
-    assert m, f"{name} not in {path}"
-    return m.group(1)
+    """A string constant's value; one defined as another (`= attr::EXPIRES_AT;`) is followed to record.rs,
+    where the ledger's attribute names are written once."""
+    text = path.read_text()
+    m = re.search(rf'pub const {name}: &str = "([^"]+)";', text)
+    if m:
+        return m.group(1)
+    alias = re.search(rf'pub const {name}: &str = attr::([A-Z_]+);', text)
+    assert alias, f"{name} not in {path}"
+    return rust_str_const(RECORD_RS, alias.group(1))
 
 
 def resources(template, kind):

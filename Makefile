@@ -66,7 +66,7 @@ test: lint unit contract e2e
 demo: setup
 	$(VPY) local-stack/scenarios/demo.py
 
-# Figures against targets on stdout and in target/bench/report.json (about 15 minutes on 2 cores).
+# Figures against targets on stdout and in target/bench/report.json (about 19 minutes on 2 cores with the release build done; 31 from a fresh clone).
 bench: setup
 	$(VPY) local-stack/scenarios/bench.py
 

@@ -12,6 +12,8 @@ pub mod ledger;
 pub mod model;
 pub mod record;
 pub mod rollout;
+pub mod run;
+pub mod run_store;
 pub mod routing;
 pub mod status;
 pub mod sweep;

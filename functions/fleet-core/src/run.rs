@@ -426,6 +426,124 @@ pub fn summary_add(summary: &mut crate::model::Summary, outcome: RunOutcome, pla
     }
 }
 
+/// Where one target of a run goes: a command (with its document) or straight to a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Send { document: RunDocument, platform: String },
+    Result { outcome: RunOutcome, reason: String, platform: String },
+}
+
+/// Decide a target's placement from what EC2 and SSM say about it now.
+pub fn place(
+    spec: &RunSpec,
+    ec2: Option<&crate::classify::Ec2Facts>,
+    ssm: Option<&crate::classify::SsmFacts>,
+    opt_out_tag: &str,
+) -> Placement {
+    let platform = ssm
+        .map(|s| s.platform_name.clone())
+        .filter(|p| !p.is_empty())
+        .or_else(|| ec2.and_then(|e| e.platform_details.clone()))
+        .unwrap_or_default();
+    let result = |outcome, reason: String| Placement::Result {
+        outcome,
+        reason,
+        platform: platform.clone(),
+    };
+    match ec2 {
+        None => return result(RunOutcome::Unreachable, "EC2 does not know the instance (terminated)".into()),
+        Some(e) if e.state != "running" => {
+            return result(RunOutcome::Unreachable, format!("the instance is {}, not running", e.state))
+        }
+        Some(e) if e.opted_out => return result(RunOutcome::Skipped, format!("opted out by tag {opt_out_tag}")),
+        _ => {}
+    }
+    let Some(s) = ssm else {
+        return result(
+            RunOutcome::Unreachable,
+            "not a managed instance: SSM has never registered it (no instance profile, no SSM Agent, or no route \
+             to SSM); `fleet-install unmanaged` tells why"
+                .into(),
+        );
+    };
+    if s.ping_status != "Online" {
+        return result(
+            RunOutcome::Unreachable,
+            format!("the SSM Agent is {} (last ping {})", s.ping_status, s.last_ping.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into())),
+        );
+    }
+    match spec.document_for(&s.platform_type, &s.platform_name) {
+        Some(d) => Placement::Send {
+            document: d.clone(),
+            platform,
+        },
+        None => result(
+            RunOutcome::Skipped,
+            format!("no document for platform {} {} in this run", s.platform_type, s.platform_name),
+        ),
+    }
+}
+
+/// One SendCommand of a run: a document and at most 50 instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunBatch {
+    pub document: RunDocument,
+    /// (instance id, platform) pairs.
+    pub instances: Vec<RunTarget>,
+}
+
+/// An instance of a batch and its platform name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTarget {
+    pub instance_id: String,
+    #[serde(default)]
+    pub platform: String,
+}
+
+/// Group the targets to send by document, in batches of at most `max` (SendCommand takes 50 ids).
+pub fn batches(targets: Vec<(RunDocument, RunTarget)>, max: usize) -> Vec<RunBatch> {
+    let mut by_doc: BTreeMap<(String, String, String), Vec<RunTarget>> = BTreeMap::new();
+    for (d, t) in targets {
+        by_doc.entry((d.family, d.name, d.version)).or_default().push(t);
+    }
+    let mut out = Vec::new();
+    for ((family, name, version), mut ts) in by_doc {
+        ts.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        for c in ts.chunks(max.max(1)) {
+            out.push(RunBatch {
+                document: RunDocument {
+                    family: family.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                },
+                instances: c.to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// A sent batch: the command that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCommand {
+    pub command_id: String,
+    pub batch_key: String,
+    pub document: String,
+    pub instances: Vec<RunTarget>,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
+}
+
+/// How long after sending the workflow waits for a command at most before it records what is
+/// still unfinished as failed: delivery timeout + execution timeout + 10 minutes. SSM itself ends
+/// every invocation by then; this bound only guards against a status that never comes.
+pub fn give_up_after(delivery_timeout: u64, execution_timeout: Option<u64>) -> u64 {
+    delivery_timeout + execution_timeout.unwrap_or(MAX_EXECUTION_TIMEOUT_SECONDS) + 600
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +676,78 @@ mod tests {
         assert_eq!(
             output_stream("c-1", "i-0123456789abcdef0", "aws:runShellScript"),
             "c-1/i-0123456789abcdef0/aws-runShellScript/stdout"
+        );
+    }
+
+    fn facts(state: &str, opted_out: bool) -> crate::classify::Ec2Facts {
+        crate::classify::Ec2Facts {
+            instance_id: "i-1".into(),
+            state: state.into(),
+            launch_time: None,
+            has_instance_profile: true,
+            opted_out,
+            platform_details: Some("Linux/UNIX".into()),
+        }
+    }
+
+    fn ssm(ping: &str, platform_type: &str, name: &str) -> crate::classify::SsmFacts {
+        crate::classify::SsmFacts {
+            instance_id: "i-1".into(),
+            ping_status: ping.into(),
+            last_ping: None,
+            platform_type: platform_type.into(),
+            platform_name: name.into(),
+            platform_version: String::new(),
+            agent_version: "3.3.0.0".into(),
+        }
+    }
+
+    #[test]
+    fn placement_sends_only_to_running_online_managed_instances_with_a_document() {
+        let spec = RunSpec {
+            documents: vec![parse_document("linux=AWS-RunShellScript").unwrap()],
+            parameters: BTreeMap::new(),
+            execution_timeout: None,
+        };
+        let linux = ssm("Online", "Linux", "Ubuntu");
+        assert!(matches!(place(&spec, Some(&facts("running", false)), Some(&linux), "k"), Placement::Send { .. }));
+        let outcome = |p: Placement| match p {
+            Placement::Result { outcome, reason, .. } => (outcome, reason),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(outcome(place(&spec, None, Some(&linux), "k")).0, RunOutcome::Unreachable);
+        assert_eq!(outcome(place(&spec, Some(&facts("stopped", false)), Some(&linux), "k")).0, RunOutcome::Unreachable);
+        let (o, r) = outcome(place(&spec, Some(&facts("running", true)), Some(&linux), "opt"));
+        assert_eq!((o, r.as_str()), (RunOutcome::Skipped, "opted out by tag opt"));
+        assert_eq!(outcome(place(&spec, Some(&facts("running", false)), None, "k")).0, RunOutcome::Unreachable);
+        let lost = ssm("ConnectionLost", "Linux", "Ubuntu");
+        assert!(outcome(place(&spec, Some(&facts("running", false)), Some(&lost), "k")).1.contains("ConnectionLost"));
+        let win = ssm("Online", "Windows", "Microsoft Windows Server 2022 Datacenter");
+        let (o, r) = outcome(place(&spec, Some(&facts("running", false)), Some(&win), "k"));
+        assert_eq!(o, RunOutcome::Skipped);
+        assert!(r.contains("no document for platform Windows"), "{r}");
+    }
+
+    #[test]
+    fn batches_group_by_document_and_hold_at_most_the_maximum() {
+        let lin = parse_document("linux=AWS-RunShellScript").unwrap();
+        let win = parse_document("windows=AWS-RunPowerShellScript").unwrap();
+        let t = |i: usize| RunTarget {
+            instance_id: format!("i-{i:017x}"),
+            platform: String::new(),
+        };
+        let targets: Vec<_> = (0..120)
+            .map(|i| (if i % 4 == 0 { win.clone() } else { lin.clone() }, t(i)))
+            .collect();
+        let b = batches(targets, 50);
+        let sizes: Vec<(String, usize)> = b.iter().map(|b| (b.document.name.clone(), b.instances.len())).collect();
+        assert_eq!(
+            sizes,
+            vec![
+                ("AWS-RunShellScript".to_string(), 50),
+                ("AWS-RunShellScript".to_string(), 40),
+                ("AWS-RunPowerShellScript".to_string(), 30)
+            ]
         );
     }
 }

@@ -73,6 +73,19 @@ pub async fn handle(payload: Value) -> Result<Response, FleetError> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_run_wave_counts_succeeded_and_unreachable_and_stops_over_budget() {
+        let out = handle(serde_json::json!({
+            "wave": {"wave": 0, "label": "canary", "instances": 4, "chunks": []},
+            "outcomes": [{"summary": {"byState": {"succeeded": 1, "failed": 2, "unreachable": 1}}}],
+            "maxFailureRatio": 0.5, "wavesTotal": 3}))
+        .await
+        .unwrap();
+        assert_eq!((out.result.installed, out.result.failed, out.result.unmanaged), (1, 2, 1));
+        assert!(out.budget_exceeded);
+        assert!(!out.more_waves);
+    }
+
     fn outcome(installed: u64, failed: u64) -> Value {
         serde_json::json!({"summary": {"byState": {"installed": installed, "failed": failed}}})
     }

@@ -442,9 +442,30 @@ pub async fn describe_running_page(
     opt_out_tag: &str,
     next_token: Option<String>,
 ) -> Result<TargetPage, FleetError> {
+    describe_running_page_of(client, tags, &[], opt_out_tag, next_token).await
+}
+
+/// [`describe_running_page`] narrowed to the given instance ids too (none: no narrowing; at most
+/// [`EC2_FILTER_VALUES`]).
+pub async fn describe_running_page_of(
+    client: &aws_sdk_ec2::Client,
+    tags: &[(String, Vec<String>)],
+    instance_ids: &[String],
+    opt_out_tag: &str,
+    next_token: Option<String>,
+) -> Result<TargetPage, FleetError> {
+    let mut filters = running_tag_filters(tags);
+    if !instance_ids.is_empty() {
+        filters.push(
+            Filter::builder()
+                .name("instance-id")
+                .set_values(Some(instance_ids.to_vec()))
+                .build(),
+        );
+    }
     let resp = client
         .describe_instances()
-        .set_filters(Some(running_tag_filters(tags)))
+        .set_filters(Some(filters))
         .max_results(EC2_MAX_RESULTS)
         .set_next_token(next_token.clone())
         .send()

@@ -316,9 +316,10 @@ pub fn wave_result(wave: usize, label: &str, summaries: &[Summary]) -> WaveResul
     };
     for s in summaries {
         let get = |k: &str| s.by_state.get(k).copied().unwrap_or(0);
-        r.installed += get("installed");
+        // An ad-hoc run's chunks count `succeeded` and `unreachable` (crate::run::RunOutcome).
+        r.installed += get("installed") + get(crate::run::RunOutcome::Succeeded.as_str());
         r.failed += get("failed");
-        r.unmanaged += get("unmanaged");
+        r.unmanaged += get("unmanaged") + get(crate::run::RunOutcome::Unreachable.as_str());
         r.skipped += get("skipped");
         r.duplicate += get(crate::model::DUPLICATE);
         r.instances += s.total();

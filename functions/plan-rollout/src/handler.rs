@@ -6,6 +6,11 @@
 //!   no invocation pages through the whole fleet.
 //! - `plan` ("Plan Waves"): reads the listed pages, orders the targets, picks a canary that covers
 //!   every platform family, splits the rest into waves and chunks and stores the chunks.
+//!
+//! An ad-hoc run (`fleet-install run`, the execution's input carries `run`) is planned the same way,
+//! with two differences: its targets may be every running instance (`all`) or given ids
+//! (`instanceIds`), and nothing is written to the install ledger's instance items: opted-out
+//! instances stay targets here, and the run workflow records them as skipped in the run's results.
 
 use fleet_core::model::{InstanceNote, LedgerState, ReasonCode};
 use fleet_core::rollout::{order_targets, plan_rollout, Target, WavePlan, WaveSize};
@@ -107,7 +112,27 @@ pub struct Request {
     /// plan: the finished listing.
     #[serde(default)]
     pub listing: Option<Listing>,
+    /// `$$.Execution.Input`: what only ad-hoc runs set.
+    #[serde(default)]
+    pub input: RolloutInput,
 }
+
+/// The parts of the rollout execution's input that only an ad-hoc run sets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutInput {
+    /// Target these running instances (at most [`MAX_INSTANCE_IDS`]).
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    /// Target every running instance.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub run: Option<fleet_core::run::RunSpec>,
+}
+
+/// The most instance ids a run may name (DescribeInstances takes 200 values in one filter).
+pub const MAX_INSTANCE_IDS: usize = fleet_core::adapters::EC2_FILTER_VALUES;
 
 /// What a list invocation returns.
 #[derive(Debug, Serialize, PartialEq)]
@@ -135,6 +160,9 @@ pub struct Response {
     /// The canary's members by platform family (empty without a canary).
     pub canary_platforms: BTreeMap<String, usize>,
     pub waves: Vec<WavePlan>,
+    /// The ad-hoc run's document and parameters (`null` for an install rollout): each chunk's child
+    /// workflow is chosen by it.
+    pub run: Option<fleet_core::run::RunSpec>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -181,11 +209,39 @@ async fn list(
     config: &Config,
     req: Request,
 ) -> Result<ListResponse, FleetError> {
-    if req.tags.is_empty() || req.tags.iter().any(|t| t.key.is_empty() || t.values.is_empty()) {
+    if req.tags.iter().any(|t| t.key.is_empty() || t.values.is_empty()) {
+        return Err(FleetError::invalid_input("each tag filter needs a key and values"));
+    }
+    let ad_hoc = req.input.run.is_some();
+    let ids = &req.input.instance_ids;
+    if !ad_hoc && (req.input.all || !ids.is_empty()) {
         return Err(FleetError::invalid_input(
-            "a rollout needs at least one tag filter, each with a key and values",
+            "`all` and `instanceIds` are for ad-hoc runs (input with `run`); a rollout targets by tag",
         ));
     }
+    let chosen = [!req.tags.is_empty(), req.input.all, !ids.is_empty()].iter().filter(|c| **c).count();
+    if chosen != 1 {
+        return Err(FleetError::invalid_input(if ad_hoc {
+            "a run targets exactly one of: tag filters, instanceIds, or all"
+        } else {
+            "a rollout needs at least one tag filter, each with a key and values"
+        }));
+    }
+    if ids.len() > MAX_INSTANCE_IDS {
+        return Err(FleetError::invalid_input(format!(
+            "a run names at most {MAX_INSTANCE_IDS} instance ids ({} given): target more by tag",
+            ids.len()
+        )));
+    }
+    if let Some(bad) = ids.iter().find(|id| !fleet_core::model::is_valid_instance_id(id)) {
+        return Err(FleetError::invalid_input(format!(
+            "{:?} is not an instance id (i- and 8 or 17 hex digits)",
+            fleet_core::text::clip(bad, 64)
+        )));
+    }
+    // A run leaves opted-out instances to the run workflow, which records them as skipped in the
+    // run's results; a rollout records them in the ledger here.
+    let opt_out_tag = if ad_hoc { "" } else { config.opt_out_tag.as_str() };
     let mut listing = req.previous.and_then(|p| p.listing).unwrap_or_default();
     if listing.pages > 0 && listing.next_token.is_none() {
         return Err(FleetError::invalid_input(format!(
@@ -198,7 +254,7 @@ async fn list(
     let mut opted_out: Vec<InstanceNote> = Vec::new();
     loop {
         let page =
-            fleet_core::adapters::describe_running_page(ec2, &tags, &config.opt_out_tag, listing.next_token.take())
+            fleet_core::adapters::describe_running_page_of(ec2, &tags, ids, opt_out_tag, listing.next_token.take())
                 .await
                 .map_err(|e| {
                     tracing::error!(rollout_id = %req.rollout_id, page = listing.pages, error = %e, "listing failed");
@@ -322,6 +378,7 @@ async fn plan(
         families,
         canary_platforms,
         waves: plan.into_iter().map(|(w, _)| w).collect(),
+        run: req.input.run,
     })
 }
 
@@ -586,6 +643,15 @@ mod tests {
                 json!({"mode": "list", "rolloutId": "r", "tags": [{"key": "a", "values": ["b"]}], "waveSize": 3,
                         "previous": {"listing": {"nextToken": null, "pages": 3}}}),
             ),
+            // `all` and instance ids are for runs only; a run targets one way only, at most 200 valid ids
+            with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3, "input": {"all": true}})),
+            with(json!({"mode": "list", "rolloutId": "r", "tags": [{"key": "a", "values": ["b"]}], "waveSize": 3,
+                        "input": {"all": true, "run": run_spec()}})),
+            with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3, "input": {"run": run_spec()}})),
+            with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3,
+                        "input": {"instanceIds": ["i-nothex"], "run": run_spec()}})),
+            with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3,
+                        "input": {"instanceIds": (0..201).map(id).collect::<Vec<_>>(), "run": run_spec()}})),
             // a plan needs a finished listing
             with(json!({"mode": "plan", "rolloutId": "r", "waveSize": 3})),
             with(json!({"mode": "plan", "rolloutId": "r", "waveSize": 3, "listing": {"nextToken": "t", "pages": 1}})),
@@ -593,6 +659,45 @@ mod tests {
             let err = handle(&ec2, &db, &config(), bad.clone()).await.unwrap_err();
             assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT, "{bad}");
         }
+    }
+
+    fn run_spec() -> Value {
+        json!({"documents": [{"family": "any", "name": "AWS-RunShellScript", "version": "$DEFAULT"}],
+               "parameters": {"commands": ["uptime"]}})
+    }
+
+    #[tokio::test]
+    async fn a_run_lists_its_instance_ids_and_keeps_opted_out_ones_out_of_the_ledger() {
+        // The instance-id filter narrows the listing; the opted-out instance stays a target (the run
+        // workflow records it as skipped in the run's results), so only the page item is written.
+        let describe = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.filters().iter().any(|f| f.name() == Some("instance-id") && f.values().len() == 3)
+                    && !r.filters().iter().any(|f| f.name().is_some_and(|n| n.starts_with("tag:")))
+            })
+            .then_output(|| {
+                DescribeInstancesOutput::builder()
+                    .reservations(instances(0..2, false, false))
+                    .reservations(instances(2..3, true, false))
+                    .build()
+            });
+        let pages = mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .match_requests(|r| {
+                r.request_items().unwrap()["ledger"].iter().all(|w| {
+                    let item = w.put_request().unwrap().item();
+                    item["instanceId"].as_s().unwrap().starts_with("rollout#r1#list#")
+                })
+            })
+            .then_output(|| BatchWriteItemOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, [&pages]);
+        let mut req = list_request(json!({}));
+        req["tags"] = json!([]);
+        req["input"] = json!({"instanceIds": [id(0), id(1), id(2)], "run": run_spec()});
+        let out = serde_json::to_value(handle(&ec2, &db, &config(), req).await.unwrap()).unwrap();
+        assert_eq!(out["listing"]["targets"], 3);
+        assert_eq!(out["listing"]["optedOut"], 0);
+        assert_eq!(pages.num_calls(), 1);
     }
 
     #[test]

@@ -13,14 +13,15 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import (agent_credentials, api_fixes, counter, dynamodb_ext, ec2_ext, iam_ext, perf, redrive, sfn, sqs_ext,
-                   ssm_agent, ssm_settings)
+    from . import (agent_credentials, api_fixes, cloudwatch_output, counter, dynamodb_ext, ec2_ext, iam_ext, perf,
+                   redrive, sfn, sqs_ext, ssm_agent, ssm_settings)
 
     perf.install()
     sfn.install()
     redrive.install()
     ssm_agent.install()
     ssm_settings.install()
+    cloudwatch_output.install()
     api_fixes.install()
     ec2_ext.install()
     counter.install()

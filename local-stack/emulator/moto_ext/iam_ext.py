@@ -74,11 +74,32 @@ def _as_list(v) -> list:
 
 
 def _glob(pattern: str, value: str, case: bool = True) -> bool:
-    """IAM wildcards: * any run of characters, ? one character; case-sensitive for resources."""
+    """IAM wildcards in actions and string conditions: * any run of characters, ? one character."""
     if not case:
         pattern, value = pattern.lower(), value.lower()
     rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.fullmatch(rx, value, re.S) is not None
+
+
+def _arn_regex(pattern: str) -> str:
+    """An ARN pattern as IAM matches it (Resource, ArnLike): wildcards may stand in any colon-separated segment
+    (partition, service, region, account, resource), * for any run of characters (also none: the empty account of
+    an AWS-owned SSM document matches `*`), ? for one; a * that ends its segment may also match across colons, any
+    other wildcard stays within its segment."""
+    out = []
+    for i, c in enumerate(pattern):
+        if c == "*":
+            out.append(".*" if i + 1 == len(pattern) or pattern[i + 1] == ":" else "[^:]*")
+        elif c == "?":
+            out.append("[^:]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+def _arn_glob(pattern: str, value: str) -> bool:
+    """Case-sensitive ARN match (see _arn_regex)."""
+    return re.fullmatch(_arn_regex(pattern), value, re.S) is not None
 
 
 def _action_matches(patterns, action: str) -> bool:
@@ -91,7 +112,7 @@ def _resource_matches(patterns, resource: str) -> bool:
             return True
         if resource == "*":
             continue       # a request on "*" (no resource-level permission) matches only Resource "*"
-        if _glob(p, resource):
+        if _arn_glob(p, resource):
             return True
     return False
 
@@ -104,9 +125,9 @@ _STRING_OPS = {
     "StringLike": lambda a, e: _glob(e, a),
     "StringNotLike": lambda a, e: not _glob(e, a),
     "ArnEquals": lambda a, e: a == e,
-    "ArnLike": lambda a, e: _glob(e, a),
+    "ArnLike": lambda a, e: _arn_glob(e, a),
     "ArnNotEquals": lambda a, e: a != e,
-    "ArnNotLike": lambda a, e: not _glob(e, a),
+    "ArnNotLike": lambda a, e: not _arn_glob(e, a),
     "Bool": lambda a, e: a.lower() == e.lower(),
 }
 _NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "ArnNotEquals", "ArnNotLike"}
@@ -259,14 +280,7 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
         return [(f"dynamodb:{op}", "*", ctx)]
     if service == "ssm":
         if op == "SendCommand":
-            name = params.get("DocumentName") or ""
-            if name.startswith("arn:"):
-                doc = name
-            elif name.startswith(("AWS-", "AWSEC2-", "AWSSupport-", "AmazonCloudWatch-")):
-                doc = f"arn:{part}:ssm:{region}::document/{name}"       # AWS-owned documents
-            else:
-                doc = f"arn:{part}:ssm:{region}:{account}:document/{name}"
-            out = [("ssm:SendCommand", doc, ctx)]
+            out = [("ssm:SendCommand", document_arn(params.get("DocumentName") or "", region, account), ctx)]
             for iid in params.get("InstanceIds") or []:
                 tags = {f"ssm:resourceTag/{k}": v for k, v in _instance_tags(account, region, iid).items()}
                 out.append(("ssm:SendCommand", f"arn:{part}:ec2:{region}:{account}:instance/{iid}", tags))
@@ -274,7 +288,7 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
                 out.append(("ssm:SendCommand", f"arn:{part}:ec2:{region}:{account}:instance/*", ctx))
             return out
         if op in ("GetDocument", "DescribeDocument", "DescribeDocumentPermission") and params.get("Name"):
-            return [(f"ssm:{op}", f"arn:{part}:ssm:{region}:{account}:document/{params['Name']}", ctx)]
+            return [(f"ssm:{op}", document_arn(params["Name"], region, account), ctx)]
         if op in ("GetServiceSetting", "UpdateServiceSetting", "ResetServiceSetting") and params.get("SettingId"):
             sid = params["SettingId"]
             arn = sid if sid.startswith("arn:") else f"arn:{part}:ssm:{region}:{account}:servicesetting{sid}"
@@ -334,6 +348,20 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
         return out
     prefix = {"ec2": "ec2", "logs": "logs", "cloudformation": "cloudformation"}.get(service, service)
     return [(f"{prefix}:{op}", "*", ctx)]
+
+
+#: Document name prefixes SSM reserves for AWS (CreateDocument refuses them): a document so named is AWS-owned.
+AWS_DOCUMENT_PREFIXES = ("aws", "amazon", "amzn")
+
+
+def document_arn(name: str, region: str, account: str) -> str:
+    """An SSM document's ARN as IAM sees it: a document given by ARN as given; an AWS-owned document (AWS-RunShellScript,
+    AWS-UpdateSSMAgent, ...) without an account, arn:aws:ssm:REGION::document/NAME; the account's own with it."""
+    if name.startswith("arn:"):
+        return name
+    if name.lower().startswith(AWS_DOCUMENT_PREFIXES):
+        return f"arn:aws:ssm:{region}::document/{name}"
+    return f"arn:aws:ssm:{region}:{account}:document/{name}"
 
 
 def _profile_role_arns(account: str, name: str | None, arn: str | None) -> list[str]:

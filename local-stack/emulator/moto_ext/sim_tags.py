@@ -52,9 +52,30 @@ EXIT_CODE = PREFIX + "exit-code"
 # "true": the instance was running long before fleet-install was deployed (the fleet a rollout covers):
 # RunInstances emits no "running" event for it and its launch time lies a week back.
 EXISTING = PREFIX + "existing"
+
+# Generic runs: any command document that is neither an install document (ssm_agent.is_install_document) nor
+# AWS-UpdateSSMAgent, e.g. AWS-RunShellScript. The install tags above do not apply to them, nor these to installs.
+#: Success | Failed | TimedOut | Undeliverable (default Success): how a generic run ends. TimedOut: the script
+#: never finishes, the agent stops it at the document's execution timeout.
+RUN_OUTCOME = PREFIX + "run-outcome"
+#: N, 0-255 (default 0, or 1 when RUN_OUTCOME is Failed): the script's exit code, the invocation's ResponseCode.
+#: Not 0: the run ends Failed (with RUN_OUTCOME Success too); RUN_OUTCOME Failed with 0 exits 1.
+RUN_EXIT_CODE = PREFIX + "run-exit-code"
+#: Simulated seconds the script runs once delivered (default 1); real seconds = this x TIME_SCALE.
+RUN_SECONDS = PREFIX + "run-seconds"
+#: What the script prints on stdout; the two characters backslash and n stand for a newline. Default: one line
+#: naming the host and the document (when RUN_OUTPUT_LINES is not set either).
+RUN_OUTPUT = PREFIX + "run-output"
+#: N: the script prints N numbered lines ("line 1 of N" ...), after RUN_OUTPUT if set (default 0, at most 100,000).
+RUN_OUTPUT_LINES = PREFIX + "run-output-lines"
+#: Real seconds per simulated second of a generic run (float, default 1): scales RUN_SECONDS and the document's
+#: execution timeout alike, so a 40-minute command and a one-hour timeout take 24 and 36 s at 0.01.
+TIME_SCALE = PREFIX + "time-scale"
+
 ALL = (MANAGED, REGISTER_DELAY, PLATFORM, INSTALL_SECONDS, OUTCOME, FAIL_ATTEMPTS, INSTALLED, EXISTING,
        AGENT_VERSION, AGENT_UPDATE, AGENT_UPDATE_SECONDS, AGENT_UPDATE_TO, EXIT_CODE, AGENT_LOST,
-       INSTALL_OUTPUT_LINES, DROP_RUNNING_EVENT)
+       INSTALL_OUTPUT_LINES, DROP_RUNNING_EVENT, RUN_OUTCOME, RUN_EXIT_CODE, RUN_SECONDS, RUN_OUTPUT,
+       RUN_OUTPUT_LINES, TIME_SCALE)
 
 #: The security agent on an instance, as the install documents see it.
 AGENT_RUNNING, AGENT_STOPPED, AGENT_ABSENT = "running", "stopped", "absent"
@@ -186,3 +207,42 @@ def exit_code(tags: dict) -> int | None:
 
 def fail_attempts_set(tags: dict) -> bool:
     return FAIL_ATTEMPTS in tags
+
+
+# ------------------------------------------------------------------------------------------- generic runs
+def run_outcome(tags: dict) -> str:
+    value = (tags.get(RUN_OUTCOME) or "").strip()
+    return value if value in OUTCOMES else "Success"
+
+
+def run_exit_code(tags: dict, outcome: str) -> int:
+    """The exit code of a generic run that ends Success or Failed: the tag (0-255), else 0 (1 when Failed); a
+    Failed run never exits 0."""
+    try:
+        code = int(str(tags.get(RUN_EXIT_CODE, "")).strip())
+        if not 0 <= code <= 255:
+            raise ValueError
+    except ValueError:
+        code = 1 if outcome == "Failed" else 0
+    if outcome == "Failed" and code == 0:
+        code = 1
+    return code
+
+
+def run_seconds(tags: dict) -> float:
+    return _float(tags.get(RUN_SECONDS), 1.0)
+
+
+def run_output(tags: dict) -> str | None:
+    """The RUN_OUTPUT text with each backslash-n as a newline, or None when the tag is absent."""
+    value = tags.get(RUN_OUTPUT)
+    return None if value is None else value.replace("\\n", "\n")
+
+
+def run_output_lines(tags: dict) -> int:
+    return min(_int(tags.get(RUN_OUTPUT_LINES), 0), 100_000)
+
+
+def time_scale(tags: dict) -> float:
+    """Real seconds per simulated second (default 1; 0 makes a generic run instant)."""
+    return _float(tags.get(TIME_SCALE), 1.0)

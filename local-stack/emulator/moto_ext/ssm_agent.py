@@ -27,9 +27,10 @@ from moto.ec2.models import ec2_backends
 from moto.ssm.exceptions import SSMException
 from moto.ssm.responses import SimpleSystemManagerResponse as _Resp
 
-from . import sim_tags as T
-
+from . import cloudwatch_output as CW
 from . import install_outcomes as O
+from . import run_outcomes as R
+from . import sim_tags as T
 
 #: The latest SSM Agent the simulation knows (IsLatestVersion compares with it).
 AGENT_VERSION = T.LATEST_AGENT_VERSION
@@ -128,6 +129,9 @@ class Invocation:
     agent_version_after: str | None = None   # AWS-UpdateSSMAgent: the version the agent runs once this succeeds
     result: str | None = None    # install documents, on success: the path taken (install_outcomes.RESULTS)
     agent_after: str | None = None   # install documents: the security agent's state once this reaches `status`
+    cw: bool = True              # its output goes to CloudWatch Logs when the command asks (it ran at all)
+    plugin_output: str | None = None   # CommandPlugins[].Output when not stdout and stderr (an agent error)
+    skip_output: dict = field(default_factory=dict)   # skipped plugin -> its Output, when not a precondition's
 
 
 @dataclass
@@ -368,13 +372,19 @@ def _find_document(backend, name: str, version: str | None):
 
 
 def _pattern_matches(pattern: str, value: str) -> bool:
-    # AWS evaluates allowedPattern as a Java regex; Python's "$" also matches before a final newline.
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        pattern = pattern[:-1] + r"\Z"
+    # SSM matches allowedPattern against the whole value (Java's matches()): AWS-RunShellScript's unanchored
+    # executionTimeout pattern refuses 172801. fullmatch also refuses a trailing newline after "$".
     try:
-        return re.search(pattern, value) is not None
+        return re.fullmatch(pattern, value) is not None
     except re.error:
         return True
+
+
+def _number(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def validate_parameters(doc, parameters: dict) -> dict:
@@ -386,7 +396,17 @@ def validate_parameters(doc, parameters: dict) -> dict:
             values = [values]
         pattern = declared[key].get("allowedPattern")
         allowed = declared[key].get("allowedValues")
+        low, high = _number(declared[key].get("minItems")), _number(declared[key].get("maxItems"))
+        if low is not None and len(values) < low:
+            raise _Err("InvalidParameters", f"Parameter \"{key}\" has {len(values)} values: it needs at least {low}.")
+        if high is not None and len(values) > high:
+            raise _Err("InvalidParameters", f"Parameter \"{key}\" has {len(values)} values: it takes at most {high}.")
+        min_chars, max_chars = _number(declared[key].get("minChars")), _number(declared[key].get("maxChars"))
         for v in values:
+            if isinstance(v, str) and ((min_chars is not None and len(v) < min_chars)
+                                       or (max_chars is not None and len(v) > max_chars)):
+                raise _Err("InvalidParameters", f"Parameter \"{key}\" failed to satisfy constraint: Member must have "
+                                                f"length between {min_chars or 0} and {max_chars}.")
             if not isinstance(v, str):
                 v = json.dumps(v)
             if pattern and not _pattern_matches(pattern, v):
@@ -441,6 +461,22 @@ def declares_env_var(doc) -> bool:
 
 def is_update_agent(doc) -> bool:
     return "aws:updateSsmAgent" in ((doc.content_json or {}).get("runtimeConfig") or {})
+
+
+#: The last line a successful run of the stack's install documents prints (documents/*.yml).
+INSTALL_RESULT_MARKER = O.RESULT_PREFIX
+
+
+def is_install_document(doc) -> bool:
+    """The stack's install documents (documents/install-agent-{linux,windows}.yml) and documents of their shape:
+    they declare an installer URL and its SHA-256 (InstallerUrl*, InstallerSha256*: InstallerUrl on Windows,
+    InstallerUrlRpm/Deb/FreeBsd on Linux), or their scripts print the FLEET_INSTALL_RESULT= result line. Every
+    other command document but AWS-UpdateSSMAgent is a generic run (_plan_run)."""
+    content = doc.content_json or {}
+    params = content.get("parameters") or {}
+    if any(k.startswith("InstallerUrl") for k in params) and any(k.startswith("InstallerSha256") for k in params):
+        return True
+    return INSTALL_RESULT_MARKER in json.dumps(content.get("mainSteps") or content.get("runtimeConfig") or {})
 
 
 def _host(instance, platform) -> str:
@@ -498,6 +534,8 @@ def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]
     skipped = [name for name, plat in steps if plat not in (None, platform[0])]
     if is_update_agent(doc):
         return _plan_update(st, instance, platform, parameters, now, run, skipped)
+    if not is_install_document(doc):
+        return _plan_run(doc, instance, platform, parameters)
     st.sends[iid] = st.sends.get(iid, 0) + 1
     n = st.sends[iid]
     dur = T.install_seconds(tags)
@@ -555,6 +593,63 @@ def _plan_invocation(st: SimState, doc, instance, platform: tuple[str, str, str]
     return Invocation(iid, platform, n, 0, dur, "TimedOut", "Execution Timed Out", -1,
                       "install did not finish within the execution timeout; the agent stopped the script.",
                       run, skipped)
+
+
+def _plan_run(doc, instance, platform: tuple[str, str, str], parameters: dict) -> Invocation:
+    """Any other command document (AWS-RunShellScript, ...): the RUN_* and TIME_SCALE tags decide (see sim_tags and
+    run_outcomes). Durations are simulated seconds times the time scale; nothing on the instance changes."""
+    tags = T.tags_of(instance)
+    iid, ptype = instance.id, platform[0]
+    scale = T.time_scale(tags)
+    seconds = T.run_seconds(tags)
+    outcome = T.run_outcome(tags)
+    precond = R.supports_preconditions(doc)
+    run, skipped, skip_output, missing = [], [], {}, None
+    for step in R.plugin_steps(doc):
+        if step["platform"] not in (None, ptype):
+            skipped.append(step["name"])
+        elif R.no_handler(step["action"], ptype):
+            if precond:
+                skipped.append(step["name"])
+                skip_output[step["name"]] = R.incompatible_message(step["name"])
+            elif missing is None:
+                missing = step
+        else:
+            run.append(step)
+    names = [s["name"] for s in run]
+    if outcome == "Undeliverable":   # never reaches the agent: Pending, then Undeliverable
+        return Invocation(iid, platform, 0, 0, seconds * scale, "Failed", "Undeliverable", -1, "",
+                          names or [s["name"] for s in R.plugin_steps(doc)][:1], skipped, cw=False)
+    start_failure = min(seconds * scale, R.START_FAILURE_SECONDS)
+    if missing is not None:          # schema 1.2/2.0: the agent fails the step it has no handler for
+        message = R.not_found_message(missing["action"], missing["name"])
+        return Invocation(iid, platform, 0, 0, start_failure, "Failed", "Failed", 1, message,
+                          [missing["name"]] + names, skipped, stdout="", stderr=message, cw=False,
+                          skip_output=skip_output, plugin_output=message)
+    if not run:
+        return Invocation(iid, platform, 0, 0, 0, "Failed", "Failed", -1,
+                          f"Step execution skipped due to unsatisfied preconditions: platformType is {ptype}. "
+                          f"No step of document {doc.name} applies to this instance.", [], skipped, cw=False,
+                          skip_output=skip_output)
+    no_pwsh = R.pwsh_missing(run[0]["action"], ptype)
+    if no_pwsh:
+        return Invocation(iid, platform, 0, 0, start_failure, "Failed", "Failed", 1, no_pwsh, names, skipped,
+                          stdout="", stderr=no_pwsh, skip_output=skip_output)
+    timeout = R.execution_timeout(doc, run[0], parameters)
+    stdout = R.stdout_of(T.run_output(tags), T.run_output_lines(tags), _host(instance, platform), doc.name)
+    if outcome == "TimedOut" or seconds > timeout:
+        # the agent stops the script at its execution timeout; a script that never ends has printed it all
+        printed = stdout if outcome == "TimedOut" else R.printed_before(stdout, timeout / seconds)
+        return Invocation(iid, platform, 0, 0, timeout * scale, "TimedOut", "Execution Timed Out", -1, printed,
+                          names, skipped, stdout=printed, stderr="", skip_output=skip_output)
+    code = T.run_exit_code(tags, outcome)
+    if code:
+        stderr = R.exit_status(code)
+        return Invocation(iid, platform, 0, 0, seconds * scale, "Failed", "Failed", code,
+                          O.combined_output(stdout, stderr), names, skipped, stdout=stdout, stderr=stderr,
+                          skip_output=skip_output)
+    return Invocation(iid, platform, 0, 0, seconds * scale, "Success", "Success", 0, stdout, names, skipped,
+                      stdout=stdout, stderr="", skip_output=skip_output)
 
 
 def _resolve_targets(backend, targets: list, now: float) -> list[str]:
@@ -638,6 +733,7 @@ def send_command_impl(backend, req: dict) -> Command:
         _track(st, cmd)
         st.commands.append(cmd)
         st.by_id[cmd.command_id] = cmd
+    CW.schedule(backend, cmd)
     return cmd
 
 
@@ -702,8 +798,7 @@ def command_view(st: SimState, cmd: Command, now: float, fresh: bool = False) ->
     }
     if cmd.notification:
         view["NotificationConfig"] = cmd.notification
-    if cmd.cloudwatch:
-        view["CloudWatchOutputConfig"] = cmd.cloudwatch
+    view["CloudWatchOutputConfig"] = CW.view(cmd.cloudwatch)
     return view
 
 
@@ -718,8 +813,9 @@ def _plugin_views(cmd: Command, inv: Invocation, now: float) -> list[dict]:
     out = []
     for name in inv.plugins:
         p = {"Name": name, "Status": status, "StatusDetails": details,
-             "ResponseCode": inv.response_code if final else -1,
-             "Output": O.plugin_output(*_streams(inv)) if final and status != "Cancelled" else "",
+             "ResponseCode": inv.response_code if final and status != "Cancelled" else -1,
+             "Output": (inv.plugin_output if inv.plugin_output is not None else O.plugin_output(*_streams(inv)))
+             if final and status != "Cancelled" else "",
              "StandardOutputUrl": "", "StandardErrorUrl": "",
              "OutputS3Region": cmd.output_s3.get("OutputS3Region") or "us-east-1",
              "OutputS3BucketName": cmd.output_s3.get("OutputS3BucketName") or "",
@@ -731,7 +827,8 @@ def _plugin_views(cmd: Command, inv: Invocation, now: float) -> list[dict]:
         out.append(p)
     for name in inv.skipped_plugins:
         out.append({"Name": name, "Status": "Success", "StatusDetails": "Success", "ResponseCode": 0,
-                    "Output": "Step execution skipped due to unsatisfied preconditions: platformType did not match."})
+                    "Output": inv.skip_output.get(name) or
+                    "Step execution skipped due to unsatisfied preconditions: platformType did not match."})
     if not out:
         out.append({"Name": "aws:runShellScript", "Status": status, "StatusDetails": details,
                     "ResponseCode": inv.response_code if final else -1, "Output": inv.output if final else ""})
@@ -749,8 +846,7 @@ def invocation_view(cmd: Command, inv: Invocation, now: float, details: bool) ->
     }
     if cmd.notification:
         view["NotificationConfig"] = cmd.notification
-    if cmd.cloudwatch:
-        view["CloudWatchOutputConfig"] = cmd.cloudwatch
+    view["CloudWatchOutputConfig"] = CW.view(cmd.cloudwatch)
     view["CommandPlugins"] = _plugin_views(cmd, inv, now) if details else []
     return view
 
@@ -868,14 +964,15 @@ def get_command_invocation(self):
                 raise _Err("InvalidPluginName", f"Plugin {plugin_name} is not in document {cmd.document_name}.")
         p = plugins[0]
         status, details = inv_status(cmd, inv, now)
-        elapsed = max(0.0, min(now - cmd.requested, inv.end) - inv.start)
+        end = inv.cancelled_at if status == "Cancelled" else inv.end
+        elapsed = max(0.0, min(now - cmd.requested, end) - inv.start)
         out = {
             "CommandId": cmd.command_id, "InstanceId": instance_id, "Comment": cmd.comment,
             "DocumentName": cmd.document_name, "DocumentVersion": cmd.document_version,
             "PluginName": p["Name"], "ResponseCode": p["ResponseCode"],
             "ExecutionStartDateTime": _dt(cmd.requested + inv.start).isoformat() + "Z" if status != "Pending" else "",
             "ExecutionElapsedTime": f"PT{elapsed:.3f}S",
-            "ExecutionEndDateTime": _dt(cmd.requested + inv.end).isoformat() + "Z" if status not in ACTIVE else "",
+            "ExecutionEndDateTime": _dt(cmd.requested + end).isoformat() + "Z" if status not in ACTIVE else "",
             "Status": status, "StatusDetails": details,
             # the first characters of each stream, as SSM keeps them
             "StandardOutputContent": _streams(inv)[0][:O.STDOUT_CONTENT]
@@ -884,8 +981,7 @@ def get_command_invocation(self):
             else (inv.stderr or f"failed to run commands: exit status {inv.response_code}")[:O.STDERR_CONTENT],
             "StandardErrorUrl": "",
         }
-        if cmd.cloudwatch:
-            out["CloudWatchOutputConfig"] = cmd.cloudwatch
+        out["CloudWatchOutputConfig"] = CW.view(cmd.cloudwatch)
     return ActionResult(out)
 
 

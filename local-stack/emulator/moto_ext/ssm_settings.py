@@ -1,4 +1,5 @@
-"""SSM service settings (Default Host Management Configuration) and the AWS-owned AWS-UpdateSSMAgent document.
+"""SSM service settings (Default Host Management Configuration) and the AWS-owned documents AWS-UpdateSSMAgent,
+AWS-RunShellScript and AWS-RunPowerShellScript.
 
 moto 5.2.5 has neither. GetServiceSetting / UpdateServiceSetting / ResetServiceSetting answer for the DHMC setting
 ``/ssm/managed-instance/default-ec2-instance-management-role`` (also given as its full ARN), in botocore's
@@ -6,6 +7,11 @@ shapes: ``ServiceSetting {SettingId, SettingValue, LastModifiedDate, LastModifie
 default ``Status: Default`` with SettingValue ``$None`` (what SSM answers for this unset setting; the model's
 SettingValue has length 1 or more, so never ""), after an update ``Customized`` with the role name as the value.
 Any other setting id: ``ServiceSettingNotFound``.
+
+The AWS-owned documents exist in every SSM backend (owner ``Amazon``, version 1, schema 1.2, JSON), with AWS's own
+content as GetDocument returns it (AWS-RunShellScript: the AWS CLI's get-document example; AWS-RunPowerShellScript:
+the same parameters, as the SSM Agent's own test data shows the current document), so a caller that validates
+parameters against GetDocument's ``parameters`` sees what it would see in AWS.
 
 With the setting naming a role that exists in IAM (``name`` or ``path/name``, e.g.
 ``service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole``) and allows ssm:UpdateInstanceInformation,
@@ -63,15 +69,81 @@ UPDATE_AGENT_CONTENT = {
 }
 
 
+#: executionTimeout of AWS-RunShellScript and AWS-RunPowerShellScript: 1 to 172800 (48 hours), AWS's own pattern
+#: (SSM matches allowedPattern against the whole value, so it needs no anchors).
+EXECUTION_TIMEOUT_PATTERN = "([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|(172[0-7][0-9]{2})|(172800)"
+
+
+def _run_script_content(plugin: str, description: str, commands: str, completed: str) -> dict:
+    return {
+        "schemaVersion": "1.2",
+        "description": description,
+        "parameters": {
+            "commands": {
+                "type": "StringList",
+                "description": commands,
+                "minItems": 1,
+                "displayType": "textarea",
+            },
+            "workingDirectory": {
+                "type": "String",
+                "default": "",
+                "description": "(Optional) The path to the working directory on your instance.",
+                "maxChars": 4096,
+            },
+            "executionTimeout": {
+                "type": "String",
+                "default": "3600",
+                "description": f"(Optional) The time in seconds for a command to {completed} before it is considered "
+                               "to have failed. Default is 3600 (1 hour). Maximum is 172800 (48 hours).",
+                "allowedPattern": EXECUTION_TIMEOUT_PATTERN,
+            },
+        },
+        "runtimeConfig": {
+            plugin: {
+                "properties": [{
+                    "id": f"0.{plugin}",
+                    "runCommand": "{{ commands }}",
+                    "workingDirectory": "{{ workingDirectory }}",
+                    "timeoutSeconds": "{{ executionTimeout }}",
+                }],
+            },
+        },
+    }
+
+
+RUN_SHELL_SCRIPT = "AWS-RunShellScript"
+RUN_SHELL_SCRIPT_CONTENT = _run_script_content(
+    "aws:runShellScript", "Run a shell script or specify the commands to run.",
+    "(Required) Specify a shell script or a command to run.", "complete")
+RUN_POWERSHELL_SCRIPT = "AWS-RunPowerShellScript"
+RUN_POWERSHELL_SCRIPT_CONTENT = _run_script_content(
+    "aws:runPowerShellScript", "Run a PowerShell script or specify the paths to scripts to run.",
+    "(Required) Specify the commands to run or the paths to existing scripts on the instance.", "be completed")
+
+#: name -> (content, PlatformTypes) of the AWS-owned documents every local SSM has.
+AWS_DOCUMENTS = {
+    UPDATE_AGENT_DOCUMENT: (UPDATE_AGENT_CONTENT, ["Windows", "Linux", "MacOS"]),
+    RUN_SHELL_SCRIPT: (RUN_SHELL_SCRIPT_CONTENT, ["Linux", "MacOS"]),
+    RUN_POWERSHELL_SCRIPT: (RUN_POWERSHELL_SCRIPT_CONTENT, ["Windows", "Linux"]),
+}
+
+
+def aws_document_text(content: dict) -> str:
+    """The content as SSM stores AWS's JSON documents: 4-space indents, no space after a colon, a final newline."""
+    return json.dumps(content, indent=4, separators=(",", ":")) + "\n"
+
+
 def _add_aws_documents(backend: SimpleSystemManagerBackend) -> None:
-    if UPDATE_AGENT_DOCUMENT in backend._documents:
-        return
-    doc = Document(account_id=backend.account_id, name=UPDATE_AGENT_DOCUMENT, version_name=None,
-                   content=json.dumps(UPDATE_AGENT_CONTENT, indent=2), document_type="Command",
-                   document_format="JSON", requires=[], attachments=[], target_type="/AWS::EC2::Instance")
-    doc.owner = "Amazon"
-    doc.platform_types = ["Windows", "Linux", "MacOS"]
-    backend._documents[UPDATE_AGENT_DOCUMENT] = Documents(doc)
+    for name, (content, platforms) in AWS_DOCUMENTS.items():
+        if name in backend._documents:
+            continue
+        doc = Document(account_id=backend.account_id, name=name, version_name=None,
+                       content=aws_document_text(content), document_type="Command",
+                       document_format="JSON", requires=[], attachments=[], target_type="/AWS::EC2::Instance")
+        doc.owner = "Amazon"
+        doc.platform_types = list(platforms)
+        backend._documents[name] = Documents(doc)
 
 
 # ---------------------------------------------------------------------------------------- service settings

@@ -84,7 +84,12 @@ fn body<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T, FleetError> 
     })
 }
 
-pub async fn handle(clients: &Clients, config: &Config, now: DateTime<Utc>, payload: Value) -> Result<Value, FleetError> {
+pub async fn handle(
+    clients: &Clients,
+    config: &Config,
+    now: DateTime<Utc>,
+    payload: Value,
+) -> Result<Value, FleetError> {
     let common: Common = body(&payload)?;
     if common.run_id.is_empty() {
         return Err(FleetError::invalid_input("runId is empty"));
@@ -133,7 +138,12 @@ fn result(common: &Common, instance_id: &str, outcome: RunOutcome, reason: Strin
     }
 }
 
-async fn prepare(clients: &Clients, config: &Config, common: &Common, req: PrepareRequest) -> Result<Value, FleetError> {
+async fn prepare(
+    clients: &Clients,
+    config: &Config,
+    common: &Common,
+    req: PrepareRequest,
+) -> Result<Value, FleetError> {
     let ids = fleet_core::ledger::load_target_chunk(&clients.db, &config.ledger_table, &req.targets_key).await?;
     let ec2 = fleet_core::adapters::describe_ec2(&clients.ec2, &ids, &config.opt_out_tag).await?;
     let online: Vec<String> = ids
@@ -184,6 +194,9 @@ struct SendRequest {
     chunk_name: String,
     #[serde(flatten)]
     execution: fleet_core::model::Execution,
+    /// The chunk's counts so far (Find Reachable Instances'): instances SSM refuses are added.
+    #[serde(default)]
+    summary: Summary,
 }
 
 /// The comment SSM shows for a batch (at most 100 characters): the batch key.
@@ -204,17 +217,18 @@ async fn send(
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or(now - chrono::Duration::hours(1));
     let mut commands = Vec::new();
-    let mut summary = Summary::default();
+    let mut summary = req.summary;
     for (i, batch) in req.batches.iter().enumerate() {
         let key = batch_key(&req.chunk_name, i);
         let ids: Vec<String> = batch.instances.iter().map(|t| t.instance_id.clone()).collect();
-        let existing = match run_store::get_batch_command(&clients.db, &config.results_table, &common.run_id, &key).await? {
-            Some(id) => Some(id),
-            // Sent by an attempt that died before it recorded the command.
-            None => fleet_core::adapters::find_command_by_comment(&clients.ssm, &batch.document.name, since, &key)
-                .await?
-                .map(|c| c.command_id),
-        };
+        let existing =
+            match run_store::get_batch_command(&clients.db, &config.results_table, &common.run_id, &key).await? {
+                Some(id) => Some(id),
+                // Sent by an attempt that died before it recorded the command.
+                None => fleet_core::adapters::find_command_by_comment(&clients.ssm, &batch.document.name, since, &key)
+                    .await?
+                    .map(|c| c.command_id),
+            };
         let (command_id, sent) = match existing {
             Some(id) => (id, batch.instances.clone()),
             None => match send_one(clients, config, common, batch, &key, &ids).await? {
@@ -302,7 +316,13 @@ async fn send(
                 command_id: command_id.clone(),
                 document: batch.document.name.clone(),
                 log_group: config.output_log_group.clone(),
-                ..result(common, &t.instance_id, RunOutcome::Running, String::new(), t.platform.clone())
+                ..result(
+                    common,
+                    &t.instance_id,
+                    RunOutcome::Running,
+                    String::new(),
+                    t.platform.clone(),
+                )
             })
             .collect();
         run_store::put_results(&clients.db, &config.results_table, &running).await?;
@@ -363,9 +383,9 @@ async fn send_one(
         Err(e) => {
             use aws_sdk_ssm::operation::send_command::SendCommandError as E;
             match e.as_service_error() {
-                Some(E::InvalidInstanceId(inner)) => {
-                    Ok(Sent::Refused(inner.message().unwrap_or("invalid instance id").to_string()))
-                }
+                Some(E::InvalidInstanceId(inner)) => Ok(Sent::Refused(
+                    inner.message().unwrap_or("invalid instance id").to_string(),
+                )),
                 _ => Err(FleetError::from_sdk("ssm", "SendCommand", &e)),
             }
         }
@@ -432,12 +452,7 @@ async fn list_invocations(
             // The plugin that ran (a step skipped by its precondition reports Success with nothing run).
             let plugin = plugins
                 .iter()
-                .find(|p| {
-                    !matches!(
-                        p.status(),
-                        Some(aws_sdk_ssm::types::CommandPluginStatus::Success)
-                    )
-                })
+                .find(|p| !matches!(p.status(), Some(aws_sdk_ssm::types::CommandPluginStatus::Success)))
                 .or_else(|| plugins.iter().rev().find(|p| p.output().is_some_and(|o| !o.is_empty())))
                 .or_else(|| plugins.first());
             out.insert(
@@ -560,7 +575,11 @@ struct FailRequest {
 async fn fail(clients: &Clients, config: &Config, common: &Common, req: FailRequest) -> Result<Value, FleetError> {
     let ids = fleet_core::ledger::load_target_chunk(&clients.db, &config.ledger_table, &req.targets_key).await?;
     let existing = get_results(&clients.db, &config.results_table, &common.run_id, &ids).await?;
-    let error = req.failure.get("Error").and_then(|v| v.as_str()).unwrap_or("States.ALL");
+    let error = req
+        .failure
+        .get("Error")
+        .and_then(|v| v.as_str())
+        .unwrap_or("States.ALL");
     let cause = req.failure.get("Cause").and_then(|v| v.as_str()).unwrap_or("");
     let mut recorded = Vec::new();
     for id in &ids {
@@ -568,16 +587,25 @@ async fn fail(clients: &Clients, config: &Config, common: &Common, req: FailRequ
         if prior.and_then(|r| r.outcome).is_some_and(|o| o.is_final()) {
             continue;
         }
-        let mut r = prior.cloned().unwrap_or_else(|| result(common, id, RunOutcome::Failed, String::new(), String::new()));
+        let mut r = prior
+            .cloned()
+            .unwrap_or_else(|| result(common, id, RunOutcome::Failed, String::new(), String::new()));
         r.outcome = Some(RunOutcome::Failed);
         r.reason = format!(
             "the run workflow failed at {}: {error}: {}{}",
-            if req.failed_state.is_empty() { "an unknown state" } else { &req.failed_state },
+            if req.failed_state.is_empty() {
+                "an unknown state"
+            } else {
+                &req.failed_state
+            },
             fleet_core::text::clip(cause, 300),
             if r.command_id.is_empty() {
                 String::new()
             } else {
-                format!(" (command {} may still be running; see `fleet-install output`)", r.command_id)
+                format!(
+                    " (command {} may still be running; see `fleet-install output`)",
+                    r.command_id
+                )
             }
         );
         recorded.push(r);
@@ -601,7 +629,10 @@ async fn get_results(
             .iter()
             .map(|id| {
                 HashMap::from([
-                    (run_store::attr::RUN_ID.to_string(), AttributeValue::S(run_id.to_string())),
+                    (
+                        run_store::attr::RUN_ID.to_string(),
+                        AttributeValue::S(run_id.to_string()),
+                    ),
                     (run_store::attr::INSTANCE_ID.to_string(), AttributeValue::S(id.clone())),
                 ])
             })
@@ -692,9 +723,14 @@ mod tests {
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, []);
         let payload = json!({"action": "prepare", "runId": "r", "targetsKey": "rollout#r#w0#c0",
             "run": {"documents": [{"family": "any", "name": "Evil-Doc", "version": "$DEFAULT"}]}});
-        let err = handle(&clients(ssm, db), &config(), Utc::now(), payload).await.unwrap_err();
+        let err = handle(&clients(ssm, db), &config(), Utc::now(), payload)
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
-        assert!(err.to_string().contains("Evil-Doc is not in the stack's allowlist"), "{err}");
+        assert!(
+            err.to_string().contains("Evil-Doc is not in the stack's allowlist"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -705,8 +741,8 @@ mod tests {
                 .item("commandId", AttributeValue::S("cmd-0".into()))
                 .build()
         });
-        let writes = mock!(aws_sdk_dynamodb::Client::batch_write_item)
-            .then_output(|| BatchWriteItemOutput::builder().build());
+        let writes =
+            mock!(aws_sdk_dynamodb::Client::batch_write_item).then_output(|| BatchWriteItemOutput::builder().build());
         let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| SendCommandOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&marker, &writes]);
@@ -724,8 +760,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_sent_by_a_dead_attempt_is_found_by_its_comment() {
         let marker = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| GetItemOutput::builder().build());
-        let writes = mock!(aws_sdk_dynamodb::Client::batch_write_item)
-            .then_output(|| BatchWriteItemOutput::builder().build());
+        let writes =
+            mock!(aws_sdk_dynamodb::Client::batch_write_item).then_output(|| BatchWriteItemOutput::builder().build());
         let list = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| {
             ListCommandsOutput::builder()
                 .commands(Command::builder().command_id("cmd-found").comment("r-w0-c0#b0").build())
@@ -763,7 +799,9 @@ mod tests {
             "executionId": "arn:x", "executionStartTime": "2026-12-02T10:00:00Z",
             "batches": [{"document": {"family": "any", "name": "AWS-RunShellScript", "version": "$DEFAULT"},
                           "instances": [target(1)]}]});
-        let err = handle(&clients(ssm, db), &config(), Utc::now(), payload).await.unwrap_err();
+        let err = handle(&clients(ssm, db), &config(), Utc::now(), payload)
+            .await
+            .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED, "{err}");
     }
 
@@ -823,8 +861,8 @@ mod tests {
                 .command_invocations(invocation(1, CommandInvocationStatus::InProgress, -1, ""))
                 .build()
         });
-        let writes = mock!(aws_sdk_dynamodb::Client::batch_write_item)
-            .then_output(|| BatchWriteItemOutput::builder().build());
+        let writes =
+            mock!(aws_sdk_dynamodb::Client::batch_write_item).then_output(|| BatchWriteItemOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&writes]);
         let now = Utc::now();

@@ -471,12 +471,17 @@ def is_install_document(doc) -> bool:
     """The stack's install documents (documents/install-agent-{linux,windows}.yml) and documents of their shape:
     they declare an installer URL and its SHA-256 (InstallerUrl*, InstallerSha256*: InstallerUrl on Windows,
     InstallerUrlRpm/Deb/FreeBsd on Linux), or their scripts print the FLEET_INSTALL_RESULT= result line. Every
-    other command document but AWS-UpdateSSMAgent is a generic run (_plan_run)."""
+    other command document but AWS-UpdateSSMAgent is a generic run (_plan_run). Remembered per document version
+    (moto never changes a version's content)."""
+    known = doc.__dict__.get("_fleet_is_install")
+    if known is not None:
+        return known
     content = doc.content_json or {}
     params = content.get("parameters") or {}
-    if any(k.startswith("InstallerUrl") for k in params) and any(k.startswith("InstallerSha256") for k in params):
-        return True
-    return INSTALL_RESULT_MARKER in json.dumps(content.get("mainSteps") or content.get("runtimeConfig") or {})
+    found = (any(k.startswith("InstallerUrl") for k in params) and any(k.startswith("InstallerSha256") for k in params)
+             or INSTALL_RESULT_MARKER in json.dumps(content.get("mainSteps") or content.get("runtimeConfig") or {}))
+    doc.__dict__["_fleet_is_install"] = found
+    return found
 
 
 def _host(instance, platform) -> str:

@@ -183,6 +183,19 @@ def resources_for(action: str, spec: dict) -> list[str]:
     st = deployed()
     if action in NO_RESOURCE:
         return ["*"]
+    if spec["crate"] == "run-command":
+        # A run reads its chunk from the ledger and writes only the run results table; it may send the
+        # allowlist (RunDocuments' AWS-owned defaults) and the install documents.
+        if action == "dynamodb:GetItem":
+            return [st.physical["LedgerTable"]["Arn"], st.physical["RunResultsTable"]["Arn"]]
+        if action.startswith("dynamodb:"):
+            return [st.physical["RunResultsTable"]["Arn"]]
+        if action == "ssm:SendCommand":
+            return [st.resolve({"Fn::Sub": f"arn:aws:ssm:${{AWS::Region}}::document/{d}"})
+                    for d in ("AWS-RunShellScript", "AWS-RunPowerShellScript")] + [
+                st.resolve({"Fn::Sub": f"arn:aws:ssm:${{AWS::Region}}:${{AWS::AccountId}}:document/${{{d}}}"})
+                for d in ("LinuxInstallDocument", "WindowsInstallDocument")] + [
+                "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"]
     if action.startswith("dynamodb:"):
         return [st.physical["LedgerTable"]["Arn"]]
     if action == "ssm:SendCommand":
@@ -345,3 +358,21 @@ def test_transactions_are_authorised_by_their_parts():
         ("dynamodb:UpdateItem", "arn:aws:dynamodb:us-east-1:123456789012:table/ledger"),
         ("dynamodb:ConditionCheckItem", "arn:aws:dynamodb:us-east-1:123456789012:table/ledger"),
         ("dynamodb:PutItem", "arn:aws:dynamodb:us-east-1:123456789012:table/other")]
+
+
+def test_the_run_role_may_send_only_the_allowlist_and_never_writes_the_ledger():
+    """Least privilege of ad-hoc runs: documents outside RunDocuments and the install documents are denied,
+    and so is any write to the install ledger."""
+    spec = function_specs()["RunCommandFunction"]
+    docs = role_documents(role_logical(spec))
+    st = deployed()
+    allowed = "arn:aws:ssm:us-east-1::document/AWS-RunShellScript"
+    assert iam_ext.evaluate(docs, "ssm:SendCommand", allowed, {}) == iam_ext.Decision.ALLOW
+    for denied in ("arn:aws:ssm:us-east-1::document/AWS-UpdateSSMAgent",
+                   "arn:aws:ssm:us-east-1::document/AWS-RunRemoteScript",
+                   "arn:aws:ssm:us-east-1:123456789012:document/AWS-RunShellScript-copy",
+                   "arn:aws:ssm:us-east-1:123456789012:document/Customer-Doc"):
+        assert iam_ext.evaluate(docs, "ssm:SendCommand", denied, {}) != iam_ext.Decision.ALLOW, denied
+    ledger = st.physical["LedgerTable"]["Arn"]
+    for write in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"):
+        assert iam_ext.evaluate(docs, write, ledger, {}) != iam_ext.Decision.ALLOW, write

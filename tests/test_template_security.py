@@ -3,8 +3,10 @@
 Each test reads template.yaml (and, where it matters, SAM's expansion of it, which is what `sam deploy`
 creates) and fails if a finding comes back.
 """
+
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -120,9 +122,16 @@ def test_operator_policy_is_an_output_and_attaches_only_the_instance_policies(te
     assert {"Ref": "CommandOutputWriterPolicy"} in instance and len(instance) == 2
     dhmc = next(s for s in attach if s["Sid"] != "AttachInstancePoliciesOnly")
     assert all("AWSSystemsManagerDefaultEC2InstanceManagementRole" in r["Fn::Sub"] for r in dhmc["Resource"])
-    writes = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-              if a.startswith("dynamodb:")}
-    assert writes <= {"dynamodb:Scan", "dynamodb:Query"}, "the CLI never writes the ledger"
+    def actions(s):
+        return [s["Action"]] if isinstance(s["Action"], str) else s["Action"]
+
+    on_ledger = {a for s in statements for a in actions(s) if a.startswith("dynamodb:")
+                 and "RunResultsTable" not in json.dumps(s["Resource"])}
+    assert on_ledger <= {"dynamodb:Scan", "dynamodb:Query"}, "the CLI never writes the ledger"
+    # `cancel` records the instances it cancelled in the run results table, nothing else
+    on_results = [s for s in statements if "RunResultsTable" in json.dumps(s["Resource"])]
+    assert [s["Resource"] for s in on_results] == [{"Fn::GetAtt": ["RunResultsTable", "Arn"]}]
+    assert {a for s in on_results for a in actions(s)} == {"dynamodb:Query", "dynamodb:BatchWriteItem"}
 
 
 def test_checkov_skips_are_justified(template):

@@ -201,6 +201,9 @@ class Stack:
             (k, x), = v.items()
             if k == "Ref":
                 if x in self.parameters:
+                    decl = (self.template.get("Parameters") or {}).get(x) or {}
+                    if decl.get("Type") == "CommaDelimitedList":
+                        return [p.strip() for p in self.parameters[x].split(",")]
                     return self.parameters[x]
                 if x.startswith("AWS::"):
                     return self.pseudo(x)
@@ -220,7 +223,10 @@ class Stack:
                     return str(self.resolve({"Ref": key}))
                 return re.sub(r"\$\{([A-Za-z0-9:._]+)\}", sub, text)
             if k == "Fn::Join":
-                return x[0].join(str(self.resolve(p)) for p in x[1])
+                parts = self.resolve(x[1])
+                return x[0].join(str(p) for p in (parts if isinstance(parts, list) else [parts]))
+            if k == "Fn::Split":
+                return str(self.resolve(x[1])).split(x[0])
         return {k: self.resolve(x) for k, x in v.items()}
 
     # ----------------------------------------------------------------------------------- functions

@@ -158,6 +158,16 @@ pub fn parse_failure_ratio(s: &str) -> Result<f64, String> {
 }
 
 /// `--pause SECONDS`: 0 or more.
+/// `--execution-timeout`: 1 to 172800 seconds (48 hours, the longest SSM's run documents allow).
+pub fn parse_execution_timeout(s: &str) -> Result<u64, String> {
+    let max = fleet_core::run::MAX_EXECUTION_TIMEOUT_SECONDS;
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=max as i64).contains(&n) => Ok(n as u64),
+        Ok(n) => Err(format!("{n} must be between 1 and {max} seconds (48 hours)")),
+        Err(_) => Err(format!("{s:?} must be a whole number of seconds, 1 to {max}")),
+    }
+}
+
 pub fn parse_pause(s: &str) -> Result<u32, String> {
     let n = whole_number(s, 0, "seconds between waves")?;
     u32::try_from(n).map_err(|_| format!("must be at most {} seconds, got {n}", u32::MAX))

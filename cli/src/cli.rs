@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::args::{
-    parse_canary, parse_failure_ratio, parse_pause, parse_tag, parse_wave_percent, parse_wave_size, TagPair,
+    parse_canary, parse_execution_timeout, parse_failure_ratio, parse_pause, parse_tag, parse_wave_percent,
+    parse_wave_size, TagPair,
 };
 
 /// The SSM managed policy in the `aws` partition; other partitions: [`ssm_policy_arn`].
@@ -128,6 +129,98 @@ pub enum Command {
     /// skipped, opted out): the compliance ratio, counts by bucket and reason, the oldest
     /// not-compliant instance.
     Compliance(ComplianceArgs),
+    /// Run an allowed SSM command document (AWS-RunShellScript, your own) across the fleet in
+    /// canary waves with a failure budget; no time limit of its own (up to the document's 48-hour
+    /// execution timeout). Results are kept per run and instance, apart from the install ledger.
+    Run(RunArgs),
+    /// Show what the instances of a run printed (the last lines; where the full output is).
+    Output(OutputArgs),
+    /// Cancel a run: stop its executions, cancel its commands in flight, record those instances
+    /// as cancelled.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("targets").required(true).args(["tags", "instance_ids", "all"])))]
+pub struct RunArgs {
+    /// The document to send: NAME or NAME:VERSION for every platform, or FAMILY=NAME[:VERSION]
+    /// (FAMILY linux or windows) for one document family; repeat for one per family. It must be in
+    /// the stack's allowlist (RunDocuments and the install documents).
+    #[arg(long = "document", value_name = "[FAMILY=]NAME[:VERSION]", required = true)]
+    pub documents: Vec<String>,
+    /// A document parameter, checked against the document's declared parameters before anything
+    /// starts; repeat a name for a StringList (e.g. several commands).
+    #[arg(long = "parameter", value_name = "NAME=VALUE")]
+    pub parameters: Vec<String>,
+    /// Target running instances with this tag (repeat a key to allow several values; all keys must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<TagPair>,
+    /// Target these running instances (at most 200; comma-separated or repeated).
+    #[arg(long = "instance-ids", value_name = "ID", value_delimiter = ',', num_args = 1..)]
+    pub instance_ids: Vec<String>,
+    /// Target every running instance.
+    #[arg(long)]
+    pub all: bool,
+    /// Instances in the canary wave (0: no canary).
+    #[arg(long, value_name = "N", default_value_t = 10, allow_negative_numbers = true, value_parser = parse_canary)]
+    pub canary: usize,
+    /// Instances per wave after the canary (at least 1).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "wave_percent",
+        allow_negative_numbers = true,
+        value_parser = parse_wave_size
+    )]
+    pub wave_size: Option<usize>,
+    /// Percent of all targets per wave after the canary, more than 0 and at most 100 [default: 10].
+    #[arg(long, value_name = "P", allow_negative_numbers = true, value_parser = parse_wave_percent)]
+    pub wave_percent: Option<f64>,
+    /// Stop the run when a wave's failed / (succeeded + failed) is above this (0 to 1).
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.05,
+        allow_negative_numbers = true,
+        value_parser = parse_failure_ratio
+    )]
+    pub max_failure_ratio: f64,
+    /// Seconds to wait between waves (0 or more).
+    #[arg(
+        long = "pause",
+        value_name = "SECONDS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = parse_pause
+    )]
+    pub pause_seconds: u32,
+    /// How long the command may run on each instance, 1 to 172800 seconds (48 hours): the
+    /// document's executionTimeout parameter [default: the document's].
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = parse_execution_timeout)]
+    pub execution_timeout: Option<u64>,
+    /// Execution name, used as given [default: run-<UTC yyyymmddThhmmss>-<8 random hex digits>].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Wait for the run to end: exit 0 when it ended within its failure budget, 1 otherwise.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// The run's name (or its execution ARN).
+    #[arg(value_name = "RUN")]
+    pub run: String,
+    /// Only this instance, with its last lines of output in full.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run's name (or its execution ARN).
+    #[arg(value_name = "RUN")]
+    pub run: String,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +406,9 @@ mod tests {
             "replay",
             "sweep",
             "compliance",
+            "run",
+            "output",
+            "cancel",
         ] {
             assert!(help.contains(c), "{c} missing from\n{help}");
         }

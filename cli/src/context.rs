@@ -175,6 +175,23 @@ impl StackOutputs {
     pub fn dead_letter_queue(&self) -> Result<&str> {
         self.get("InstallDeadLetterQueueUrl")
     }
+    pub fn run_state_machine(&self) -> Result<&str> {
+        self.get("RunStateMachineArn")
+    }
+    pub fn run_results_table(&self) -> Result<&str> {
+        self.get("RunResultsTableName")
+    }
+    /// The documents `run` may send: the stack's two install documents and its RunDocuments.
+    pub fn run_documents(&self) -> Result<Vec<String>> {
+        let mut docs = vec![self.linux_document()?.to_string(), self.windows_document()?.to_string()];
+        docs.extend(
+            self.get("RunDocuments")?
+                .split(',')
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty()),
+        );
+        Ok(docs)
+    }
 }
 
 /// DescribeStacks: the outputs of one stack.

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod context;
 pub mod dhmc;
 pub mod ledger;
+pub mod progress;
 pub mod start;
 pub mod table;
 
@@ -17,7 +18,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{compliance, prereq, preview, replay, rollout, status, sweep, unmanaged};
+use crate::commands::{
+    cancel, compliance, output, prereq, preview, replay, rollout, run as run_cmd, status, sweep, unmanaged,
+};
 use crate::context::Context;
 
 /// Exit status when the command ran but what it reports failed (a rollout that did not
@@ -80,6 +83,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Compliance(a) => {
             ctx.emit(&compliance::run(&ctx, a).await?)?;
+            true
+        }
+        Command::Run(a) => {
+            // 0 started or ended within its budget, 1 over budget or failed, 2 nothing started.
+            let r = run_cmd::run(&ctx, a).await?;
+            ctx.emit(&r)?;
+            return Ok(ExitCode::from(r.exit_code()));
+        }
+        Command::Output(a) => {
+            ctx.emit(&output::run(&ctx, a).await?)?;
+            true
+        }
+        Command::Cancel(a) => {
+            ctx.emit(&cancel::run(&ctx, a).await?)?;
             true
         }
     };

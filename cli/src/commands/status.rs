@@ -123,6 +123,19 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_updated: Option<u64>,
     pub ledger: LedgerSection,
+    /// An ad-hoc run's results (`fleet-install run`), in place of the ledger (a run never writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSection>,
+}
+
+/// What a run sent and how its instances ended, from the run results table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSection {
+    pub documents: Vec<String>,
+    pub by_outcome: BTreeMap<String, u64>,
+    /// Instances not succeeded (failed, unreachable, skipped, cancelled), with why.
+    pub not_succeeded: Vec<crate::commands::output::ResultView>,
 }
 
 impl StatusReport {
@@ -167,7 +180,11 @@ impl Report for StatusReport {
             ("Cause", self.cause.clone().unwrap_or_default()),
         ]);
         if let Some(waves) = &self.waves {
-            let mut t = wave_table();
+            let mut t = if self.run.is_some() {
+                run_wave_table()
+            } else {
+                wave_table()
+            };
             for w in waves {
                 wave_row(&mut t, w);
             }
@@ -181,6 +198,11 @@ impl Report for StatusReport {
         if let Some(s) = &self.summary {
             out.push('\n');
             out.push_str(&summary_text(s));
+        }
+        if let Some(run) = &self.run {
+            out.push('\n');
+            out.push_str(&run_text(run, &self.name));
+            return out;
         }
         let mut states = Table::new(&["STATE", "INSTANCES"]).numeric(&[1]);
         for (state, n) in &self.ledger.by_state {
@@ -242,6 +264,50 @@ pub fn wave_table() -> Table {
         "FAILURE RATIO",
     ])
     .numeric(&[0, 2, 3, 4, 5, 6, 7, 8])
+}
+
+/// A run's waves: the same counts, named for a command (WaveResult counts a run's succeeded as
+/// installed and its unreachable as unmanaged).
+pub fn run_wave_table() -> Table {
+    Table::new(&[
+        "WAVE",
+        "LABEL",
+        "INSTANCES",
+        "SUCCEEDED",
+        "FAILED",
+        "UNREACHABLE",
+        "SKIPPED",
+        "DUPLICATE",
+        "FAILURE RATIO",
+    ])
+    .numeric(&[0, 2, 3, 4, 5, 6, 7, 8])
+}
+
+fn run_text(run: &RunSection, name: &str) -> String {
+    let mut by = Table::new(&["OUTCOME", "INSTANCES"]).numeric(&[1]);
+    for (k, v) in &run.by_outcome {
+        by.row([k.clone(), v.to_string()]);
+    }
+    let mut failed = Table::new(&["INSTANCE", "OUTCOME", "STATUS", "EXIT", "PLATFORM", "REASON"]).numeric(&[3]);
+    for r in &run.not_succeeded {
+        failed.row([
+            r.instance_id.clone(),
+            r.outcome.clone(),
+            r.status.clone(),
+            r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            r.platform.clone(),
+            r.reason.clone(),
+        ]);
+    }
+    format!(
+        "{}\n{}\n{}",
+        key_values(&[
+            ("Documents", run.documents.join(", ")),
+            ("Output", format!("fleet-install output {name}")),
+        ]),
+        section("Results by outcome (run results table)", &by, "no result yet"),
+        section("Instances that did not succeed", &failed, "none")
+    )
 }
 
 pub fn wave_row(t: &mut Table, w: &WaveResult) {
@@ -490,6 +556,7 @@ pub async fn report(
         summary: None,
         agent_updated: None,
         ledger: LedgerSection::default(),
+        run: None,
     };
     let filter = match kind {
         Kind::Rollout => {
@@ -533,6 +600,34 @@ pub async fn report(
             ExecutionFilter::Exact(desc.execution_arn().to_string())
         }
     };
+    if let Some(spec) = input
+        .as_ref()
+        .and_then(|i| i.get("run"))
+        .filter(|r| !r.is_null())
+        .and_then(|r| serde_json::from_value::<fleet_core::run::RunSpec>(r.clone()).ok())
+    {
+        // A run: its results table, never the ledger.
+        let results = fleet_core::run_store::query_results(db, outputs.run_results_table()?, &name)
+            .await
+            .map_err(|e| anyhow!("cannot read the results of run {name}: {e}"))?;
+        let mut section = RunSection {
+            documents: spec
+                .documents
+                .iter()
+                .map(|d| format!("{} ({}, {})", d.name, d.family, d.version))
+                .collect(),
+            ..Default::default()
+        };
+        for res in results {
+            let outcome = res.outcome.map(|o| o.as_str()).unwrap_or("unknown").to_string();
+            *section.by_outcome.entry(outcome.clone()).or_default() += 1;
+            if outcome != "succeeded" {
+                section.not_succeeded.push(res.into());
+            }
+        }
+        r.run = Some(section);
+        return Ok(r);
+    }
     let rows = scan_by_execution(db, outputs.ledger_table()?, &filter).await?;
     r.ledger.execution_filter = match &filter {
         ExecutionFilter::Exact(a) => a.clone(),
@@ -669,6 +764,7 @@ mod tests {
                 }],
                 note: None,
             },
+            run: None,
         };
         let text = r.to_table();
         println!("{text}");

@@ -311,7 +311,7 @@ async fn wait(
             return Ok(desc);
         }
         // The results every 5th poll (10 s): a Query of the whole run.
-        if ctx.progress.enabled() && polls % 5 == 0 {
+        if ctx.progress.enabled() && polls.is_multiple_of(5) {
             if let Ok(events) = status::history(sfn, execution_arn).await {
                 let events: Vec<status::Ev> = events.iter().map(status::Ev::from).collect();
                 if let Some(t) = status::rollout_progress(&events).targets {

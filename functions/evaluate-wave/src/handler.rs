@@ -81,7 +81,10 @@ mod tests {
             "maxFailureRatio": 0.5, "wavesTotal": 3}))
         .await
         .unwrap();
-        assert_eq!((out.result.installed, out.result.failed, out.result.unmanaged), (1, 2, 1));
+        assert_eq!(
+            (out.result.installed, out.result.failed, out.result.unmanaged),
+            (1, 2, 1)
+        );
         assert!(out.budget_exceeded);
         assert!(!out.more_waves);
     }

@@ -193,7 +193,9 @@ pub enum ParameterError {
         document: String,
         declared: String,
     },
-    #[error("parameter {name:?} is required by document {document} (it has no default): give --parameter {name}=VALUE")]
+    #[error(
+        "parameter {name:?} is required by document {document} (it has no default): give --parameter {name}=VALUE"
+    )]
     Missing { name: String, document: String },
     #[error("parameter {name:?} of document {document} takes one value ({kind}), not {count}")]
     TooMany {
@@ -429,8 +431,15 @@ pub fn summary_add(summary: &mut crate::model::Summary, outcome: RunOutcome, pla
 /// Where one target of a run goes: a command (with its document) or straight to a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    Send { document: RunDocument, platform: String },
-    Result { outcome: RunOutcome, reason: String, platform: String },
+    Send {
+        document: RunDocument,
+        platform: String,
+    },
+    Result {
+        outcome: RunOutcome,
+        reason: String,
+        platform: String,
+    },
 }
 
 /// Decide a target's placement from what EC2 and SSM say about it now.
@@ -451,9 +460,17 @@ pub fn place(
         platform: platform.clone(),
     };
     match ec2 {
-        None => return result(RunOutcome::Unreachable, "EC2 does not know the instance (terminated)".into()),
+        None => {
+            return result(
+                RunOutcome::Unreachable,
+                "EC2 does not know the instance (terminated)".into(),
+            )
+        }
         Some(e) if e.state != "running" => {
-            return result(RunOutcome::Unreachable, format!("the instance is {}, not running", e.state))
+            return result(
+                RunOutcome::Unreachable,
+                format!("the instance is {}, not running", e.state),
+            )
         }
         Some(e) if e.opted_out => return result(RunOutcome::Skipped, format!("opted out by tag {opt_out_tag}")),
         _ => {}
@@ -469,7 +486,11 @@ pub fn place(
     if s.ping_status != "Online" {
         return result(
             RunOutcome::Unreachable,
-            format!("the SSM Agent is {} (last ping {})", s.ping_status, s.last_ping.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into())),
+            format!(
+                "the SSM Agent is {} (last ping {})",
+                s.ping_status,
+                s.last_ping.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into())
+            ),
         );
     }
     match spec.document_for(&s.platform_type, &s.platform_name) {
@@ -479,7 +500,10 @@ pub fn place(
         },
         None => result(
             RunOutcome::Skipped,
-            format!("no document for platform {} {} in this run", s.platform_type, s.platform_name),
+            format!(
+                "no document for platform {} {} in this run",
+                s.platform_type, s.platform_name
+            ),
         ),
     }
 }
@@ -569,7 +593,11 @@ mod tests {
 
     #[test]
     fn valid_parameters_pass_and_a_string_list_takes_several_values() {
-        let p = given(&[("commands", "uptime"), ("commands", "df -h"), ("executionTimeout", "172800")]);
+        let p = given(&[
+            ("commands", "uptime"),
+            ("commands", "df -h"),
+            ("executionTimeout", "172800"),
+        ]);
         assert_eq!(p["commands"], vec!["uptime", "df -h"]);
         assert_eq!(check_parameters("AWS-RunShellScript", &shell(), &p), Ok(()));
     }
@@ -580,14 +608,22 @@ mod tests {
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
             (vec![("commands", "x"), ("comands", "y")], "\"comands\" is not declared"),
             (vec![("workingDirectory", "/tmp")], "\"commands\" is required"),
-            (vec![("commands", "x"), ("executionTimeout", "172801")], "\"executionTimeout\""),
+            (
+                vec![("commands", "x"), ("executionTimeout", "172801")],
+                "\"executionTimeout\"",
+            ),
             (vec![("commands", "x"), ("executionTimeout", "0")], "allowed pattern"),
             (vec![("commands", "x"), ("mode", "slow")], "\"mode\""),
             (vec![("commands", "x"), ("retries", "two")], "is not a Integer"),
-            (vec![("commands", "x"), ("mode", "fast"), ("mode", "safe")], "takes one value"),
+            (
+                vec![("commands", "x"), ("mode", "fast"), ("mode", "safe")],
+                "takes one value",
+            ),
         ];
         for (pairs, want) in cases {
-            let err = check_parameters("AWS-RunShellScript", &d, &given(&pairs)).unwrap_err().to_string();
+            let err = check_parameters("AWS-RunShellScript", &d, &given(&pairs))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{pairs:?}: {err}");
         }
     }
@@ -606,9 +642,15 @@ mod tests {
     #[test]
     fn documents_parse_with_versions_and_families() {
         let d = parse_document("AWS-RunShellScript").unwrap();
-        assert_eq!((d.family.as_str(), d.name.as_str(), d.version.as_str()), ("any", "AWS-RunShellScript", "$DEFAULT"));
+        assert_eq!(
+            (d.family.as_str(), d.name.as_str(), d.version.as_str()),
+            ("any", "AWS-RunShellScript", "$DEFAULT")
+        );
         let d = parse_document("windows=My-Doc:3").unwrap();
-        assert_eq!((d.family.as_str(), d.name.as_str(), d.version.as_str()), ("windows", "My-Doc", "3"));
+        assert_eq!(
+            (d.family.as_str(), d.name.as_str(), d.version.as_str()),
+            ("windows", "My-Doc", "3")
+        );
         assert_eq!(parse_document("Linux=Doc.x:$LATEST").unwrap().version, "$LATEST");
         assert!(parse_document("mac=Doc").unwrap_err().contains("linux or windows"));
         assert!(parse_document("a b").unwrap_err().contains("not a document name"));
@@ -625,7 +667,12 @@ mod tests {
             parameters: BTreeMap::new(),
             execution_timeout: None,
         };
-        assert_eq!(spec.document_for("Windows", "Microsoft Windows Server 2022").unwrap().name, "AWS-RunPowerShellScript");
+        assert_eq!(
+            spec.document_for("Windows", "Microsoft Windows Server 2022")
+                .unwrap()
+                .name,
+            "AWS-RunPowerShellScript"
+        );
         assert_eq!(spec.document_for("Linux", "Ubuntu").unwrap().name, "AWS-RunShellScript");
         assert_eq!(spec.document_for("MacOS", "macOS").unwrap().name, "AWS-RunShellScript");
         let only_windows = RunSpec {
@@ -710,18 +757,32 @@ mod tests {
             execution_timeout: None,
         };
         let linux = ssm("Online", "Linux", "Ubuntu");
-        assert!(matches!(place(&spec, Some(&facts("running", false)), Some(&linux), "k"), Placement::Send { .. }));
+        assert!(matches!(
+            place(&spec, Some(&facts("running", false)), Some(&linux), "k"),
+            Placement::Send { .. }
+        ));
         let outcome = |p: Placement| match p {
             Placement::Result { outcome, reason, .. } => (outcome, reason),
             other => panic!("{other:?}"),
         };
-        assert_eq!(outcome(place(&spec, None, Some(&linux), "k")).0, RunOutcome::Unreachable);
-        assert_eq!(outcome(place(&spec, Some(&facts("stopped", false)), Some(&linux), "k")).0, RunOutcome::Unreachable);
+        assert_eq!(
+            outcome(place(&spec, None, Some(&linux), "k")).0,
+            RunOutcome::Unreachable
+        );
+        assert_eq!(
+            outcome(place(&spec, Some(&facts("stopped", false)), Some(&linux), "k")).0,
+            RunOutcome::Unreachable
+        );
         let (o, r) = outcome(place(&spec, Some(&facts("running", true)), Some(&linux), "opt"));
         assert_eq!((o, r.as_str()), (RunOutcome::Skipped, "opted out by tag opt"));
-        assert_eq!(outcome(place(&spec, Some(&facts("running", false)), None, "k")).0, RunOutcome::Unreachable);
+        assert_eq!(
+            outcome(place(&spec, Some(&facts("running", false)), None, "k")).0,
+            RunOutcome::Unreachable
+        );
         let lost = ssm("ConnectionLost", "Linux", "Ubuntu");
-        assert!(outcome(place(&spec, Some(&facts("running", false)), Some(&lost), "k")).1.contains("ConnectionLost"));
+        assert!(outcome(place(&spec, Some(&facts("running", false)), Some(&lost), "k"))
+            .1
+            .contains("ConnectionLost"));
         let win = ssm("Online", "Windows", "Microsoft Windows Server 2022 Datacenter");
         let (o, r) = outcome(place(&spec, Some(&facts("running", false)), Some(&win), "k"));
         assert_eq!(o, RunOutcome::Skipped);

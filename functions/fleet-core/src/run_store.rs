@@ -111,7 +111,11 @@ impl RunResult {
 
     pub fn from_item(item: &Item) -> Self {
         let get = |n: &str| item.get(n).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-        let num = |n: &str| item.get(n).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+        let num = |n: &str| {
+            item.get(n)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
         RunResult {
             run_id: get(attr::RUN_ID),
             instance_id: get(attr::INSTANCE_ID),

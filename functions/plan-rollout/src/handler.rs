@@ -219,7 +219,10 @@ async fn list(
             "`all` and `instanceIds` are for ad-hoc runs (input with `run`); a rollout targets by tag",
         ));
     }
-    let chosen = [!req.tags.is_empty(), req.input.all, !ids.is_empty()].iter().filter(|c| **c).count();
+    let chosen = [!req.tags.is_empty(), req.input.all, !ids.is_empty()]
+        .iter()
+        .filter(|c| **c)
+        .count();
     if chosen != 1 {
         return Err(FleetError::invalid_input(if ad_hoc {
             "a run targets exactly one of: tag filters, instanceIds, or all"
@@ -645,8 +648,10 @@ mod tests {
             ),
             // `all` and instance ids are for runs only; a run targets one way only, at most 200 valid ids
             with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3, "input": {"all": true}})),
-            with(json!({"mode": "list", "rolloutId": "r", "tags": [{"key": "a", "values": ["b"]}], "waveSize": 3,
-                        "input": {"all": true, "run": run_spec()}})),
+            with(
+                json!({"mode": "list", "rolloutId": "r", "tags": [{"key": "a", "values": ["b"]}], "waveSize": 3,
+                        "input": {"all": true, "run": run_spec()}}),
+            ),
             with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3, "input": {"run": run_spec()}})),
             with(json!({"mode": "list", "rolloutId": "r", "tags": [], "waveSize": 3,
                         "input": {"instanceIds": ["i-nothex"], "run": run_spec()}})),
@@ -672,8 +677,13 @@ mod tests {
         // workflow records it as skipped in the run's results), so only the page item is written.
         let describe = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| {
-                r.filters().iter().any(|f| f.name() == Some("instance-id") && f.values().len() == 3)
-                    && !r.filters().iter().any(|f| f.name().is_some_and(|n| n.starts_with("tag:")))
+                r.filters()
+                    .iter()
+                    .any(|f| f.name() == Some("instance-id") && f.values().len() == 3)
+                    && !r
+                        .filters()
+                        .iter()
+                        .any(|f| f.name().is_some_and(|n| n.starts_with("tag:")))
             })
             .then_output(|| {
                 DescribeInstancesOutput::builder()

@@ -11,6 +11,7 @@ pub mod dhmc;
 pub mod ledger;
 pub mod start;
 pub mod table;
+pub mod wait;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! `rollout`: start the rollout workflow for some tags; with --wait, follow it to the end and
 //! show its status.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use chrono::{DateTime, Utc};
@@ -18,7 +18,7 @@ use crate::context::{Context, Progress, Report};
 use crate::start::{start_execution, Existing, StartOutcome};
 use crate::table::key_values;
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::wait::POLL_INTERVAL;
 
 /// The rollout workflow's input (statemachine/rollout.asl.json, plan-rollout).
 pub fn rollout_input(
@@ -156,21 +156,16 @@ pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
     if !args.wait {
         return Ok(RolloutOutcome::Started(started));
     }
-    if !ctx.progress.enabled() {
-        eprintln!("started {}", started.execution_arn);
-    }
+    crate::wait::announce(ctx.progress, &started.execution_arn);
     let desc = wait(&sfn, &started.execution_arn, ctx.progress).await?;
     let report = status::report(&sfn, &ctx.dynamodb(), &outputs, &desc).await?;
     if !report.succeeded() {
-        eprintln!(
-            "rollout {} {}: {}",
-            report.name,
-            report.status,
-            report
-                .cause
-                .as_deref()
-                .or(report.error.as_deref())
-                .unwrap_or("no cause recorded")
+        crate::wait::report_failure(
+            "rollout",
+            &report.name,
+            &report.status,
+            report.cause.as_deref(),
+            report.error.as_deref(),
         );
     }
     Ok(RolloutOutcome::Finished(Box::new(report)))
@@ -210,35 +205,22 @@ pub async fn wait(
     execution_arn: &str,
     progress: Progress,
 ) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput> {
-    let began = Instant::now();
-    loop {
-        let desc = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
-        if desc.status().as_str() != "RUNNING" && desc.status().as_str() != "PENDING_REDRIVE" {
-            progress.clear();
-            return Ok(desc);
-        }
-        if progress.enabled() {
-            let line = match status::history(sfn, execution_arn).await {
+    crate::wait::until_done(
+        sfn,
+        execution_arn,
+        progress,
+        POLL_INTERVAL,
+        |run_status, elapsed| async move {
+            match status::history(sfn, execution_arn).await {
                 Ok(events) => {
                     let events: Vec<Ev> = events.iter().map(Ev::from).collect();
-                    progress_line(
-                        desc.status().as_str(),
-                        began.elapsed(),
-                        &status::rollout_progress(&events),
-                    )
+                    progress_line(&run_status, elapsed, &status::rollout_progress(&events))
                 }
-                Err(e) => format!("{} ({e:#})", desc.status().as_str()),
-            };
-            progress.update(line);
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+                Err(e) => format!("{run_status} ({e:#})"),
+            }
+        },
+    )
+    .await
 }
 
 pub fn progress_line(status: &str, elapsed: Duration, p: &status::RolloutProgress) -> String {

@@ -3,7 +3,7 @@
 //! what came of it, and compliance before and after.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
@@ -18,7 +18,7 @@ use crate::cli::SweepArgs;
 use crate::context::{Context, Progress, Report};
 use crate::table::{key_values, section, Table};
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::wait::POLL_INTERVAL;
 
 /// The sweep's reasons to send an instance, in the order the report lists them, with their labels
 /// (fleet_core::sweep::Work).
@@ -304,21 +304,16 @@ pub async fn run(ctx: &Context, args: &SweepArgs) -> Result<SweepOutcome> {
     if !args.wait {
         return Ok(SweepOutcome::Started(started));
     }
-    if !ctx.progress.enabled() {
-        eprintln!("started {}", started.execution_arn);
-    }
+    crate::wait::announce(ctx.progress, &started.execution_arn);
     let desc = wait(&sfn, &started.execution_arn, ctx.progress).await?;
     let finished = Finished::from_description(&desc);
     if !finished.succeeded() {
-        eprintln!(
-            "sweep {} {}: {}",
-            finished.name,
-            finished.status,
-            finished
-                .cause
-                .as_deref()
-                .or(finished.error.as_deref())
-                .unwrap_or("no cause recorded")
+        crate::wait::report_failure(
+            "sweep",
+            &finished.name,
+            &finished.status,
+            finished.cause.as_deref(),
+            finished.error.as_deref(),
         );
     }
     Ok(SweepOutcome::Finished(Box::new(finished)))
@@ -361,26 +356,11 @@ async fn wait_every(
     progress: Progress,
     interval: Duration,
 ) -> Result<DescribeExecutionOutput> {
-    let began = Instant::now();
-    loop {
-        let desc = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
-        let status = desc.status().as_str();
-        if status != "RUNNING" && status != "PENDING_REDRIVE" {
-            progress.clear();
-            return Ok(desc);
-        }
-        if progress.enabled() {
-            let state = current_state(sfn, execution_arn).await.ok().flatten();
-            progress.update(progress_line(status, began.elapsed(), state.as_deref()));
-        }
-        tokio::time::sleep(interval).await;
-    }
+    crate::wait::until_done(sfn, execution_arn, progress, interval, |status, elapsed| async move {
+        let state = current_state(sfn, execution_arn).await.ok().flatten();
+        progress_line(&status, elapsed, state.as_deref())
+    })
+    .await
 }
 
 /// The state the execution entered last (the newest events of its history).

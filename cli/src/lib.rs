@@ -9,6 +9,7 @@ pub mod commands;
 pub mod context;
 pub mod dhmc;
 pub mod ledger;
+pub mod progress;
 pub mod start;
 pub mod table;
 pub mod wait;

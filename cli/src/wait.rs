@@ -1,18 +1,29 @@
 //! `rollout --wait` and `sweep --wait`: follow a Step Functions execution until it ends, with a
-//! progress line on a terminal, and say on stderr how an execution that did not succeed ended.
+//! progress bar on a terminal (crate::progress), and say on stderr how an execution that did not
+//! succeed ended.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 
 use crate::context::Progress;
+use crate::progress::WaitProgress;
 
 /// How often `--wait` describes the execution.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Off a terminal (no progress line), say on stderr which execution `--wait` follows.
+/// Where a running execution is, for the progress bar.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position {
+    /// What it is doing, after the bar.
+    pub message: String,
+    /// Steps done and steps in all (waves evaluated of the waves planned), once the total is known.
+    pub steps: Option<(u64, u64)>,
+}
+
+/// Off a terminal (no progress bar), say on stderr which execution `--wait` follows.
 pub fn announce(progress: Progress, execution_arn: &str) {
     if !progress.enabled() {
         eprintln!("started {execution_arn}");
@@ -20,21 +31,28 @@ pub fn announce(progress: Progress, execution_arn: &str) {
 }
 
 /// Poll DescribeExecution every `interval` until the execution ends (neither RUNNING nor
-/// PENDING_REDRIVE) and return its description. On a terminal, `line` (given the status and the
-/// time waited so far) says where the execution is; it is not called otherwise.
+/// PENDING_REDRIVE) and return its description. On a terminal (`progress` enabled) a progress
+/// bar labelled `label` shows the time waited and `position` (given the status) after each poll,
+/// and at the end the status the execution ended in; off a terminal `position` is not called.
 pub async fn until_done<F, Fut>(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
+    label: &str,
     progress: Progress,
     interval: Duration,
-    mut line: F,
+    mut position: F,
 ) -> Result<DescribeExecutionOutput>
 where
-    F: FnMut(String, Duration) -> Fut,
-    Fut: Future<Output = String>,
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Position>,
 {
-    let began = Instant::now();
+    let bar = if progress.enabled() {
+        WaitProgress::new(label)
+    } else {
+        WaitProgress::hidden()
+    };
     loop {
+        // an error drops the bar, which clears it
         let desc = sfn
             .describe_execution()
             .execution_arn(execution_arn)
@@ -44,11 +62,19 @@ where
             .with_context(|| format!("cannot describe execution {execution_arn}"))?;
         let status = desc.status().as_str();
         if status != "RUNNING" && status != "PENDING_REDRIVE" {
-            progress.clear();
+            bar.finish(status);
             return Ok(desc);
         }
-        if progress.enabled() {
-            progress.update(line(status.to_string(), began.elapsed()).await);
+        if bar.is_shown() {
+            let Position { message, steps } = position(status.to_string()).await;
+            let done = match steps {
+                Some((done, total)) => {
+                    bar.set_total(total);
+                    done
+                }
+                None => 0,
+            };
+            bar.update(done, &message);
         }
         tokio::time::sleep(interval).await;
     }

@@ -341,7 +341,8 @@ pub async fn start(
     })
 }
 
-/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, show the state it is in.
+/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, a progress bar shows
+/// the time waited and the state the sweep is in.
 pub async fn wait(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
@@ -356,9 +357,12 @@ async fn wait_every(
     progress: Progress,
     interval: Duration,
 ) -> Result<DescribeExecutionOutput> {
-    crate::wait::until_done(sfn, execution_arn, progress, interval, |status, elapsed| async move {
+    crate::wait::until_done(sfn, execution_arn, "sweep", progress, interval, |status| async move {
         let state = current_state(sfn, execution_arn).await.ok().flatten();
-        progress_line(&status, elapsed, state.as_deref())
+        crate::wait::Position {
+            message: progress_line(&status, state.as_deref()),
+            steps: None,
+        }
     })
     .await
 }
@@ -379,9 +383,10 @@ async fn current_state(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result
         .find_map(|e| e.state_entered_event_details().map(|d| d.name().to_string())))
 }
 
-pub fn progress_line(status: &str, elapsed: Duration, state: Option<&str>) -> String {
-    let secs = elapsed.as_secs();
-    let mut line = format!("sweep {status} {}m{:02}s", secs / 60, secs % 60);
+/// The progress bar's message (the bar shows the time waited): the status and the state the
+/// sweep is in.
+pub fn progress_line(status: &str, state: Option<&str>) -> String {
+    let mut line = status.to_string();
     if let Some(s) = state {
         line.push_str(&format!(", in {s}"));
     }
@@ -636,12 +641,9 @@ mod tests {
     #[test]
     fn progress_lines() {
         assert_eq!(
-            progress_line("RUNNING", Duration::from_secs(75), Some("Install Chunks")),
-            "sweep RUNNING 1m15s, in Install Chunks"
+            progress_line("RUNNING", Some("Install Chunks")),
+            "RUNNING, in Install Chunks"
         );
-        assert_eq!(
-            progress_line("RUNNING", Duration::from_secs(5), None),
-            "sweep RUNNING 0m05s"
-        );
+        assert_eq!(progress_line("PENDING_REDRIVE", None), "PENDING_REDRIVE");
     }
 }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod progress;
 pub mod start;
 pub mod table;
+pub mod wait;
 
 use std::process::ExitCode;
 

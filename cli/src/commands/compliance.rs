@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use fleet_core::compliance::{
     assess, Assessment, RunningInstance, Tally, COMPLIANT, NOT_COMPLIANT, OPTED_OUT, SKIPPED,
@@ -367,35 +367,20 @@ pub async fn running_instances(
     opt_out_tag: &str,
     progress: Progress,
 ) -> Result<Vec<RunningInstance>> {
-    use aws_sdk_ec2::types::Filter;
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let resp = ec2
-            .describe_instances()
-            .filters(Filter::builder().name("instance-state-name").values("running").build())
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .context("cannot list the running instances (ec2:DescribeInstances)")?;
-        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
-            let Some(id) = i.instance_id() else { continue };
-            out.push(RunningInstance {
-                instance_id: id.to_string(),
+    crate::aws::running_instances(
+        ec2,
+        |i| {
+            Some(RunningInstance {
+                instance_id: i.instance_id()?.to_string(),
                 launch_time: i.launch_time().and_then(crate::aws::to_utc),
                 opted_out: fleet_core::adapters::has_opt_out_tag(i, opt_out_tag),
                 platform: i.platform_details().map(str::to_string),
-            });
-        }
-        progress.update(format!("listing running instances: {}", out.len()));
-        token = resp.next_token().filter(|t| !t.is_empty()).map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    Ok(out)
+            })
+        },
+        |n| progress.update(format!("listing running instances: {n}")),
+    )
+    .await
+    .context("cannot list the running instances (ec2:DescribeInstances)")
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 //! and whether DHMC can reach it.
 
 use anyhow::{anyhow, Context as _, Result};
-use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -650,23 +649,13 @@ pub(crate) async fn has_policy(iam: &aws_sdk_iam::Client, role: &str, policy_arn
 
 /// Running instances that have no IAM instance profile.
 async fn instances_without_profile(ec2: &aws_sdk_ec2::Client) -> Result<Vec<BareInstance>> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let resp = ec2
-            .describe_instances()
-            .filters(Filter::builder().name("instance-state-name").values("running").build())
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .context("cannot list running instances (ec2:DescribeInstances)")?;
-        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
+    let mut out = crate::aws::running_instances(
+        ec2,
+        |i| {
             if i.iam_instance_profile().is_some() {
-                continue;
+                return None;
             }
-            out.push(BareInstance {
+            Some(BareInstance {
                 instance_id: i.instance_id().unwrap_or_default().to_string(),
                 name: i
                     .tags()
@@ -691,13 +680,12 @@ async fn instances_without_profile(ec2: &aws_sdk_ec2::Client) -> Result<Vec<Bare
                 ping_status: None,
                 dhmc: String::new(),
                 dhmc_reasons: Vec::new(),
-            });
-        }
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+            })
+        },
+        |_| {},
+    )
+    .await
+    .context("cannot list running instances (ec2:DescribeInstances)")?;
     out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     Ok(out)
 }

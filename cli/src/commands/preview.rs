@@ -330,7 +330,7 @@ fn tag_pairs(tags: &[TagFilter]) -> Vec<(String, Vec<String>)> {
 
 /// Running instances with all the tag filters (each filter: any of its values), sorted.
 pub async fn instances_by_tags(ec2: &aws_sdk_ec2::Client, tags: &[TagFilter]) -> Result<Vec<String>> {
-    let facts = fleet_core::adapters::describe_running_by_tags(ec2, &tag_pairs(tags), "")
+    let facts = fleet_core::adapters::describe_running_targets_by_tags(ec2, &tag_pairs(tags), "")
         .await
         .context("cannot list instances by tag (ec2:DescribeInstances)")?;
     let mut ids: Vec<String> = facts.into_keys().collect();

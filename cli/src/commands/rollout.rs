@@ -1,8 +1,6 @@
 //! `rollout`: start the rollout workflow for some tags; with --wait, follow it to the end and
 //! show its status.
 
-use std::time::{Duration, Instant};
-
 use anyhow::{anyhow, Context as _, Result};
 use chrono::{DateTime, Utc};
 use fleet_core::rollout::WaveSize;
@@ -17,8 +15,9 @@ use crate::commands::status::{self, Ev, StatusReport};
 use crate::context::{Context, Progress, Report};
 use crate::start::{start_execution, Existing, StartOutcome};
 use crate::table::key_values;
+use crate::wait::Position;
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::wait::POLL_INTERVAL;
 
 /// The rollout workflow's input (statemachine/rollout.asl.json, plan-rollout).
 pub fn rollout_input(
@@ -156,21 +155,16 @@ pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
     if !args.wait {
         return Ok(RolloutOutcome::Started(started));
     }
-    if !ctx.progress.enabled() {
-        eprintln!("started {}", started.execution_arn);
-    }
+    crate::wait::announce(ctx.progress, &started.execution_arn);
     let desc = wait(&sfn, &started.execution_arn, ctx.progress).await?;
     let report = status::report(&sfn, &ctx.dynamodb(), &outputs, &desc).await?;
     if !report.succeeded() {
-        eprintln!(
-            "rollout {} {}: {}",
-            report.name,
-            report.status,
-            report
-                .cause
-                .as_deref()
-                .or(report.error.as_deref())
-                .unwrap_or("no cause recorded")
+        crate::wait::report_failure(
+            "rollout",
+            &report.name,
+            &report.status,
+            report.cause.as_deref(),
+            report.error.as_deref(),
         );
     }
     Ok(RolloutOutcome::Finished(Box::new(report)))
@@ -203,47 +197,47 @@ pub async fn start(
     })
 }
 
-/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, show its status
-/// and the waves evaluated so far.
+/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, a progress bar of
+/// the waves evaluated of the waves planned, with the time waited and the last wave's counts.
 pub async fn wait(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
     progress: Progress,
 ) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput> {
-    let began = Instant::now();
-    loop {
-        let desc = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
-        if desc.status().as_str() != "RUNNING" && desc.status().as_str() != "PENDING_REDRIVE" {
-            progress.clear();
-            return Ok(desc);
-        }
-        if progress.enabled() {
-            let line = match status::history(sfn, execution_arn).await {
+    crate::wait::until_done(
+        sfn,
+        execution_arn,
+        "rollout",
+        progress,
+        POLL_INTERVAL,
+        |run_status| async move {
+            match status::history(sfn, execution_arn).await {
                 Ok(events) => {
                     let events: Vec<Ev> = events.iter().map(Ev::from).collect();
-                    progress_line(
-                        desc.status().as_str(),
-                        began.elapsed(),
-                        &status::rollout_progress(&events),
-                    )
+                    position(&run_status, &status::rollout_progress(&events))
                 }
-                Err(e) => format!("{} ({e:#})", desc.status().as_str()),
-            };
-            progress.update(line);
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
+                Err(e) => Position {
+                    message: format!("{run_status} ({e:#})"),
+                    steps: None,
+                },
+            }
+        },
+    )
+    .await
+}
+
+/// Where the rollout is: the waves evaluated of the waves planned (once planned), and a message.
+pub fn position(status: &str, p: &status::RolloutProgress) -> Position {
+    Position {
+        message: progress_line(status, p),
+        steps: p.waves_planned.map(|n| (p.waves.len() as u64, n)),
     }
 }
 
-pub fn progress_line(status: &str, elapsed: Duration, p: &status::RolloutProgress) -> String {
-    let secs = elapsed.as_secs();
-    let mut line = format!("rollout {status} {}m{:02}s", secs / 60, secs % 60);
+/// The progress bar's message (the bar shows the time waited): the status, the targets, the
+/// waves evaluated and the last wave's counts.
+pub fn progress_line(status: &str, p: &status::RolloutProgress) -> String {
+    let mut line = status.to_string();
     if let Some(t) = p.targets {
         line.push_str(&format!(", {t} targets"));
     }
@@ -384,8 +378,17 @@ mod tests {
             }],
         };
         assert_eq!(
-            progress_line("RUNNING", Duration::from_secs(192), &p),
-            "rollout RUNNING 3m12s, 118 targets, 1/11 waves evaluated; canary: 10 installed, 0 failed, ratio 0.000"
+            progress_line("RUNNING", &p),
+            "RUNNING, 118 targets, 1/11 waves evaluated; canary: 10 installed, 0 failed, ratio 0.000"
+        );
+        assert_eq!(position("RUNNING", &p).steps, Some((1, 11)));
+        let unplanned = status::RolloutProgress::default();
+        assert_eq!(
+            position("RUNNING", &unplanned),
+            Position {
+                message: "RUNNING, 0 waves evaluated".into(),
+                steps: None
+            }
         );
     }
 }

@@ -3,13 +3,14 @@
 //! what came of it, and compliance before and after.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput;
 use chrono::{DateTime, Utc};
-use fleet_core::compliance::{Tally, COMPLIANT, OPTED_OUT};
-use serde::{Deserialize, Serialize};
+pub use fleet_core::compliance::SweepReport;
+use fleet_core::compliance::{COMPLIANT, OPTED_OUT};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::args::{unique_name, unique_suffix};
@@ -17,7 +18,7 @@ use crate::cli::SweepArgs;
 use crate::context::{Context, Progress, Report};
 use crate::table::{key_values, section, Table};
 
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub use crate::wait::POLL_INTERVAL;
 
 /// The sweep's reasons to send an instance, in the order the report lists them, with their labels
 /// (fleet_core::sweep::Work).
@@ -65,29 +66,6 @@ impl Report for Started {
             ),
         ])
     }
-}
-
-/// The report the sweep's last state ("Report Compliance") outputs (functions/sweep, `Report`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct SweepReport {
-    pub running: u64,
-    /// Compliance as the sweep found the fleet.
-    pub found: Tally,
-    pub ratio_before: f64,
-    pub ratio_after: f64,
-    pub compliant_after: u64,
-    /// Instances sent to install executions, by why.
-    pub work: BTreeMap<String, u64>,
-    pub sent: u64,
-    pub installed: u64,
-    pub verified: u64,
-    pub drift_repaired: u64,
-    pub drift_unrepaired: u64,
-    pub failed: u64,
-    pub install_executions: u64,
-    pub failed_executions: u64,
-    pub gone: u64,
 }
 
 /// The sweep that held the lock when this one started.
@@ -165,97 +143,97 @@ fn ratio_text(ratio: f64, compliant: u64, should: u64) -> String {
     format!("{ratio:.3} ({compliant} of {should})")
 }
 
-impl SweepReport {
-    fn to_table(&self) -> String {
-        let found = &self.found.by_bucket;
-        let should = self.running.saturating_sub(count(found, OPTED_OUT));
-        let mut out = key_values(&[
-            ("Running instances", self.running.to_string()),
-            (
-                "Compliance",
-                format!(
-                    "{} before -> {} after",
-                    ratio_text(self.ratio_before, count(found, COMPLIANT), should),
-                    ratio_text(self.ratio_after, self.compliant_after, should)
-                ),
+/// The sweep's report (fleet_core::compliance::SweepReport, the output of the sweep's last
+/// state, "Report Compliance") as text.
+fn report_table(r: &SweepReport) -> String {
+    let found = &r.found.by_bucket;
+    let should = r.running.saturating_sub(count(found, OPTED_OUT));
+    let mut out = key_values(&[
+        ("Running instances", r.running.to_string()),
+        (
+            "Compliance",
+            format!(
+                "{} before -> {} after",
+                ratio_text(r.ratio_before, count(found, COMPLIANT), should),
+                ratio_text(r.ratio_after, r.compliant_after, should)
             ),
-            (
-                "Oldest not compliant",
-                self.found
-                    .oldest_not_compliant
-                    .as_ref()
-                    .map(|o| {
-                        format!(
-                            "{} ({}) since {} (as found)",
-                            o.instance_id,
-                            o.reason,
-                            o.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )
-                    })
-                    .unwrap_or_default(),
-            ),
-        ]);
-        let t = crate::commands::compliance::bucket_table(found, &self.found.by_reason);
-        out.push('\n');
-        out.push_str(&section("Found (by bucket; not compliant by reason)", &t, "none"));
-        let mut sent = Table::new(&["WHY", "INSTANCES"]).numeric(&[1]);
-        for (key, label) in WORK {
-            sent.row([label.to_string(), count(&self.work, key).to_string()]);
-        }
-        // a reason this version does not know yet is shown, not dropped
-        for (key, n) in self.work.iter().filter(|(k, _)| !WORK.iter().any(|(w, _)| w == k)) {
-            sent.row([key.clone(), n.to_string()]);
-        }
-        sent.row(["total".to_string(), self.sent.to_string()]);
-        out.push('\n');
-        out.push_str(&section(
-            &format!(
-                "Sent to {} install execution(s){}",
-                self.install_executions,
-                if self.failed_executions > 0 {
-                    format!(", {} of which failed", self.failed_executions)
-                } else {
-                    String::new()
-                }
-            ),
-            &sent,
-            "none",
-        ));
-        let mut outcome = Table::new(&["OUTCOME", "INSTANCES", "WHAT"]).numeric(&[1]);
-        for (label, n, what) in [
-            (
-                "installed",
-                self.installed,
-                "the agent installed and running when the commands ended (verified and repaired included)",
-            ),
-            (
-                "verified",
-                self.verified,
-                "the agent was installed and running: nothing changed",
-            ),
-            (
-                "drift repaired",
-                self.drift_repaired,
-                "the agent was removed or stopped, and was put back",
-            ),
-            (
-                "drift unrepaired",
-                self.drift_unrepaired,
-                "the agent was removed or stopped, and could not be put back",
-            ),
-            ("failed", self.failed, "the install command failed (the ledger has why)"),
-            (
-                "gone",
-                self.gone,
-                "ledger items of instances that no longer exist: marked gone, they expire",
-            ),
-        ] {
-            outcome.row([label.to_string(), n.to_string(), what.to_string()]);
-        }
-        out.push('\n');
-        out.push_str(&section("Outcome", &outcome, "none"));
-        out
+        ),
+        (
+            "Oldest not compliant",
+            r.found
+                .oldest_not_compliant
+                .as_ref()
+                .map(|o| {
+                    format!(
+                        "{} ({}) since {} (as found)",
+                        o.instance_id,
+                        o.reason,
+                        o.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_default(),
+        ),
+    ]);
+    let t = crate::commands::compliance::bucket_table(found, &r.found.by_reason);
+    out.push('\n');
+    out.push_str(&section("Found (by bucket; not compliant by reason)", &t, "none"));
+    let mut sent = Table::new(&["WHY", "INSTANCES"]).numeric(&[1]);
+    for (key, label) in WORK {
+        sent.row([label.to_string(), count(&r.work, key).to_string()]);
     }
+    // a reason this version does not know yet is shown, not dropped
+    for (key, n) in r.work.iter().filter(|(k, _)| !WORK.iter().any(|(w, _)| w == k)) {
+        sent.row([key.clone(), n.to_string()]);
+    }
+    sent.row(["total".to_string(), r.sent.to_string()]);
+    out.push('\n');
+    out.push_str(&section(
+        &format!(
+            "Sent to {} install execution(s){}",
+            r.install_executions,
+            if r.failed_executions > 0 {
+                format!(", {} of which failed", r.failed_executions)
+            } else {
+                String::new()
+            }
+        ),
+        &sent,
+        "none",
+    ));
+    let mut outcome = Table::new(&["OUTCOME", "INSTANCES", "WHAT"]).numeric(&[1]);
+    for (label, n, what) in [
+        (
+            "installed",
+            r.installed,
+            "the agent installed and running when the commands ended (verified and repaired included)",
+        ),
+        (
+            "verified",
+            r.verified,
+            "the agent was installed and running: nothing changed",
+        ),
+        (
+            "drift repaired",
+            r.drift_repaired,
+            "the agent was removed or stopped, and was put back",
+        ),
+        (
+            "drift unrepaired",
+            r.drift_unrepaired,
+            "the agent was removed or stopped, and could not be put back",
+        ),
+        ("failed", r.failed, "the install command failed (the ledger has why)"),
+        (
+            "gone",
+            r.gone,
+            "ledger items of instances that no longer exist: marked gone, they expire",
+        ),
+    ] {
+        outcome.row([label.to_string(), n.to_string(), what.to_string()]);
+    }
+    out.push('\n');
+    out.push_str(&section("Outcome", &outcome, "none"));
+    out
 }
 
 impl Report for Finished {
@@ -283,7 +261,7 @@ impl Report for Finished {
         ]);
         if let Some(r) = &self.report {
             out.push('\n');
-            out.push_str(&r.to_table());
+            out.push_str(&report_table(r));
         } else if self.succeeded() && self.another_sweep_running.is_none() {
             out.push_str("Report: the execution's output has no sweep report\n");
         }
@@ -326,21 +304,16 @@ pub async fn run(ctx: &Context, args: &SweepArgs) -> Result<SweepOutcome> {
     if !args.wait {
         return Ok(SweepOutcome::Started(started));
     }
-    if !ctx.progress.enabled() {
-        eprintln!("started {}", started.execution_arn);
-    }
+    crate::wait::announce(ctx.progress, &started.execution_arn);
     let desc = wait(&sfn, &started.execution_arn, ctx.progress).await?;
     let finished = Finished::from_description(&desc);
     if !finished.succeeded() {
-        eprintln!(
-            "sweep {} {}: {}",
-            finished.name,
-            finished.status,
-            finished
-                .cause
-                .as_deref()
-                .or(finished.error.as_deref())
-                .unwrap_or("no cause recorded")
+        crate::wait::report_failure(
+            "sweep",
+            &finished.name,
+            &finished.status,
+            finished.cause.as_deref(),
+            finished.error.as_deref(),
         );
     }
     Ok(SweepOutcome::Finished(Box::new(finished)))
@@ -368,7 +341,8 @@ pub async fn start(
     })
 }
 
-/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, show the state it is in.
+/// Poll DescribeExecution every 2 s until the execution ends; on a terminal, a progress bar shows
+/// the time waited and the state the sweep is in.
 pub async fn wait(
     sfn: &aws_sdk_sfn::Client,
     execution_arn: &str,
@@ -383,26 +357,14 @@ async fn wait_every(
     progress: Progress,
     interval: Duration,
 ) -> Result<DescribeExecutionOutput> {
-    let began = Instant::now();
-    loop {
-        let desc = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
-        let status = desc.status().as_str();
-        if status != "RUNNING" && status != "PENDING_REDRIVE" {
-            progress.clear();
-            return Ok(desc);
+    crate::wait::until_done(sfn, execution_arn, "sweep", progress, interval, |status| async move {
+        let state = current_state(sfn, execution_arn).await.ok().flatten();
+        crate::wait::Position {
+            message: progress_line(&status, state.as_deref()),
+            steps: None,
         }
-        if progress.enabled() {
-            let state = current_state(sfn, execution_arn).await.ok().flatten();
-            progress.update(progress_line(status, began.elapsed(), state.as_deref()));
-        }
-        tokio::time::sleep(interval).await;
-    }
+    })
+    .await
 }
 
 /// The state the execution entered last (the newest events of its history).
@@ -421,9 +383,10 @@ async fn current_state(sfn: &aws_sdk_sfn::Client, execution_arn: &str) -> Result
         .find_map(|e| e.state_entered_event_details().map(|d| d.name().to_string())))
 }
 
-pub fn progress_line(status: &str, elapsed: Duration, state: Option<&str>) -> String {
-    let secs = elapsed.as_secs();
-    let mut line = format!("sweep {status} {}m{:02}s", secs / 60, secs % 60);
+/// The progress bar's message (the bar shows the time waited): the status and the state the
+/// sweep is in.
+pub fn progress_line(status: &str, state: Option<&str>) -> String {
+    let mut line = status.to_string();
     if let Some(s) = state {
         line.push_str(&format!(", in {s}"));
     }
@@ -678,12 +641,9 @@ mod tests {
     #[test]
     fn progress_lines() {
         assert_eq!(
-            progress_line("RUNNING", Duration::from_secs(75), Some("Install Chunks")),
-            "sweep RUNNING 1m15s, in Install Chunks"
+            progress_line("RUNNING", Some("Install Chunks")),
+            "RUNNING, in Install Chunks"
         );
-        assert_eq!(
-            progress_line("RUNNING", Duration::from_secs(5), None),
-            "sweep RUNNING 0m05s"
-        );
+        assert_eq!(progress_line("PENDING_REDRIVE", None), "PENDING_REDRIVE");
     }
 }

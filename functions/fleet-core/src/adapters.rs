@@ -56,45 +56,6 @@ pub async fn describe_ec2(
     Ok(out)
 }
 
-/// EC2's view of the running instances that carry every given tag (each: any of its values), paginated.
-pub async fn describe_running_by_tags(
-    client: &aws_sdk_ec2::Client,
-    tags: &[(String, Vec<String>)],
-    opt_out_tag: &str,
-) -> Result<HashMap<String, Ec2Facts>, FleetError> {
-    let mut filters: Vec<Filter> = tags
-        .iter()
-        .map(|(key, values)| {
-            Filter::builder()
-                .name(format!("tag:{key}"))
-                .set_values(Some(values.clone()))
-                .build()
-        })
-        .collect();
-    filters.push(Filter::builder().name("instance-state-name").values("running").build());
-    let mut out = HashMap::new();
-    let mut token = None;
-    loop {
-        let resp = client
-            .describe_instances()
-            .set_filters(Some(filters.clone()))
-            .max_results(1000)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| FleetError::from_sdk("ec2", "DescribeInstances", &e))?;
-        for i in resp.reservations().iter().flat_map(|r| r.instances()) {
-            if let Some(facts) = facts_of(i, opt_out_tag) {
-                out.insert(facts.instance_id.clone(), facts);
-            }
-        }
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
 /// True when the instance carries the opt-out tag key, whatever its value (even empty or "false"):
 /// the key alone opts out.
 pub fn has_opt_out_tag(i: &aws_sdk_ec2::types::Instance, opt_out_tag: &str) -> bool {

@@ -210,6 +210,46 @@ impl Tally {
     }
 }
 
+/// The sweep's report: what it found, what it sent, and compliance after it. The sweep
+/// function's last step ("Report Compliance") outputs it; `fleet-install sweep --wait` reads it
+/// back from the execution's output (fields it does not find are zero).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SweepReport {
+    pub running: u64,
+    /// Compliance as the sweep found the fleet.
+    pub found: Tally,
+    pub ratio_before: f64,
+    /// Compliance once the sweep's installs ended: compliant before, plus instances installed
+    /// now, minus verifications that failed.
+    pub ratio_after: f64,
+    pub compliant_after: u64,
+    /// Instances sent to install executions, by why.
+    pub work: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub installed: u64,
+    pub verified: u64,
+    pub drift_repaired: u64,
+    pub drift_unrepaired: u64,
+    pub failed: u64,
+    pub install_executions: u64,
+    pub failed_executions: u64,
+    pub gone: u64,
+}
+
+impl SweepReport {
+    /// The tally as published: the found counts, with the compliant bucket after the sweep.
+    pub fn found_after(&self) -> Tally {
+        let mut t = self.found.clone();
+        let before = t.count(COMPLIANT);
+        t.by_bucket.insert(COMPLIANT.into(), self.compliant_after);
+        let moved = self.compliant_after as i64 - before as i64;
+        let not_after = (t.count(NOT_COMPLIANT) as i64 - moved).max(0) as u64;
+        t.by_bucket.insert(NOT_COMPLIANT.into(), not_after);
+        t
+    }
+}
+
 /// CloudWatch metric names the sweep publishes (namespace and dimension below).
 pub const METRIC_NAMESPACE: &str = "FleetInstall";
 pub const METRIC_RATIO: &str = "ComplianceRatio";

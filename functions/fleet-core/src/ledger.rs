@@ -176,6 +176,36 @@ pub fn note_write(note: &InstanceNote, state: LedgerState, exec: &Execution, now
     }
 }
 
+/// The names and values both claims ([`Guard::Claim`], [`Guard::ClaimVerify`]) test: the item
+/// (`#pk`), the run that wrote it (`#started` against `:started`), its state (`#state` against
+/// `:installing` and `:installed`), the execution that holds it (`#exec` against `:exec`) and when
+/// it was last written (`#updated` against the stale cutoff `:stale`).
+fn claim_terms(
+    names: &mut HashMap<String, String>,
+    values: &mut HashMap<String, AttributeValue>,
+    exec: &Execution,
+    stale_before: &str,
+) {
+    for (name, attribute) in [
+        ("#pk", attr::INSTANCE_ID),
+        ("#started", attr::EXECUTION_STARTED_AT),
+        ("#state", attr::STATE),
+        ("#exec", attr::EXECUTION_ARN),
+        ("#updated", attr::UPDATED_AT),
+    ] {
+        names.insert(name.into(), attribute.into());
+    }
+    for (value, v) in [
+        (":started", s(&exec.execution_start_time)),
+        (":exec", s(&exec.execution_id)),
+        (":installing", s(LedgerState::Installing.as_str())),
+        (":installed", s(LedgerState::Installed.as_str())),
+        (":stale", s(stale_before)),
+    ] {
+        values.insert(value.into(), v);
+    }
+}
+
 fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, FleetError> {
     let mut names: HashMap<String, String> = HashMap::new();
     let mut values: HashMap<String, AttributeValue> = HashMap::new();
@@ -212,16 +242,7 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             "attribute_exists(#pk) AND #state <> :gone".to_string()
         }
         Guard::ClaimVerify { stale_before } => {
-            names.insert("#pk".into(), attr::INSTANCE_ID.into());
-            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
-            names.insert("#state".into(), attr::STATE.into());
-            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
-            names.insert("#updated".into(), attr::UPDATED_AT.into());
-            values.insert(":started".into(), s(&exec.execution_start_time));
-            values.insert(":exec".into(), s(&exec.execution_id));
-            values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
-            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
-            values.insert(":stale".into(), s(stale_before));
+            claim_terms(&mut names, &mut values, exec, stale_before);
             "attribute_exists(#pk) AND #started <= :started \
              AND (#state = :installed OR (#state = :installing AND (#exec = :exec OR #updated < :stale)))"
                 .to_string()
@@ -263,18 +284,9 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             document_version,
             stale_before,
         } => {
-            names.insert("#pk".into(), attr::INSTANCE_ID.into());
-            names.insert("#started".into(), attr::EXECUTION_STARTED_AT.into());
-            names.insert("#state".into(), attr::STATE.into());
-            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
-            names.insert("#updated".into(), attr::UPDATED_AT.into());
+            claim_terms(&mut names, &mut values, exec, stale_before);
             names.insert("#doc".into(), attr::DOCUMENT.into());
             names.insert("#ver".into(), attr::DOCUMENT_VERSION.into());
-            values.insert(":started".into(), s(&exec.execution_start_time));
-            values.insert(":exec".into(), s(&exec.execution_id));
-            values.insert(":installing".into(), s(LedgerState::Installing.as_str()));
-            values.insert(":installed".into(), s(LedgerState::Installed.as_str()));
-            values.insert(":stale".into(), s(stale_before));
             values.insert(":doc".into(), s(document));
             values.insert(":ver".into(), s(document_version));
             "attribute_not_exists(#pk) OR (#started <= :started \

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use fleet_core::compliance::{assess, RunningInstance, Tally, COMPLIANT};
+use fleet_core::compliance::{assess, RunningInstance, SweepReport, Tally, COMPLIANT};
 use fleet_core::ledger::{self, n, s, Chunk, Guard, LedgerWrite};
 use fleet_core::model::{Execution, LedgerState, ReasonCode, Summary};
 use fleet_core::record::{attr, LedgerRecord};
@@ -159,31 +159,6 @@ pub struct Checked {
     pub checked: u64,
     pub gone: u64,
     pub pages: usize,
-}
-
-/// The sweep's report: what it found, what it sent, and compliance after it.
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub running: u64,
-    /// Compliance as the sweep found the fleet.
-    pub found: Tally,
-    pub ratio_before: f64,
-    /// Compliance once the sweep's installs ended: compliant before, plus instances installed
-    /// now, minus verifications that failed.
-    pub ratio_after: f64,
-    pub compliant_after: u64,
-    /// Instances sent to install executions, by why.
-    pub work: BTreeMap<String, u64>,
-    pub sent: u64,
-    pub installed: u64,
-    pub verified: u64,
-    pub drift_repaired: u64,
-    pub drift_unrepaired: u64,
-    pub failed: u64,
-    pub install_executions: usize,
-    pub failed_executions: usize,
-    pub gone: u64,
 }
 
 pub async fn handle(
@@ -564,7 +539,7 @@ fn count(map: &Value, key: &str) -> u64 {
     map.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn finish(req: FinishRequest) -> Report {
+fn finish(req: FinishRequest) -> SweepReport {
     let mut installed = 0;
     let mut verified = 0;
     let mut drift_repaired = 0;
@@ -598,7 +573,7 @@ fn finish(req: FinishRequest) -> Report {
         },
         ..found.clone()
     };
-    Report {
+    SweepReport {
         running: found.running,
         ratio_before: found.ratio(),
         ratio_after: after.ratio(),
@@ -610,24 +585,10 @@ fn finish(req: FinishRequest) -> Report {
         drift_repaired,
         drift_unrepaired,
         failed,
-        install_executions: req.chunk_count,
+        install_executions: req.chunk_count as u64,
         failed_executions,
         gone: req.gone,
         found,
-    }
-}
-
-impl Report {
-    /// The tally as published: the found counts, with the compliant bucket after the sweep.
-    fn found_after(&self) -> Tally {
-        let mut t = self.found.clone();
-        let not = fleet_core::compliance::NOT_COMPLIANT;
-        let before = t.count(COMPLIANT);
-        t.by_bucket.insert(COMPLIANT.into(), self.compliant_after);
-        let moved = self.compliant_after as i64 - before as i64;
-        let not_after = (t.count(not) as i64 - moved).max(0) as u64;
-        t.by_bucket.insert(not.into(), not_after);
-        t
     }
 }
 

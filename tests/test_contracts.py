@@ -349,3 +349,21 @@ def test_agent_updates_travel_through_the_workflow(asl):
     # pending instances are looked at again by Filter Managed Instances
     left = {c["Variable"]: c["Next"] for c in states["Anything Left To Do?"]["Choices"]}
     assert states[left["$pendingCount"]]["Next"] == "Filter Managed Instances"
+
+
+def test_deployed_timeouts_let_a_run_command_last_48_hours_and_no_lambda_waits_for_it(template):
+    """`fleet-install run --execution-timeout` goes up to 48 hours: the run workflow and the rollout around it
+    must outlast that plus the delivery timeout and the workflow's own give-up margin, while every Lambda task
+    stays short (the waiting is the workflow's Wait state)."""
+    run = load_asl(ROOT / "statemachine" / "run.asl.json")
+    rollout = load_asl(ROOT / "statemachine" / "rollout.asl.json")
+    delivery = template["Parameters"]["CommandDeliveryTimeoutSeconds"]["Default"]
+    longest = 172_800 + int(delivery) + 600
+    assert run["TimeoutSeconds"] >= longest, run["TimeoutSeconds"]
+    assert rollout["TimeoutSeconds"] >= run["TimeoutSeconds"]
+    assert run["States"]["Wait For Commands"]["Type"] == "Wait"
+    assert run["States"]["All Commands Finished?"]["Choices"][0]["Next"] == "Wait For Commands"
+    fn_timeout = template["Resources"]["RunCommandFunction"]["Properties"]["Timeout"]
+    for name, state in run["States"].items():
+        if state["Type"] == "Task":
+            assert state["TimeoutSeconds"] <= fn_timeout <= 300, name

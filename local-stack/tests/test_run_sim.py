@@ -81,6 +81,15 @@ def test_aws_run_documents_through_get_and_describe_document(env, name, plugin_n
         "commands": None, "workingDirectory": "", "executionTimeout": "3600"}
 
 
+def test_get_document_takes_the_default_and_latest_versions_as_aws_does(env):
+    for version in ("$DEFAULT", "$LATEST", "1"):
+        got = env.ssm.get_document(Name="AWS-RunShellScript", DocumentVersion=version, DocumentFormat="JSON")
+        assert got["DocumentVersion"] == "1", version
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        env.ssm.get_document(Name="AWS-RunShellScript", DocumentVersion="2")
+    assert error_code(e) == "InvalidDocument"
+
+
 def test_run_document_parameters_are_validated_as_ssm_does(env):
     iid = env.launch(1)[0]
     for params in ({"commands": ["true"], "executionTimeout": ["172800"]}, {"commands": ["true"],

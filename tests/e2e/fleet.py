@@ -24,6 +24,7 @@ class Stack:
         self.ddb = boto3.client("dynamodb", **kw)
         self.sqs = boto3.client("sqs", **kw)
         self.events = boto3.client("events", **kw)
+        self.logs = boto3.client("logs", **kw)
         self.outputs = json.loads(OUTPUTS.read_text())
         self._ami = None
 

@@ -12,6 +12,13 @@
   them on request.
 - EC2 ModifyInstanceMetadataOptions: moto replaces every option, so a call that sets only HttpTokens resets
   HttpEndpoint and the others to null. AWS changes only the options given.
+- Step Functions StopExecution: AWS ends the execution at once as ABORTED. The engine only flags its frames; a
+  state waiting on a ``.sync`` child then falls out of its wait with no result, fails with States.Runtime, and
+  the execution ends FAILED a moment later. Here a stopped execution is ABORTED from the call on, whatever its
+  worker does afterwards.
+- SSM documents (GetDocument, DescribeDocument, ...): AWS takes DocumentVersion ``$DEFAULT`` (the default
+  version) as well as ``$LATEST`` and a number; moto looks ``$DEFAULT`` up as a version number and answers
+  InvalidDocument.
 """
 
 from __future__ import annotations
@@ -145,7 +152,58 @@ def _patch_metadata_options() -> None:
     InstanceBackend.modify_instance_metadata_options = modify_instance_metadata_options
 
 
+def _patch_default_document_version() -> None:
+    from moto.ssm.models import Documents
+
+    original = Documents.find
+    if getattr(original, "_fleet_default", False):
+        return
+
+    def find(self, document_version=None, version_name=None, strict=True):
+        if document_version == "$DEFAULT":
+            document_version = None
+        return original(self, document_version, version_name, strict)
+
+    find._fleet_default = True
+    Documents.find = find
+
+
+def _patch_stop_execution() -> None:
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend import execution as ex
+
+    if getattr(ex.Execution.stop, "_fleet_abort", False):
+        return
+    original_stop = ex.Execution.stop
+    original_reflect = ex.BaseExecutionWorkerCommunication._reflect_execution_status
+
+    def stop(self, stop_date, error, cause):
+        if self.exec_status == ExecutionStatus.RUNNING:
+            self._fleet_aborted = stop_date
+            self.exec_status = ExecutionStatus.ABORTED
+            self.stop_date = stop_date
+            self.error, self.cause = error or None, cause or None
+        return original_stop(self, stop_date=stop_date, error=error, cause=cause)
+
+    def reflect(self):
+        aborted = getattr(self.execution, "_fleet_aborted", None)
+        if aborted is None:
+            return original_reflect(self)
+        error, cause = self.execution.error, self.execution.cause
+        original_reflect(self)
+        self.execution.exec_status = ExecutionStatus.ABORTED
+        self.execution.stop_date = aborted
+        self.execution.error, self.execution.cause = error, cause
+        self.execution.output = None
+
+    stop._fleet_abort = True
+    ex.Execution.stop = stop
+    ex.BaseExecutionWorkerCommunication._reflect_execution_status = reflect
+
+
 def install() -> None:
+    _patch_stop_execution()
+    _patch_default_document_version()
     _patch_execution_history()
     _patch_put_events()
     _patch_metadata_options()

@@ -97,6 +97,7 @@ def redrive(execution: Execution) -> datetime.datetime:
     execution.fleet_redrive_count = count
     execution.fleet_redrive_date = datetime.datetime.now(tz=datetime.timezone.utc)
     execution.exec_worker = worker
+    execution.__dict__.pop("_fleet_aborted", None)   # api_fixes: a stop before this redrive is over
     execution.exec_status = ExecutionStatus.RUNNING
     execution.error = None
     execution.cause = None

@@ -152,6 +152,7 @@ impl Report for StatusReport {
             (
                 "Workflow",
                 match self.kind {
+                    Kind::Rollout if self.run.is_some() => "run (the rollout workflow with a run workflow per chunk)",
                     Kind::Rollout => "rollout",
                     Kind::Install => "install",
                     Kind::Other => "other",

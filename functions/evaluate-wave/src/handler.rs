@@ -21,6 +21,9 @@ pub struct Request {
     #[serde(default)]
     pub results: Vec<WaveResult>,
     pub waves_total: usize,
+    /// The ad-hoc run's specification (`null` for an install rollout): only the message's words change.
+    #[serde(default)]
+    pub run: Option<Value>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -46,8 +49,12 @@ pub async fn handle(payload: Value) -> Result<Response, FleetError> {
     let result = wave_result(req.wave.wave, &req.wave.label, &summaries);
     let budget_exceeded = exceeds_budget(&result, req.max_failure_ratio);
     let more_waves = !budget_exceeded && req.wave.wave + 1 < req.waves_total;
+    let (done, unreached) = match req.run.as_ref().filter(|r| !r.is_null()) {
+        Some(_) => ("succeeded", "unreachable"),
+        None => ("installed", "unmanaged"),
+    };
     let message = format!(
-        "{}: {} installed, {} failed, {} unmanaged, {} skipped; failure ratio {:.3} {} budget {:.3}",
+        "{}: {} {done}, {} failed, {} {unreached}, {} skipped; failure ratio {:.3} {} budget {:.3}",
         result.label,
         result.installed,
         result.failed,
@@ -78,12 +85,17 @@ mod tests {
         let out = handle(serde_json::json!({
             "wave": {"wave": 0, "label": "canary", "instances": 4, "chunks": []},
             "outcomes": [{"summary": {"byState": {"succeeded": 1, "failed": 2, "unreachable": 1}}}],
-            "maxFailureRatio": 0.5, "wavesTotal": 3}))
+            "maxFailureRatio": 0.5, "wavesTotal": 3, "run": {"documents": []}}))
         .await
         .unwrap();
         assert_eq!(
             (out.result.installed, out.result.failed, out.result.unmanaged),
             (1, 2, 1)
+        );
+        assert!(
+            out.message.contains("1 succeeded, 2 failed, 1 unreachable"),
+            "{}",
+            out.message
         );
         assert!(out.budget_exceeded);
         assert!(!out.more_waves);

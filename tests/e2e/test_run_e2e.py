@@ -119,9 +119,13 @@ def test_a_shell_script_runs_across_a_mixed_fleet_of_300_with_a_canary_and_a_fai
 def test_a_run_over_budget_stops_after_its_canary_and_wait_exits_1(stack):
     ids = existing(stack, 12, "run-bad", **{"fleet-sim:run-outcome": "Failed"})
     name = "e2e-run-bad"
-    r = cli(stack, "run", "--document", "AWS-RunShellScript", "--parameter", "commands=false", "--tag", "team=run-bad",
-            "--canary", "3", "--wave-size", "3", "--max-failure-ratio", "0.2", "--name", name, "--wait")
+    argv = ["run", "--document", "AWS-RunShellScript", "--parameter", "commands=false", "--tag", "team=run-bad",
+            "--canary", "3", "--wave-size", "3", "--max-failure-ratio", "0.2", "--name", name, "--wait"]
+    r = cli(stack, *argv)
     assert r.returncode == 1, r.stdout + r.stderr
+    # a scheduler's retry of the same step follows the run it started, and starts nothing
+    again = cli(stack, *argv)
+    assert again.returncode == 1 and "following run e2e-run-bad" in again.stderr, again.stdout + again.stderr
     assert "FailureBudgetExceeded" in r.stderr or "budget" in r.stderr.lower(), r.stderr
     d = stack.sfn.describe_execution(executionArn=rollout_arn(stack, name))
     assert d["status"] == "FAILED" and d["error"] == "FleetInstall.FailureBudgetExceeded", d

@@ -245,9 +245,25 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<RunOutcome> {
     input["run"] = serde_json::to_value(&spec)?;
     input["source"] = Value::String("run".into());
     let sfn = ctx.sfn();
-    let started = match rollout::start(&sfn, outputs.rollout_state_machine()?, &name, input).await? {
+    let started = match rollout::start(&sfn, outputs.rollout_state_machine()?, &name, input.clone()).await? {
         RolloutOutcome::Started(s) => s,
-        RolloutOutcome::NotStarted(n) => return Ok(RunOutcome::NotStarted(Box::new(n))),
+        RolloutOutcome::NotStarted(n) => {
+            // A scheduler's retry (same name, same input) follows the run it started before; anything else
+            // under that name is not this run.
+            if args.wait && same_run(&sfn, &n.existing.execution_arn, &input).await {
+                eprintln!(
+                    "following run {name}, started before with the same input ({})",
+                    n.existing.status
+                );
+                rollout::Started {
+                    name: name.clone(),
+                    execution_arn: n.existing.execution_arn.clone(),
+                    input,
+                }
+            } else {
+                return Ok(RunOutcome::NotStarted(Box::new(n)));
+            }
+        }
         RolloutOutcome::Finished(_) => unreachable!("start never waits"),
     };
     if !args.wait {
@@ -282,6 +298,17 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<RunOutcome> {
         within_budget,
         status: report,
     })))
+}
+
+/// True when the execution's input is `input`: the same run, started before under the same name.
+async fn same_run(sfn: &aws_sdk_sfn::Client, execution_arn: &str, input: &Value) -> bool {
+    match sfn.describe_execution().execution_arn(execution_arn).send().await {
+        Ok(d) => d
+            .input()
+            .and_then(|i| serde_json::from_str::<Value>(i).ok())
+            .is_some_and(|i| &i == input),
+        Err(_) => false,
+    }
 }
 
 /// Follow the run until its execution ends. On a terminal, a progress bar counts the instances

@@ -4,7 +4,6 @@
 //! exists, and every parameter is one it declares, with an allowed value.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use chrono::Utc;
@@ -276,22 +275,18 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<RunOutcome> {
             input: started.input,
         })));
     }
-    if !ctx.progress.enabled() {
-        eprintln!("started {}", started.execution_arn);
-    }
-    let desc = wait(ctx, &sfn, &outputs, &started.execution_arn, &name).await?;
+    crate::wait::announce(ctx.progress, &started.execution_arn);
+    // The bar counts the run's waves evaluated out of those planned, as rollout --wait does.
+    let desc = rollout::wait(&sfn, &started.execution_arn, ctx.progress).await?;
     let report = status::report(&sfn, &ctx.dynamodb(), &outputs, &desc).await?;
     let within_budget = report.succeeded();
     if !within_budget {
-        eprintln!(
-            "run {} {}: {}",
-            report.name,
-            report.status,
-            report
-                .cause
-                .as_deref()
-                .or(report.error.as_deref())
-                .unwrap_or("no cause recorded")
+        crate::wait::report_failure(
+            "run",
+            &report.name,
+            &report.status,
+            report.cause.as_deref(),
+            report.error.as_deref(),
         );
     }
     Ok(RunOutcome::Finished(Box::new(Finished {
@@ -310,55 +305,6 @@ async fn same_run(sfn: &aws_sdk_sfn::Client, execution_arn: &str, input: &Value)
         Err(_) => false,
     }
 }
-
-/// Follow the run until its execution ends. On a terminal, a progress bar counts the instances
-/// with a final result (from the run results table) against the run's targets.
-async fn wait(
-    ctx: &Context,
-    sfn: &aws_sdk_sfn::Client,
-    outputs: &crate::context::StackOutputs,
-    execution_arn: &str,
-    run_id: &str,
-) -> Result<aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput> {
-    let bar = crate::progress::WaitProgress::new(&format!("run {run_id}"));
-    let db = ctx.dynamodb();
-    let table = outputs.run_results_table()?.to_string();
-    let mut polls = 0u64;
-    loop {
-        let desc = sfn
-            .describe_execution()
-            .execution_arn(execution_arn)
-            .send()
-            .await
-            .map_err(|e| anyhow!(crate::aws::message(&e)))
-            .with_context(|| format!("cannot describe execution {execution_arn}"))?;
-        let status = desc.status().as_str().to_string();
-        if status != "RUNNING" && status != "PENDING_REDRIVE" {
-            bar.finish(&format!("run {run_id} {status}"));
-            return Ok(desc);
-        }
-        // The results every 5th poll (10 s): a Query of the whole run.
-        if ctx.progress.enabled() && polls.is_multiple_of(5) {
-            if let Ok(events) = status::history(sfn, execution_arn).await {
-                let events: Vec<status::Ev> = events.iter().map(status::Ev::from).collect();
-                if let Some(t) = status::rollout_progress(&events).targets {
-                    bar.set_total(t);
-                }
-            }
-            if let Ok(results) = fleet_core::run_store::query_results(&db, &table, run_id).await {
-                let done = results
-                    .iter()
-                    .filter(|r| r.outcome.is_some_and(|o| o.is_final()))
-                    .count() as u64;
-                bar.update(done, &format!("{done} of the targets finished"));
-            }
-        }
-        polls += 1;
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-const POLL: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -165,6 +165,18 @@ impl From<&CommandInvocation> for Invocation {
 /// All invocations of a command, paginated. Right after SendCommand SSM may list none or say
 /// InvocationDoesNotExist: both come back as an empty list, which the caller reads as "running".
 pub async fn list_invocations(client: &aws_sdk_ssm::Client, command_id: &str) -> Result<Vec<Invocation>, FleetError> {
+    Ok(command_invocations(client, command_id)
+        .await?
+        .iter()
+        .map(Invocation::from)
+        .collect())
+}
+
+/// [`list_invocations`] as SSM gives them (with their plugins' details).
+pub async fn command_invocations(
+    client: &aws_sdk_ssm::Client,
+    command_id: &str,
+) -> Result<Vec<CommandInvocation>, FleetError> {
     let mut out = Vec::new();
     let mut token = None;
     loop {
@@ -188,7 +200,7 @@ pub async fn list_invocations(client: &aws_sdk_ssm::Client, command_id: &str) ->
                 return Err(FleetError::from_sdk("ssm", "ListCommandInvocations", &e));
             }
         };
-        out.extend(resp.command_invocations().iter().map(Invocation::from));
+        out.extend(resp.command_invocations().iter().cloned());
         token = resp.next_token().map(str::to_string);
         if token.is_none() {
             break;

@@ -574,8 +574,9 @@ pub async fn get_items(client: &Client, table: &str, keys: &[String]) -> Result<
     Ok(found)
 }
 
-/// Put whole items with BatchWriteItem, 25 a call, retrying unprocessed items with backoff.
-async fn put_items(client: &Client, table: &str, items: Vec<Item>) -> Result<(), FleetError> {
+/// Put whole items with BatchWriteItem, 25 a call, retrying unprocessed items with backoff (the
+/// ledger's chunk and page items; the run results table's items too).
+pub async fn put_items(client: &Client, table: &str, items: Vec<Item>) -> Result<(), FleetError> {
     use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
     for group in items.chunks(25) {
         let mut requests: Vec<WriteRequest> = group

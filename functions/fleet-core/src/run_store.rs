@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use crate::run::RunOutcome;
@@ -98,14 +98,7 @@ impl RunResult {
         if let Some(w) = self.wave {
             item.insert(attr::WAVE.into(), AttributeValue::N(w.to_string()));
         }
-        item.insert(
-            attr::UPDATED_AT.into(),
-            s(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        );
-        item.insert(
-            attr::EXPIRES_AT.into(),
-            AttributeValue::N((now + chrono::Duration::days(RETENTION_DAYS)).timestamp().to_string()),
-        );
+        stamp(&mut item, now);
         item
     }
 
@@ -137,48 +130,7 @@ impl RunResult {
 }
 
 /// Write items (25 per BatchWriteItem), retrying what DynamoDB leaves unprocessed.
-pub async fn put_items(client: &Client, table: &str, items: Vec<Item>) -> Result<(), FleetError> {
-    for chunk in items.chunks(25) {
-        let mut requests: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|item| {
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item.clone()))
-                            .build()
-                            .expect("item is set"),
-                    )
-                    .build()
-            })
-            .collect();
-        let mut tries = 0u32;
-        while !requests.is_empty() {
-            let resp = client
-                .batch_write_item()
-                .request_items(table, requests)
-                .send()
-                .await
-                .map_err(|e| FleetError::from_sdk("dynamodb", "BatchWriteItem", &e))?;
-            requests = resp
-                .unprocessed_items()
-                .and_then(|m| m.get(table))
-                .cloned()
-                .unwrap_or_default();
-            if !requests.is_empty() {
-                tries += 1;
-                if tries > 8 {
-                    return Err(FleetError::Throttled {
-                        service: "dynamodb:BatchWriteItem".into(),
-                        message: format!("{} run results still unprocessed after {tries} tries", requests.len()),
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
-            }
-        }
-    }
-    Ok(())
-}
+pub use crate::ledger::put_items;
 
 /// Write results.
 pub async fn put_results(client: &Client, table: &str, results: &[RunResult]) -> Result<(), FleetError> {
@@ -265,6 +217,12 @@ pub fn batch_marker(run_id: &str, batch_key: &str, command_id: &str, instance_id
         attr::INSTANCE_IDS.into(),
         AttributeValue::L(instance_ids.iter().map(s).collect()),
     );
+    stamp(&mut item, now);
+    item
+}
+
+/// `updatedAt` (now) and `expiresAt` (now + [`RETENTION_DAYS`]) of an item.
+fn stamp(item: &mut Item, now: chrono::DateTime<chrono::Utc>) {
     item.insert(
         attr::UPDATED_AT.into(),
         s(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -273,7 +231,6 @@ pub fn batch_marker(run_id: &str, batch_key: &str, command_id: &str, instance_id
         attr::EXPIRES_AT.into(),
         AttributeValue::N((now + chrono::Duration::days(RETENTION_DAYS)).timestamp().to_string()),
     );
-    item
 }
 
 #[cfg(test)]

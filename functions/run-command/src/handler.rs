@@ -233,16 +233,35 @@ async fn send(
             Some(id) => (id, batch.instances.clone()),
             None => match send_one(clients, config, common, batch, &key, &ids).await? {
                 Sent::Command(id) => (id, batch.instances.clone()),
-                Sent::Refused(reason) => {
+                Sent::Refused(first) => {
                     // SSM refused the batch (an instance went offline since Find Reachable Instances): send
-                    // again without the instances SSM no longer reports online; those are unreachable.
+                    // again without the instances SSM no longer reports online; those are unreachable. If SSM
+                    // refuses again, or refused ids it reports online, the rest are unreachable too.
                     let ssm = fleet_core::adapters::describe_ssm(&clients.ssm, &ids).await?;
-                    let (ok, gone): (Vec<RunTarget>, Vec<RunTarget>) = batch
+                    let (ok, mut unsent): (Vec<RunTarget>, Vec<RunTarget>) = batch
                         .instances
                         .iter()
                         .cloned()
                         .partition(|t| ssm.get(&t.instance_id).is_some_and(|s| s.ping_status == "Online"));
-                    let unreachable: Vec<RunResult> = gone
+                    let mut reason = first;
+                    let mut resent = None;
+                    if !ok.is_empty() && !unsent.is_empty() {
+                        let ok_ids: Vec<String> = ok.iter().map(|t| t.instance_id.clone()).collect();
+                        let retry = RunBatch {
+                            document: batch.document.clone(),
+                            instances: ok.clone(),
+                        };
+                        match send_one(clients, config, common, &retry, &key, &ok_ids).await? {
+                            Sent::Command(id) => resent = Some((id, ok)),
+                            Sent::Refused(again) => {
+                                unsent.extend(ok);
+                                reason = again;
+                            }
+                        }
+                    } else {
+                        unsent.extend(ok);
+                    }
+                    let unreachable: Vec<RunResult> = unsent
                         .iter()
                         .map(|t| {
                             run::summary_add(&mut summary, RunOutcome::Unreachable, &t.platform, "unreachable");
@@ -256,48 +275,9 @@ async fn send(
                         })
                         .collect();
                     run_store::put_results(&clients.db, &config.results_table, &unreachable).await?;
-                    if ok.is_empty() || gone.is_empty() {
-                        // Nothing left to send, or SSM refused ids it reports online: record them too.
-                        let rest: Vec<RunResult> = ok
-                            .iter()
-                            .map(|t| {
-                                run::summary_add(&mut summary, RunOutcome::Unreachable, &t.platform, "unreachable");
-                                result(
-                                    common,
-                                    &t.instance_id,
-                                    RunOutcome::Unreachable,
-                                    format!("SSM refused the command: {reason}"),
-                                    t.platform.clone(),
-                                )
-                            })
-                            .collect();
-                        run_store::put_results(&clients.db, &config.results_table, &rest).await?;
-                        continue;
-                    }
-                    let ok_ids: Vec<String> = ok.iter().map(|t| t.instance_id.clone()).collect();
-                    let retry = RunBatch {
-                        document: batch.document.clone(),
-                        instances: ok.clone(),
-                    };
-                    match send_one(clients, config, common, &retry, &key, &ok_ids).await? {
-                        Sent::Command(id) => (id, ok),
-                        Sent::Refused(reason) => {
-                            let rest: Vec<RunResult> = ok
-                                .iter()
-                                .map(|t| {
-                                    run::summary_add(&mut summary, RunOutcome::Unreachable, &t.platform, "unreachable");
-                                    result(
-                                        common,
-                                        &t.instance_id,
-                                        RunOutcome::Unreachable,
-                                        format!("SSM refused the command: {reason}"),
-                                        t.platform.clone(),
-                                    )
-                                })
-                                .collect();
-                            run_store::put_results(&clients.db, &config.results_table, &rest).await?;
-                            continue;
-                        }
+                    match resent {
+                        Some(sent) => sent,
+                        None => continue,
                     }
                 }
             },
@@ -422,55 +402,27 @@ async fn list_invocations(
     command_id: &str,
 ) -> Result<HashMap<String, Invocation>, FleetError> {
     let mut out = HashMap::new();
-    let mut token = None;
-    loop {
-        let resp = ssm
-            .list_command_invocations()
-            .command_id(command_id)
-            .details(true)
-            .max_results(50)
-            .set_next_token(token.take())
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                use aws_sdk_ssm::error::ProvideErrorMetadata;
-                use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError as E;
-                // Right after SendCommand SSM may not know the command yet: still running.
-                if matches!(e.as_service_error(), Some(E::InvalidCommandId(_)))
-                    || e.as_service_error().and_then(|s| s.code()) == Some("InvocationDoesNotExist")
-                {
-                    return Ok(out);
-                }
-                return Err(FleetError::from_sdk("ssm", "ListCommandInvocations", &e));
-            }
-        };
-        for ci in resp.command_invocations() {
-            let Some(id) = ci.instance_id() else { continue };
-            let plugins = ci.command_plugins();
-            // The plugin that ran (a step skipped by its precondition reports Success with nothing run).
-            let plugin = plugins
-                .iter()
-                .find(|p| !matches!(p.status(), Some(aws_sdk_ssm::types::CommandPluginStatus::Success)))
-                .or_else(|| plugins.iter().rev().find(|p| p.output().is_some_and(|o| !o.is_empty())))
-                .or_else(|| plugins.first());
-            out.insert(
-                id.to_string(),
-                Invocation {
-                    status: ci.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
-                    status_details: ci.status_details().unwrap_or_default().to_string(),
-                    response_code: plugin.map(|p| p.response_code()),
-                    output: plugin.and_then(|p| p.output()).unwrap_or_default().to_string(),
-                    plugin: plugin.and_then(|p| p.name()).unwrap_or_default().to_string(),
-                },
-            );
-        }
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
+    for ci in fleet_core::adapters::command_invocations(ssm, command_id).await? {
+        let Some(id) = ci.instance_id() else { continue };
+        let plugins = ci.command_plugins();
+        // The plugin that ran (a step skipped by its precondition reports Success with nothing run).
+        let plugin = plugins
+            .iter()
+            .find(|p| !matches!(p.status(), Some(aws_sdk_ssm::types::CommandPluginStatus::Success)))
+            .or_else(|| plugins.iter().rev().find(|p| p.output().is_some_and(|o| !o.is_empty())))
+            .or_else(|| plugins.first());
+        out.insert(
+            id.to_string(),
+            Invocation {
+                status: ci.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                status_details: ci.status_details().unwrap_or_default().to_string(),
+                response_code: plugin.map(|p| p.response_code()),
+                output: plugin.and_then(|p| p.output()).unwrap_or_default().to_string(),
+                plugin: plugin.and_then(|p| p.name()).unwrap_or_default().to_string(),
+            },
+        );
     }
+    Ok(out)
 }
 
 async fn check(
@@ -803,6 +755,68 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error_type(), fleet_core::error::THROTTLED, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_ssm_refuses_is_sent_again_without_the_instances_gone_offline() {
+        use aws_sdk_ssm::operation::describe_instance_information::DescribeInstanceInformationOutput;
+        use aws_sdk_ssm::types::{InstanceInformation, PingStatus};
+        let marker = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| GetItemOutput::builder().build());
+        let writes = mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .match_requests(|r| {
+                // the unreachable instance's result says why
+                r.request_items().unwrap()["results"].iter().all(|w| {
+                    let item = w.put_request().unwrap().item();
+                    item.get("outcome").and_then(|o| o.as_s().ok()).map(String::as_str) != Some("unreachable")
+                        || (item["instanceId"].as_s().unwrap() == &format!("i-{:017x}", 2)
+                            && item["reason"].as_s().unwrap().contains("SSM refused the command"))
+                })
+            })
+            .then_output(|| BatchWriteItemOutput::builder().build());
+        let list = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| ListCommandsOutput::builder().build());
+        let refused = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.instance_ids().len() == 2)
+            .then_error(|| {
+                SendCommandError::InvalidInstanceId(
+                    aws_sdk_ssm::types::error::InvalidInstanceId::builder()
+                        .message("Instances [[i-00000000000000002]] not in a valid state")
+                        .build(),
+                )
+            });
+        let sent = mock!(aws_sdk_ssm::Client::send_command)
+            .match_requests(|r| r.instance_ids() == [format!("i-{:017x}", 1)])
+            .then_output(|| {
+                SendCommandOutput::builder()
+                    .command(Command::builder().command_id("cmd-1").build())
+                    .build()
+            });
+        let info = mock!(aws_sdk_ssm::Client::describe_instance_information).then_output(|| {
+            DescribeInstanceInformationOutput::builder()
+                .instance_information_list(
+                    InstanceInformation::builder()
+                        .instance_id(format!("i-{:017x}", 1))
+                        .ping_status(PingStatus::Online)
+                        .build(),
+                )
+                .instance_information_list(
+                    InstanceInformation::builder()
+                        .instance_id(format!("i-{:017x}", 2))
+                        .ping_status(PingStatus::ConnectionLost)
+                        .build(),
+                )
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list, &refused, &sent, &info]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&marker, &writes]);
+        let payload = json!({"action": "send", "runId": "r", "run": spec(), "chunkName": "c",
+            "executionId": "arn:x", "executionStartTime": "2026-12-02T10:00:00Z",
+            "batches": [{"document": {"family": "any", "name": "AWS-RunShellScript", "version": "$DEFAULT"},
+                          "instances": [target(1), target(2)]}]});
+        let out = handle(&clients(ssm, db), &config(), Utc::now(), payload).await.unwrap();
+        assert_eq!((refused.num_calls(), sent.num_calls()), (1, 1));
+        assert_eq!(out["commands"][0]["commandId"], "cmd-1");
+        assert_eq!(out["commands"][0]["instances"], json!([target(1)]));
+        assert_eq!(out["summary"]["byState"], json!({"unreachable": 1}));
     }
 
     fn invocation(i: u32, status: CommandInvocationStatus, code: i32, output: &str) -> CommandInvocation {

@@ -1,5 +1,5 @@
 //! The command line: global flags and one subcommand each for prereq, preview, rollout,
-//! status, unmanaged, replay, sweep and compliance.
+//! status, unmanaged, replay, sweep, compliance, run, output and cancel.
 
 use std::path::PathBuf;
 
@@ -51,8 +51,8 @@ pub fn ssm_policy_arn(partition: &str) -> String {
 #[command(
     name = "fleet-install",
     version,
-    about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance.",
-    long_about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance.\n\n\
+    about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance, and runs of any allowed SSM document.",
+    long_about = "Operate fleet-install: prerequisites, rollout preview, rollouts, status, unmanaged instances, replay, sweeps, compliance, and runs of any allowed SSM document (run, output, cancel).\n\n\
         Reads the deployed stack's outputs (ledger table, state machines, documents, opt-out tag) with \
         CloudFormation DescribeStacks, or from --outputs-file. Results go to stdout as a table or JSON; \
         progress goes to stderr when it is a terminal.",
@@ -60,7 +60,9 @@ pub fn ssm_policy_arn(partition: &str) -> String {
         (`rollout --wait` or `sweep --wait` ended in a status other than SUCCEEDED, `rollout` found an execution of that name \
         already running and started nothing, `prereq` could not read or change a role or \
         could not turn on Default Host Management Configuration, `replay` could not redrive or start an execution), \
-        and on usage errors (a bad option value included)."
+        and on usage errors (a bad option value included). `run` has its own: 0 started, or with --wait ended within its \
+        failure budget; 1 over the budget or failed; 2 on a usage error (an unknown or invalid parameter, a document \
+        outside the allowlist) or when an execution of that name with another input exists."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -161,21 +163,8 @@ pub struct RunArgs {
     /// Target every running instance.
     #[arg(long)]
     pub all: bool,
-    /// Instances in the canary wave (0: no canary).
-    #[arg(long, value_name = "N", default_value_t = 10, allow_negative_numbers = true, value_parser = parse_canary)]
-    pub canary: usize,
-    /// Instances per wave after the canary (at least 1).
-    #[arg(
-        long,
-        value_name = "N",
-        conflicts_with = "wave_percent",
-        allow_negative_numbers = true,
-        value_parser = parse_wave_size
-    )]
-    pub wave_size: Option<usize>,
-    /// Percent of all targets per wave after the canary, more than 0 and at most 100 [default: 10].
-    #[arg(long, value_name = "P", allow_negative_numbers = true, value_parser = parse_wave_percent)]
-    pub wave_percent: Option<f64>,
+    #[command(flatten)]
+    pub waves: WaveArgs,
     /// Stop the run when a wave's failed / (succeeded + failed) is above this (0 to 1).
     #[arg(
         long,
@@ -258,6 +247,13 @@ pub struct TargetArgs {
     /// must match).
     #[arg(long = "tag", value_name = "KEY=VALUE", required = true, value_parser = parse_tag)]
     pub tags: Vec<TagPair>,
+    #[command(flatten)]
+    pub waves: WaveArgs,
+}
+
+/// The canary and the waves after it, shared by preview, rollout and run.
+#[derive(Debug, Args)]
+pub struct WaveArgs {
     // Numeric options take negative-looking values (allow_negative_numbers) so that their parser,
     // not clap's "unexpected argument", says what they accept.
     /// Instances in the canary wave (0: no canary).
@@ -436,8 +432,8 @@ mod tests {
         assert_eq!(cli.global.stack_name, "fleet-install");
         let Command::Rollout(r) = cli.command else { panic!() };
         assert_eq!(r.targets.tags.len(), 2);
-        assert_eq!(r.targets.canary, 10);
-        assert_eq!(r.targets.wave_size, Some(50));
+        assert_eq!(r.targets.waves.canary, 10);
+        assert_eq!(r.targets.waves.wave_size, Some(50));
         assert_eq!(r.max_failure_ratio, 0.05);
         assert_eq!(r.pause_seconds, 300);
         assert!(!r.wait);
@@ -515,8 +511,8 @@ mod tests {
         };
         assert_eq!(
             (
-                r.targets.canary,
-                r.targets.wave_percent,
+                r.targets.waves.canary,
+                r.targets.waves.wave_percent,
                 r.max_failure_ratio,
                 r.pause_seconds
             ),

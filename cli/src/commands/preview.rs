@@ -265,7 +265,7 @@ impl Report for PreviewReport {
 
 pub async fn run(ctx: &Context, args: &PreviewArgs) -> Result<PreviewReport> {
     let t = &args.targets;
-    let size = wave_size(t.wave_size, t.wave_percent)?;
+    let size = wave_size(t.waves.wave_size, t.waves.wave_percent)?;
     let outputs = ctx.outputs().await?;
     let settings = Settings {
         opt_out_tag: outputs.opt_out_tag()?.to_string(),
@@ -276,7 +276,7 @@ pub async fn run(ctx: &Context, args: &PreviewArgs) -> Result<PreviewReport> {
         &ctx.ssm(),
         &settings,
         &group_tags(&t.tags),
-        t.canary,
+        t.waves.canary,
         size,
         Utc::now(),
         ctx.progress,

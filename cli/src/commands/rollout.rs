@@ -137,7 +137,7 @@ impl RolloutOutcome {
 
 pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
     let t = &args.targets;
-    let size = wave_size(t.wave_size, t.wave_percent)?;
+    let size = wave_size(t.waves.wave_size, t.waves.wave_percent)?;
     let ratio = failure_ratio(args.max_failure_ratio)?;
     let name = execution_name(
         &args
@@ -145,7 +145,7 @@ pub async fn run(ctx: &Context, args: &RolloutArgs) -> Result<RolloutOutcome> {
             .clone()
             .unwrap_or_else(|| default_name(Utc::now(), &unique_suffix())),
     )?;
-    let input = rollout_input(&group_tags(&t.tags), t.canary, size, ratio, args.pause_seconds);
+    let input = rollout_input(&group_tags(&t.tags), t.waves.canary, size, ratio, args.pause_seconds);
     let outputs = ctx.outputs().await?;
     let sfn = ctx.sfn();
     let started = match start(&sfn, outputs.rollout_state_machine()?, &name, input).await? {

@@ -212,7 +212,7 @@ pub async fn spec(ssm: &aws_sdk_ssm::Client, allowlist: &[String], args: &RunArg
 }
 
 pub async fn run(ctx: &Context, args: &RunArgs) -> Result<RunOutcome> {
-    let size = wave_size(args.wave_size, args.wave_percent)?;
+    let size = wave_size(args.waves.wave_size, args.waves.wave_percent)?;
     let ratio = failure_ratio(args.max_failure_ratio)?;
     if args.instance_ids.len() > fleet_core::adapters::EC2_FILTER_VALUES {
         return Err(usage(format!(
@@ -238,7 +238,13 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> Result<RunOutcome> {
     )?;
     let outputs = ctx.outputs().await?;
     let spec = spec(&ctx.ssm(), &outputs.run_documents()?, args).await?;
-    let mut input = rollout::rollout_input(&group_tags(&args.tags), args.canary, size, ratio, args.pause_seconds);
+    let mut input = rollout::rollout_input(
+        &group_tags(&args.tags),
+        args.waves.canary,
+        size,
+        ratio,
+        args.pause_seconds,
+    );
     input["instanceIds"] = serde_json::json!(args.instance_ids);
     input["all"] = Value::Bool(args.all);
     input["run"] = serde_json::to_value(&spec)?;

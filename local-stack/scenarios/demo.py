@@ -10,7 +10,9 @@
 5. a report by final state, platform and reason, also written to target/demo/report.json;
 6. later, what events alone miss: running events lost, agents removed or stopped, profiles associated; then
    `fleet-install sweep --wait --verify-all` finds and fixes them, and `fleet-install compliance` shows the fleet;
-7. stops every process it started, also on Ctrl-C or failure.
+7. any document across the fleet: `fleet-install run` of AWS-RunShellScript / AWS-RunPowerShellScript over
+   team=web in waves, `output`, and a check that the install ledger did not change;
+8. stops every process it started, also on Ctrl-C or failure.
 """
 from __future__ import annotations
 
@@ -269,6 +271,34 @@ def sweep_and_compliance(stack: Stack, burst: dict[str, tuple[str, str]]) -> int
     return 0
 
 
+def ad_hoc_run(stack: Stack) -> int:
+    """Any document, the same machinery: a run over the existing fleet, its results apart from the ledger."""
+    say("Any document across the fleet: a disk check on team=web, one document per platform family, in waves")
+    web = {i["InstanceId"] for page in stack.ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:team", "Values": ["web"]}, {"Name": "instance-state-name", "Values": ["running"]}])
+        for r in page["Reservations"] for i in r["Instances"]}
+    before = {i: item for i, item in stack.ledger().items() if i in web}
+    name = "run-demo-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    rc = cli(stack, "run", "--document", "linux=AWS-RunShellScript", "--document", "windows=AWS-RunPowerShellScript",
+             "--parameter", "commands=df -h /", "--tag", "team=web", "--canary", "10", "--wave-percent", "50",
+             "--max-failure-ratio", "0.05", "--name", name, "--wait")
+    say("What the instances printed (the last lines; the full output is in CloudWatch Logs)")
+    env = stack.operator_env()
+    out = subprocess.run([CLI, "--endpoint-url", stack.endpoint, "--outputs-file", str(OUTPUTS), "--output", "json",
+                          "output", name], env=env, capture_output=True, text=True)
+    results = json.loads(out.stdout)["results"] if out.returncode == 0 else []
+    by = collections.Counter(r["outcome"] for r in results)
+    print(f"$ fleet-install output {name}   ({len(results)} results: "
+          + ", ".join(f"{n} {k}" for k, n in sorted(by.items())) + ")")
+    after = {i: item for i, item in stack.ledger().items() if i in web}
+    if rc != 0 or len(results) != len(web) or after != before:
+        print(f"ERROR: the run exited {rc}, has {len(results)} results for {len(web)} targets, and "
+              f"{'changed' if after != before else 'left'} the install ledger", file=sys.stderr)
+        return 1
+    print(f"\nThe run reached all {len(web)} targets; the install ledger of those instances is as it was.")
+    return 0
+
+
 def main() -> int:
     rng = random.Random(1100)
     started = False
@@ -327,7 +357,7 @@ def main() -> int:
         if r["missing"]:
             print(f"ERROR: {len(r['missing'])} instances are not in the ledger", file=sys.stderr)
             return 1
-        return sweep_and_compliance(stack, burst)
+        return sweep_and_compliance(stack, burst) or ad_hoc_run(stack)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

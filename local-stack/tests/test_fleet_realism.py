@@ -295,6 +295,23 @@ def test_dhmc_registers_instances_without_a_profile(env):
 
 
 # ----------------------------------------------------------------------------------- 6. execution history
+def test_stop_execution_aborts_at_once_with_the_error_and_cause_given(env):
+    """AWS: StopExecution ends the execution ABORTED at once and records the request's error and cause, also
+    while a state waits (here a Wait; a `.sync` child wait behaves the same)."""
+    sm = env.sfn.create_state_machine(
+        name="stoppable", roleArn="arn:aws:iam::123456789012:role/sfn",
+        definition=json.dumps({"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 60, "Next": "Done"},
+                                                            "Done": {"Type": "Succeed"}}}))["stateMachineArn"]
+    arn = env.sfn.start_execution(stateMachineArn=sm, input="{}")["executionArn"]
+    time.sleep(0.5)
+    env.sfn.stop_execution(executionArn=arn, error="FleetInstall.Cancelled", cause="cancelled by a test")
+    d = env.sfn.describe_execution(executionArn=arn)
+    assert (d["status"], d.get("error"), d.get("cause")) == ("ABORTED", "FleetInstall.Cancelled", "cancelled by a test")
+    time.sleep(1.5)   # whatever the engine's worker does once it notices, the answer stays
+    d = env.sfn.describe_execution(executionArn=arn)
+    assert (d["status"], d.get("error")) == ("ABORTED", "FleetInstall.Cancelled")
+
+
 def test_get_execution_history_pages_as_aws_does(env):
     states = {f"S{n}": {"Type": "Pass", "Result": {"n": n}, "Next": f"S{n + 1}"} for n in range(60)}
     states["S60"] = {"Type": "Succeed"}

@@ -61,9 +61,10 @@ def existing(stack, count: int, team: str, image_id: str | None = None, profile:
 
 
 def test_a_shell_script_runs_across_a_mixed_fleet_of_300_with_a_canary_and_a_failure_budget(stack):
-    """240 Linux and 56 Windows instances, one document per family; 4 Linux instances exit 3 (within the 5 %
-    budget) and 4 have no instance profile (unreachable). Every instance ends with a result; none is written to
-    the install ledger."""
+    """240 Linux and 56 Windows instances, one document per family; 4 Linux instances exit 3 and 4 have no
+    instance profile (unreachable). The budget is per wave and the canary's 10 are a shuffle of the targets, so
+    it is set to hold even when all 4 failures land in the canary (0.4); the run over budget is the next test.
+    Every instance ends with a result; none is written to the install ledger."""
     team = "run300"
     linux = existing(stack, 240, team, **{"fleet-sim:run-output": "disk ok\\nload 0.1"})
     windows = existing(stack, 56, team, image_id=windows_image(stack))
@@ -75,7 +76,7 @@ def test_a_shell_script_runs_across_a_mixed_fleet_of_300_with_a_canary_and_a_fai
     name = "e2e-run-300"
     r = cli(stack, "run", "--document", "linux=AWS-RunShellScript", "--document", "windows=AWS-RunPowerShellScript",
             "--parameter", "commands=df -h", "--parameter", "commands=uptime", "--tag", f"team={team}",
-            "--canary", "10", "--wave-percent", "50", "--max-failure-ratio", "0.05", "--name", name, "--wait")
+            "--canary", "10", "--wave-percent", "50", "--max-failure-ratio", "0.45", "--name", name, "--wait")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["withinBudget"] is True and report["status"] == "SUCCEEDED", report

@@ -15,7 +15,7 @@
 - Step Functions StopExecution: AWS ends the execution at once as ABORTED. The engine only flags its frames; a
   state waiting on a ``.sync`` child then falls out of its wait with no result, fails with States.Runtime, and
   the execution ends FAILED a moment later. Here a stopped execution is ABORTED from the call on, whatever its
-  worker does afterwards.
+  worker does afterwards, with the request's error and cause (moto's handler dropped them).
 - SSM documents (GetDocument, DescribeDocument, ...): AWS takes DocumentVersion ``$DEFAULT`` (the default
   version) as well as ``$LATEST`` and a number; moto looks ``$DEFAULT`` up as a version number and answers
   InvalidDocument.
@@ -189,7 +189,7 @@ def _patch_stop_execution() -> None:
         aborted = getattr(self.execution, "_fleet_aborted", None)
         if aborted is None:
             return original_reflect(self)
-        error, cause = self.execution.error, self.execution.cause
+        error, cause = getattr(self.execution, "_fleet_stop_reason", (self.execution.error, self.execution.cause))
         original_reflect(self)
         self.execution.exec_status = ExecutionStatus.ABORTED
         self.execution.stop_date = aborted
@@ -199,6 +199,20 @@ def _patch_stop_execution() -> None:
     stop._fleet_abort = True
     ex.Execution.stop = stop
     ex.BaseExecutionWorkerCommunication._reflect_execution_status = reflect
+
+    # moto's StopExecution handler drops the request's error and cause; AWS records them on the execution.
+    from moto.core.responses import ActionResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def stop_execution(self):
+        execution = self.stepfunction_backend.stop_execution(self._get_param("executionArn"))
+        reason = (self._get_param("error") or None, self._get_param("cause") or None)
+        if getattr(execution, "_fleet_aborted", None) is not None:
+            execution._fleet_stop_reason = reason
+            execution.error, execution.cause = reason
+        return ActionResult({"stopDate": execution.stop_date})
+
+    StepFunctionResponse.stop_execution = stop_execution
 
 
 def install() -> None:

@@ -216,45 +216,16 @@ pub async fn run(ctx: &Context, args: &CancelArgs) -> Result<CancelReport> {
     Ok(report)
 }
 
-/// Each instance's Status and StatusDetails in a command (ListCommandInvocations, paged).
+/// Each instance's Status and StatusDetails in a command (fleet-core's paged ListCommandInvocations;
+/// a command SSM no longer knows has none).
 async fn invocation_statuses(
     ssm: &aws_sdk_ssm::Client,
     command_id: &str,
 ) -> Result<BTreeMap<String, (String, String)>> {
-    let mut out = BTreeMap::new();
-    let mut token = None;
-    loop {
-        let resp = match ssm
-            .list_command_invocations()
-            .command_id(command_id)
-            .set_next_token(token.take())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError as E;
-                if matches!(e.as_service_error(), Some(E::InvalidCommandId(_))) {
-                    return Ok(out);
-                }
-                return Err(anyhow!(crate::aws::message(&e)))
-                    .with_context(|| format!("cannot list the invocations of command {command_id}"));
-            }
-        };
-        for ci in resp.command_invocations() {
-            if let Some(i) = ci.instance_id() {
-                out.insert(
-                    i.to_string(),
-                    (
-                        ci.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
-                        ci.status_details().unwrap_or_default().to_string(),
-                    ),
-                );
-            }
-        }
-        token = resp.next_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
+    Ok(fleet_core::adapters::list_invocations(ssm, command_id)
+        .await
+        .map_err(|e| anyhow!("cannot list the invocations of command {command_id}: {e}"))?
+        .into_iter()
+        .map(|i| (i.instance_id, (i.status, i.status_details)))
+        .collect())
 }

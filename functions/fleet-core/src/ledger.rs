@@ -56,7 +56,11 @@ pub fn sweep_chunk_key(sweep_id: &str, chunk: usize) -> String {
 /// True for the workflow's own items (batch locks, rollout chunks, sweep chunks and lock), which
 /// are not instances.
 pub fn is_non_instance_key(key: &str) -> bool {
-    key.starts_with(BATCH_PREFIX) || key.starts_with(ROLLOUT_PREFIX) || key.starts_with(SWEEP_PREFIX)
+    key.starts_with(BATCH_PREFIX)
+        || key.starts_with(ROLLOUT_PREFIX)
+        || key.starts_with(SWEEP_PREFIX)
+        || key.starts_with(crate::completion::WAIT_PREFIX)
+        || key.starts_with(crate::completion::COMMAND_PREFIX)
 }
 
 /// The `expiresAt` value of a non-instance item written at `now`.
@@ -902,6 +906,8 @@ mod tests {
         assert_eq!(rollout_targets_key("r1", 2, 3), "rollout#r1#w2#c3");
         assert!(is_non_instance_key("batch#k1") && is_non_instance_key("rollout#r1#w0#c0"));
         assert!(!is_non_instance_key("i-0123456789abcdef0"));
+        assert!(is_non_instance_key(&crate::completion::wait_key("token")));
+        assert!(is_non_instance_key(&crate::completion::command_key("c-1")));
         assert_eq!(TTL_ATTRIBUTE, "expiresAt");
         // longer than the 14-day redrive window and the 30-day SSM command history
         const { assert!(NON_INSTANCE_TTL_SECONDS > 30 * 24 * 3600) };

@@ -5,6 +5,7 @@
 pub mod adapters;
 pub mod agent;
 pub mod classify;
+pub mod completion;
 pub mod compliance;
 pub mod config;
 pub mod error;

@@ -1,0 +1,613 @@
+//! await-commands' two entries (see fleet_core::completion for the design):
+//!
+//! - **register** (the workflow's "Wait For Commands", `.waitForTaskToken`): records the task token
+//!   under a wait item with the commands still outstanding, and a pointer per command. A command
+//!   may have ended before its pointer existed (its event found nothing): each command's status is
+//!   read once after the pointers are written, and the wait resumes at once if all have ended.
+//! - **event** (EventBridge, SSM's "EC2 Command Status-change Notification", terminal statuses):
+//!   follows the command's pointer, reads its invocations (every one must be final), removes the
+//!   command from its wait, and the removal that empties the wait resumes the execution.
+//!
+//! Duplicate and late events are harmless: a command already removed is not removed twice, and a
+//! token the execution no longer waits on (TaskTimedOut, InvalidToken, TaskDoesNotExist) is logged
+//! and dropped. An event for a command no wait holds (another tool's, or one whose wait ended) is
+//! logged and dropped.
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use fleet_core::completion::{self, CommandEvent, OUTSTANDING, RESUMED_AT, RESUMED_BY, TASK_TOKEN, WAIT_KEY};
+use fleet_core::ledger::{self, get_s, n, s, Item};
+use fleet_core::record::attr;
+use fleet_core::FleetError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub struct Clients {
+    pub ssm: aws_sdk_ssm::Client,
+    pub db: aws_sdk_dynamodb::Client,
+    pub sfn: aws_sdk_sfn::Client,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table: String,
+}
+
+impl Config {
+    pub fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, FleetError> {
+        Ok(Config {
+            table: fleet_core::config::required(get, "LEDGER_TABLE")?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Register {
+    task_token: String,
+    execution_id: String,
+    /// The workflow's in-flight commands (SentCommand): only their ids are read.
+    #[serde(default)]
+    commands: Vec<CommandRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandRef {
+    command_id: String,
+}
+
+pub async fn handle(clients: &Clients, config: &Config, payload: Value) -> Result<Value, FleetError> {
+    if completion::is_event(&payload) {
+        return on_event(clients, config, payload).await;
+    }
+    let req: Register = serde_json::from_value(payload).map_err(|e| {
+        FleetError::invalid_input(format!(
+            "await-commands expects an SSM event or {{taskToken, executionId, commands}}: {e}"
+        ))
+    })?;
+    if req.task_token.is_empty() {
+        return Err(FleetError::invalid_input("taskToken is empty"));
+    }
+    register(clients, config, req).await
+}
+
+/// What one removal of a command from its wait did.
+#[derive(Debug, PartialEq)]
+enum Removal {
+    /// The command was the wait's last: its token, to resume the execution.
+    Closed(String),
+    /// Other commands of the wait are still running.
+    Open(usize),
+    /// Not in the wait (any more): a duplicate event, or the registration saw it first.
+    NotThere,
+}
+
+async fn register(clients: &Clients, config: &Config, req: Register) -> Result<Value, FleetError> {
+    let mut ids: Vec<String> = Vec::new();
+    for c in req.commands {
+        if !c.command_id.is_empty() && !ids.contains(&c.command_id) {
+            ids.push(c.command_id);
+        }
+    }
+    let key = completion::wait_key(&req.task_token);
+    if ids.is_empty() {
+        // Nothing in flight (every instance of the send was refused): nothing to wait for.
+        resume(clients, config, &key, &req.task_token, "registration", None).await?;
+        return Ok(json!({"waitKey": key, "commands": 0, "resumed": true}));
+    }
+    let now = ledger::now_rfc3339();
+    let mut wait: Item = Item::new();
+    wait.insert(attr::INSTANCE_ID.into(), s(&key));
+    wait.insert(attr::KIND.into(), s("wait"));
+    wait.insert(attr::EXECUTION_ARN.into(), s(&req.execution_id));
+    wait.insert(TASK_TOKEN.into(), s(&req.task_token));
+    wait.insert(OUTSTANDING.into(), AttributeValue::Ss(ids.clone()));
+    wait.insert("commandCount".into(), n(ids.len()));
+    wait.insert(attr::CREATED_AT.into(), s(&now));
+    let (ttl_name, ttl) = ledger::ttl_field();
+    wait.insert(ttl_name.into(), ttl.clone());
+    clients
+        .db
+        .put_item()
+        .table_name(&config.table)
+        .set_item(Some(wait))
+        .send()
+        .await
+        .map_err(|e| FleetError::from_sdk("dynamodb", "PutItem", &e))?;
+    let pointers: Vec<Item> = ids
+        .iter()
+        .map(|id| {
+            Item::from([
+                (attr::INSTANCE_ID.to_string(), s(completion::command_key(id))),
+                (attr::KIND.to_string(), s("commandWait")),
+                (WAIT_KEY.to_string(), s(&key)),
+                (attr::EXECUTION_ARN.to_string(), s(&req.execution_id)),
+                (attr::CREATED_AT.to_string(), s(&now)),
+                (ttl_name.to_string(), ttl.clone()),
+            ])
+        })
+        .collect();
+    ledger::put_items(&clients.db, &config.table, pointers).await?;
+    // Commands that ended before their pointer existed: their events found no wait.
+    let mut ended = 0;
+    let mut token = None;
+    for id in &ids {
+        if !command_ended(&clients.ssm, id).await? {
+            continue;
+        }
+        ended += 1;
+        if let Removal::Closed(t) = remove(&clients.db, &config.table, &key, id).await? {
+            token = Some(t);
+        }
+    }
+    tracing::info!(wait = key, commands = ids.len(), ended, "waiting for the commands' completion events");
+    if let Some(t) = token {
+        resume(clients, config, &key, &t, "registration", None).await?;
+    }
+    Ok(json!({"waitKey": key, "commands": ids.len(), "ended": ended}))
+}
+
+async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<Value, FleetError> {
+    let event = match completion::parse_event(&payload) {
+        Ok(e) => e,
+        Err(e) => {
+            // No retry makes a malformed event readable: log it and drop it.
+            tracing::warn!(error = %e, "dropped an event that is not an SSM command status change");
+            return Ok(json!({"dropped": "malformed", "reason": e.to_string()}));
+        }
+    };
+    if !event.ends_command() {
+        tracing::debug!(command = event.command_id, status = event.status, "not a command's final status");
+        return Ok(json!({"dropped": "not final", "commandId": event.command_id}));
+    }
+    let pointer = get_item(&clients.db, &config.table, &completion::command_key(&event.command_id)).await?;
+    let Some(wait_key) = pointer.as_ref().and_then(|p| get_s(p, WAIT_KEY)).map(str::to_string) else {
+        tracing::info!(
+            command = event.command_id,
+            document = event.document_name,
+            status = event.status,
+            "dropped: no wait holds this command (not sent by fleet-install's install workflow)"
+        );
+        return Ok(json!({"dropped": "unknown command", "commandId": event.command_id}));
+    };
+    confirm_final(&clients.ssm, &event).await?;
+    match remove(&clients.db, &config.table, &wait_key, &event.command_id).await? {
+        Removal::Closed(token) => {
+            resume(clients, config, &wait_key, &token, "event", Some(&event.command_id)).await?;
+            Ok(json!({"resumed": wait_key, "commandId": event.command_id}))
+        }
+        Removal::Open(left) => {
+            tracing::info!(wait = wait_key, command = event.command_id, left, "command ended; others still running");
+            Ok(json!({"commandId": event.command_id, "outstanding": left}))
+        }
+        Removal::NotThere => {
+            // A duplicate, or the registration saw the command end first. If the wait was emptied
+            // but never resumed (that call failed), resume it now.
+            let wait = get_item(&clients.db, &config.table, &wait_key).await?;
+            let unresumed = wait.as_ref().filter(|w| !w.contains_key(RESUMED_AT) && outstanding(w) == 0);
+            if let Some(token) = unresumed.and_then(|w| get_s(w, TASK_TOKEN)).map(str::to_string) {
+                resume(clients, config, &wait_key, &token, "event", Some(&event.command_id)).await?;
+                return Ok(json!({"resumed": wait_key, "commandId": event.command_id}));
+            }
+            tracing::info!(wait = wait_key, command = event.command_id, "dropped: a duplicate or late event");
+            Ok(json!({"dropped": "duplicate", "commandId": event.command_id}))
+        }
+    }
+}
+
+/// The event says the command ended: its invocations must say so too before the workflow reads
+/// them. If SSM does not list them all final yet, fail: Lambda retries the event later.
+async fn confirm_final(ssm: &aws_sdk_ssm::Client, event: &CommandEvent) -> Result<(), FleetError> {
+    let invocations = fleet_core::adapters::list_invocations(ssm, &event.command_id).await?;
+    if completion::all_final(invocations.iter().map(|i| i.status.as_str())) {
+        return Ok(());
+    }
+    Err(FleetError::Transient {
+        service: "ssm:ListCommandInvocations".into(),
+        message: format!(
+            "command {} reported {} but {} of its {} invocations are not final yet",
+            event.command_id,
+            event.status,
+            invocations
+                .iter()
+                .filter(|i| completion::ACTIVE_INVOCATION_STATUSES.contains(&i.status.as_str()))
+                .count(),
+            invocations.len()
+        ),
+    })
+}
+
+/// The command's own status (ListCommands), final or not. A command SSM does not know is not.
+async fn command_ended(ssm: &aws_sdk_ssm::Client, command_id: &str) -> Result<bool, FleetError> {
+    let resp = ssm.list_commands().command_id(command_id).send().await;
+    match resp {
+        Ok(r) => Ok(r
+            .commands()
+            .first()
+            .and_then(|c| c.status())
+            .is_some_and(|s| completion::is_terminal(s.as_str()))),
+        Err(e) => {
+            use aws_sdk_ssm::operation::list_commands::ListCommandsError as E;
+            if matches!(e.as_service_error(), Some(E::InvalidCommandId(_))) {
+                return Ok(false);
+            }
+            Err(FleetError::from_sdk("ssm", "ListCommands", &e))
+        }
+    }
+}
+
+fn outstanding(item: &Item) -> usize {
+    match item.get(OUTSTANDING) {
+        Some(AttributeValue::Ss(v)) => v.len(),
+        _ => 0,
+    }
+}
+
+async fn get_item(db: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> Result<Option<Item>, FleetError> {
+    let resp = db
+        .get_item()
+        .table_name(table)
+        .key(attr::INSTANCE_ID, s(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| FleetError::from_sdk("dynamodb", "GetItem", &e))?;
+    Ok(resp.item().cloned())
+}
+
+/// Remove one command from its wait, only if it is still there (so that exactly one caller sees
+/// the wait close).
+async fn remove(
+    db: &aws_sdk_dynamodb::Client,
+    table: &str,
+    wait_key: &str,
+    command_id: &str,
+) -> Result<Removal, FleetError> {
+    let resp = db
+        .update_item()
+        .table_name(table)
+        .key(attr::INSTANCE_ID, s(wait_key))
+        .update_expression("DELETE #o :c")
+        .condition_expression("contains(#o, :id)")
+        .expression_attribute_names("#o", OUTSTANDING)
+        .expression_attribute_values(":c", AttributeValue::Ss(vec![command_id.to_string()]))
+        .expression_attribute_values(":id", s(command_id))
+        .return_values(ReturnValue::AllNew)
+        .send()
+        .await;
+    match resp {
+        Ok(r) => {
+            let item = r.attributes().cloned().unwrap_or_default();
+            let left = outstanding(&item);
+            if left > 0 {
+                return Ok(Removal::Open(left));
+            }
+            let token = get_s(&item, TASK_TOKEN).unwrap_or_default().to_string();
+            if token.is_empty() {
+                return Err(FleetError::invalid_input(format!("wait {wait_key} holds no task token")));
+            }
+            Ok(Removal::Closed(token))
+        }
+        Err(e) => {
+            use aws_sdk_dynamodb::operation::update_item::UpdateItemError as E;
+            if matches!(e.as_service_error(), Some(E::ConditionalCheckFailedException(_))) {
+                return Ok(Removal::NotThere);
+            }
+            Err(FleetError::from_sdk("dynamodb", "UpdateItem", &e))
+        }
+    }
+}
+
+/// SendTaskSuccess. A token the execution no longer waits on (it timed out into the fallback check,
+/// was stopped, or was resumed already) is logged and dropped.
+async fn resume(
+    clients: &Clients,
+    config: &Config,
+    wait_key: &str,
+    token: &str,
+    by: &str,
+    command_id: Option<&str>,
+) -> Result<(), FleetError> {
+    let output = json!({"resumedBy": by, "commandId": command_id}).to_string();
+    let sent = clients.sfn.send_task_success().task_token(token).output(output).send().await;
+    let outcome = match sent {
+        Ok(_) => {
+            tracing::info!(wait = wait_key, by, command = command_id, "resumed the execution");
+            by.to_string()
+        }
+        Err(e) => {
+            use aws_sdk_sfn::operation::send_task_success::SendTaskSuccessError as E;
+            let closed = match e.as_service_error() {
+                Some(E::TaskTimedOut(_)) => Some("TaskTimedOut"),
+                Some(E::InvalidToken(_)) => Some("InvalidToken"),
+                Some(E::TaskDoesNotExist(_)) => Some("TaskDoesNotExist"),
+                _ => None,
+            };
+            let Some(why) = closed else {
+                return Err(FleetError::from_sdk("states", "SendTaskSuccess", &e));
+            };
+            tracing::warn!(
+                wait = wait_key,
+                by,
+                command = command_id,
+                error = why,
+                "dropped: the execution no longer waits on this token (its fallback check ran, or it ended)"
+            );
+            format!("closed:{why}")
+        }
+    };
+    // Best effort: a later duplicate then knows the wait is done.
+    let marked = clients
+        .db
+        .update_item()
+        .table_name(&config.table)
+        .key(attr::INSTANCE_ID, s(wait_key))
+        .update_expression("SET #r = :now, #b = :by")
+        .condition_expression("attribute_exists(#k)")
+        .expression_attribute_names("#r", RESUMED_AT)
+        .expression_attribute_names("#b", RESUMED_BY)
+        .expression_attribute_names("#k", attr::INSTANCE_ID)
+        .expression_attribute_values(":now", s(ledger::now_rfc3339()))
+        .expression_attribute_values(":by", s(outcome))
+        .send()
+        .await;
+    if let Err(e) = marked {
+        tracing::debug!(wait = wait_key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "could not mark the wait resumed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+    use aws_sdk_dynamodb::operation::put_item::PutItemOutput;
+    use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+    use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
+    use aws_sdk_sfn::operation::send_task_success::{SendTaskSuccessError, SendTaskSuccessOutput};
+    use aws_sdk_sfn::types::error::{InvalidToken, TaskTimedOut};
+    use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsOutput;
+    use aws_sdk_ssm::operation::list_commands::ListCommandsOutput;
+    use aws_sdk_ssm::types::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
+    use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+
+    const TOKEN: &str = "token-abc";
+
+    fn config() -> Config {
+        Config { table: "ledger".into() }
+    }
+
+    fn clients(ssm: &[&Rule], db: &[&Rule], sfn: &[&Rule]) -> Clients {
+        Clients {
+            ssm: mock_client!(aws_sdk_ssm, RuleMode::MatchAny, ssm),
+            db: mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, db),
+            sfn: mock_client!(aws_sdk_sfn, RuleMode::MatchAny, sfn),
+        }
+    }
+
+    fn event(command: &str, status: &str) -> Value {
+        json!({"version": "0", "id": "e", "detail-type": completion::COMMAND_STATUS_CHANGE, "source": "aws.ssm",
+               "account": "123456789012", "time": "2026-12-02T10:00:00Z", "region": "us-east-1", "resources": [],
+               "detail": {"command-id": command, "document-name": "Install-Linux", "status": status}})
+    }
+
+    fn pointer(wait: &str) -> Item {
+        Item::from([(WAIT_KEY.to_string(), s(wait))])
+    }
+
+    fn wait_after(left: &[&str]) -> Item {
+        let mut i = Item::from([(TASK_TOKEN.to_string(), s(TOKEN))]);
+        if !left.is_empty() {
+            i.insert(OUTSTANDING.into(), AttributeValue::Ss(left.iter().map(|x| x.to_string()).collect()));
+        }
+        i
+    }
+
+    fn final_invocations() -> Rule {
+        mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(
+                    CommandInvocation::builder()
+                        .instance_id("i-0123456789abcdef0")
+                        .status(CommandInvocationStatus::Success)
+                        .build(),
+                )
+                .build()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_last_command_of_a_wait_resumes_the_execution_once() {
+        let get = mock!(aws_sdk_dynamodb::Client::get_item)
+            .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+        let invocations = final_invocations();
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() == Some("DELETE #o :c"))
+            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+        let mark = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() != Some("DELETE #o :c"))
+            .then_output(|| UpdateItemOutput::builder().build());
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .match_requests(|r| r.task_token() == Some(TOKEN) && r.output().unwrap().contains("\"event\""))
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&invocations], &[&get, &remove, &mark], &[&success]);
+        let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
+        assert_eq!(out["resumed"], "wait#w");
+        assert_eq!(success.num_calls(), 1);
+        assert_eq!(mark.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_is_not_the_last_does_not_resume() {
+        let get = mock!(aws_sdk_dynamodb::Client::get_item)
+            .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+        let invocations = final_invocations();
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item)
+            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&["c-2"]))).build());
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&invocations], &[&get, &remove], &[&success]);
+        let out = handle(&c, &config(), event("c-1", "Failed")).await.unwrap();
+        assert_eq!(out["outstanding"], 1);
+        assert_eq!(success.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_commands_and_non_final_or_malformed_events_change_nothing() {
+        let get = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| GetItemOutput::builder().build());
+        let update = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| UpdateItemOutput::builder().build());
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[], &[&get, &update], &[&success]);
+        let out = handle(&c, &config(), event("nobody-sent-this", "Success")).await.unwrap();
+        assert_eq!(out["dropped"], "unknown command");
+        let out = handle(&c, &config(), event("c-1", "InProgress")).await.unwrap();
+        assert_eq!(out["dropped"], "not final");
+        let mut bad = event("c-1", "Success");
+        bad["source"] = json!("aws.ec2");
+        let out = handle(&c, &config(), bad).await.unwrap();
+        assert_eq!(out["dropped"], "malformed");
+        assert_eq!(update.num_calls(), 0);
+        assert_eq!(success.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_event_finds_the_command_gone_and_drops() {
+        let get_pointer = mock!(aws_sdk_dynamodb::Client::get_item)
+            .match_requests(|r| r.key().unwrap()[attr::INSTANCE_ID] == s("command#c-1"))
+            .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+        let mut resumed = wait_after(&[]);
+        resumed.insert(RESUMED_AT.into(), s("2026-12-02T10:00:00Z"));
+        let get_wait = mock!(aws_sdk_dynamodb::Client::get_item)
+            .match_requests(|r| r.key().unwrap()[attr::INSTANCE_ID] == s("wait#w"))
+            .then_output(move || GetItemOutput::builder().set_item(Some(resumed.clone())).build());
+        let invocations = final_invocations();
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item).then_error(|| {
+            UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+        });
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&invocations], &[&get_pointer, &get_wait, &remove], &[&success]);
+        let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
+        assert_eq!(out["dropped"], "duplicate");
+        assert_eq!(success.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_ahead_of_its_invocations_fails_so_that_lambda_retries_it() {
+        let get = mock!(aws_sdk_dynamodb::Client::get_item)
+            .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+        let invocations = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(
+                    CommandInvocation::builder()
+                        .instance_id("i-0123456789abcdef0")
+                        .status(CommandInvocationStatus::InProgress)
+                        .build(),
+                )
+                .build()
+        });
+        let update = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| UpdateItemOutput::builder().build());
+        let c = clients(&[&invocations], &[&get, &update], &[]);
+        let err = handle(&c, &config(), event("c-1", "Success")).await.unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::TRANSIENT);
+        assert!(err.to_string().contains("not final"), "{err}");
+        assert_eq!(update.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_token_is_logged_and_dropped() {
+        for timed_out in [true, false] {
+            let closed = move || {
+                if timed_out {
+                    SendTaskSuccessError::TaskTimedOut(TaskTimedOut::builder().build())
+                } else {
+                    SendTaskSuccessError::InvalidToken(InvalidToken::builder().build())
+                }
+            };
+            let get = mock!(aws_sdk_dynamodb::Client::get_item)
+                .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+            let invocations = final_invocations();
+            let update = mock!(aws_sdk_dynamodb::Client::update_item)
+                .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+            let success = mock!(aws_sdk_sfn::Client::send_task_success).then_error(closed);
+            let c = clients(&[&invocations], &[&get, &update], &[&success]);
+            let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
+            assert_eq!(out["resumed"], "wait#w");
+            assert_eq!(success.num_calls(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn registration_records_the_wait_and_resumes_when_the_commands_ended_first() {
+        let put = mock!(aws_sdk_dynamodb::Client::put_item)
+            .match_requests(|r| {
+                let item = r.item().unwrap();
+                item[OUTSTANDING] == AttributeValue::Ss(vec!["c-1".into(), "c-2".into()])
+                    && item[TASK_TOKEN] == s(TOKEN)
+                    && !item.contains_key(attr::STATE)
+            })
+            .then_output(|| PutItemOutput::builder().build());
+        let pointers = mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .match_requests(|r| r.request_items().unwrap()["ledger"].len() == 2)
+            .then_output(|| aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput::builder().build());
+        let status = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| {
+            ListCommandsOutput::builder()
+                .commands(Command::builder().status(CommandStatus::Success).build())
+                .build()
+        });
+        let first = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.expression_attribute_values().unwrap().get(":id") == Some(&s("c-1")))
+            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&["c-2"]))).build());
+        let last = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.expression_attribute_values().unwrap().get(":id") == Some(&s("c-2")))
+            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+        let mark = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression().unwrap().starts_with("SET"))
+            .then_output(|| UpdateItemOutput::builder().build());
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .match_requests(|r| r.output().unwrap().contains("registration"))
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&status], &[&put, &pointers, &first, &last, &mark], &[&success]);
+        let out = handle(
+            &c,
+            &config(),
+            json!({"taskToken": TOKEN, "executionId": "arn:exec", "commands": [
+                {"commandId": "c-1", "batchKey": "k1"}, {"commandId": "c-2"}, {"commandId": "c-1"}]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["commands"], 2);
+        assert_eq!(out["ended"], 2);
+        assert_eq!(put.num_calls(), 1);
+        assert_eq!(success.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn registration_of_running_commands_only_waits() {
+        let put = mock!(aws_sdk_dynamodb::Client::put_item).then_output(|| PutItemOutput::builder().build());
+        let pointers = mock!(aws_sdk_dynamodb::Client::batch_write_item)
+            .then_output(|| aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput::builder().build());
+        let status = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| {
+            ListCommandsOutput::builder()
+                .commands(Command::builder().status(CommandStatus::InProgress).build())
+                .build()
+        });
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&status], &[&put, &pointers], &[&success]);
+        let out = handle(
+            &c,
+            &config(),
+            json!({"taskToken": TOKEN, "executionId": "arn:exec", "commands": [{"commandId": "c-1"}]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["ended"], 0);
+        assert_eq!(success.num_calls(), 0);
+        let err = handle(&c, &config(), json!({"taskToken": "", "executionId": "x"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), fleet_core::error::INVALID_INPUT);
+    }
+}

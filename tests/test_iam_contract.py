@@ -206,6 +206,9 @@ def resources_for(action: str, spec: dict) -> list[str]:
         return docs + ["arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"]
     if action == "states:StartExecution":
         return [st.physical["InstallStateMachine"]["Arn"]]
+    if action == "states:SendTaskSuccess":
+        # await-commands resumes install executions only (the token's state machine is the resource)
+        return [st.physical["InstallStateMachine"]["Arn"]]
     if action == "states:DescribeExecution":
         # the sweep reads only its own executions (the lock's holder)
         name = st.physical["SweepStateMachine"]["Arn"].split(":")[-1]

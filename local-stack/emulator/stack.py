@@ -42,6 +42,11 @@ FAST_PARAMETERS = {
     "RegistrationPollSeconds": "2",      # template 60
     "PollIntervalSeconds": "2",          # template 30
     "RetryBackoffSeconds": "1",          # template 120
+    # The wait for completion events (delivery + execution timeout + grace) before the fallback status check:
+    # 95 s here, 1,560 s with the template's defaults. The simulated installs do not depend on these timeouts.
+    "CommandDeliveryTimeoutSeconds": "30",   # template 600 (SSM's minimum is 30)
+    "CommandExecutionTimeoutSeconds": "60",  # template 900
+    "CompletionEventGraceSeconds": "5",      # template 60
 }
 
 #: Local-only extras (not in the template): an instance profile for simulated instances.

@@ -258,6 +258,24 @@ def _instance_tags(account: str, region: str, instance_id: str) -> dict[str, str
         return {}
 
 
+def _token_state_machine(account: str, region: str, token: str) -> str | None:
+    """The ARN of the state machine whose execution issued a callback task token (moto keeps the tokens in
+    each execution's callback pool), or None."""
+    try:
+        from moto.stepfunctions.models import stepfunction_backends
+
+        backend = stepfunction_backends[account][region]
+        for sm in list(backend.state_machines):
+            for ex in list(getattr(sm, "executions", []) or []):
+                env = getattr(getattr(ex, "exec_worker", None), "env", None)
+                pool = getattr(getattr(env, "callback_pool_manager", None), "_pool", None) or {}
+                if token in pool:
+                    return sm.arn
+    except Exception:  # noqa: BLE001 - an engine without callbacks: nothing issued the token
+        return None
+    return None
+
+
 def request_context(service: str, op: str, params: dict, account: str, region: str) -> list[tuple[str, str, dict]]:
     """[(iam action, resource ARN or "*", condition context)]: every pair must be allowed."""
     part = "aws"
@@ -300,6 +318,11 @@ def request_context(service: str, op: str, params: dict, account: str, region: s
             return [(f"states:{op}", params["stateMachineArn"], ctx)]
         if params.get("executionArn"):
             return [(f"states:{op}", params["executionArn"], ctx)]
+        if op in ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat") and params.get("taskToken"):
+            # AWS authorises a callback on the state machine whose execution issued the token. A token no
+            # execution issued is not authorised against anything: Step Functions answers InvalidToken.
+            owner = _token_state_machine(account, region, str(params["taskToken"]))
+            return [(f"states:{op}", owner, ctx)] if owner else []
         return [(f"states:{op}", "*", ctx)]
     if service == "sqs":
         # SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch are authorised by the

@@ -43,9 +43,9 @@ FAST_PARAMETERS = {
     "PollIntervalSeconds": "2",          # template 30
     "RetryBackoffSeconds": "1",          # template 120
     # The wait for completion events (delivery + execution timeout + grace) before the fallback status check:
-    # 95 s here, 1,560 s with the template's defaults. The simulated installs do not depend on these timeouts.
+    # 55 s here, 1,560 s with the template's defaults. The simulated installs do not depend on these timeouts.
     "CommandDeliveryTimeoutSeconds": "30",   # template 600 (SSM's minimum is 30)
-    "CommandExecutionTimeoutSeconds": "60",  # template 900
+    "CommandExecutionTimeoutSeconds": "20",  # template 900
     "CompletionEventGraceSeconds": "5",      # template 60
 }
 

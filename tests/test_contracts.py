@@ -367,3 +367,36 @@ def test_deployed_timeouts_let_a_run_command_last_48_hours_and_no_lambda_waits_f
     for name, state in run["States"].items():
         if state["Type"] == "Task":
             assert state["TimeoutSeconds"] <= fn_timeout <= 300, name
+
+
+def test_install_commands_are_awaited_on_completion_events_with_a_fallback_check(template):
+    """Wait For Commands waits on a task token that await-commands resumes on SSM's completion events; the rule
+    sends exactly the final statuses fleet-core's completion module treats as final; the wait's bound is
+    derived from the commands' own timeouts, and its timeout goes to the status check (the fallback)."""
+    asl = load_asl(ROOT / "statemachine" / "install.asl.json")
+    wait = asl["States"]["Wait For Commands"]
+    assert wait["Type"] == "Task"
+    assert wait["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
+    assert wait["Parameters"]["FunctionName"] == "${AwaitCommandsFunctionArn}"
+    assert wait["Parameters"]["Payload"]["taskToken.$"] == "$$.Task.Token"
+    timeout = next(c for c in wait["Catch"] if c["ErrorEquals"] == ["States.Timeout"])
+    assert timeout["Next"] == "Check Command Status" and wait["Next"] == "Check Command Status"
+    assert "States.Timeout" not in {e for r in wait["Retry"] for e in r["ErrorEquals"]}
+    bound = asl["States"]["Load Settings"]["Assign"][wait["TimeoutSecondsPath"].lstrip("$") + ".$"]
+    for name in ("CommandDeliveryTimeoutSeconds", "CommandExecutionTimeoutSeconds", "CompletionEventGraceSeconds"):
+        assert "${" + name + "}" in bound, bound
+    params = template["Parameters"]
+    default_bound = sum(int(params[n]["Default"]) for n in (
+        "CommandDeliveryTimeoutSeconds", "CommandExecutionTimeoutSeconds", "CompletionEventGraceSeconds"))
+    assert default_bound < asl["TimeoutSeconds"], (default_bound, asl["TimeoutSeconds"])
+    # no poll loop: nothing waits on a fixed interval between two status checks
+    assert not any(s["Type"] == "Wait" and s.get("Next") == "Check Command Status" for s in asl["States"].values())
+    rule = template["Resources"]["CommandCompletionRule"]["Properties"]
+    assert rule["EventPattern"]["source"] == ["aws.ssm"]
+    assert rule["EventPattern"]["detail-type"] == ["EC2 Command Status-change Notification"]
+    core = (ROOT / "functions" / "fleet-core" / "src" / "completion.rs").read_text()
+    terminal = re.search(r"TERMINAL_STATUSES: &\[&str\] = &\[([^\]]*)\]", core).group(1)
+    assert rule["EventPattern"]["detail"]["status"] == re.findall(r'"([^"]+)"', terminal)
+    assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": ["AwaitCommandsFunction", "Arn"]}
+    perm = template["Resources"]["CommandCompletionRulePermission"]["Properties"]
+    assert perm["Principal"] == "events.amazonaws.com" and perm["SourceArn"] == {"Fn::GetAtt": ["CommandCompletionRule", "Arn"]}

@@ -13,8 +13,8 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from . import (agent_credentials, api_fixes, cloudwatch_output, counter, dynamodb_ext, ec2_ext, iam_ext, perf,
-                   redrive, sfn, sqs_ext, ssm_agent, ssm_settings)
+    from . import (agent_credentials, api_fixes, cloudwatch_output, counter, dynamodb_ext, ec2_ext, events_lambda,
+                   iam_ext, perf, redrive, sfn, sqs_ext, ssm_agent, ssm_settings)
 
     perf.install()
     sfn.install()
@@ -24,6 +24,7 @@ def install() -> None:
     cloudwatch_output.install()
     api_fixes.install()
     ec2_ext.install()
+    events_lambda.install()   # EventBridge rule targets that are Lambda functions (ssm_events puts SSM's events)
     counter.install()
     dynamodb_ext.install()
     sqs_ext.install()

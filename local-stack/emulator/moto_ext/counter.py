@@ -5,12 +5,14 @@ for calls the Step Functions engine makes itself (its SDK integrations use the a
 "setup:" and "bench:" for the SQS poller's, stack.py's and make bench's own calls;
 "items:<key>" for what batched calls carried (see items_of);
 "lambda.Invoke:<function>" and "lambda.DurationMs:<function>" for Lambda invocations forwarded to cargo lambda watch (and, posted by poller.py,
-for the SQS trigger's invocations). POST {"key": n} adds to a count.
+for the SQS trigger's invocations; and each attempt to invoke an EventBridge rule's Lambda target, see events_lambda).
+POST {"key": n} adds to a count.
 
 The same router serves the local stack's other controls: /_fleet/faults (fault injection, see sfn.py),
 /_fleet/ec2/run-instances (a large simulated fleet at once, see ec2_ext.bulk_launch),
 /_fleet/events/ec2-running (EC2 "running" events for given instances, see api_fixes.post_ec2_running),
-/_fleet/events/drop (lose EC2 "running" events, see ec2_ext.drop_control), /_fleet/agent/remove and GET
+/_fleet/events/drop (lose EC2 "running" events, see ec2_ext.drop_control), /_fleet/events/ssm (SSM Run Command
+events: lose, duplicate or put them, see ssm_events.control), /_fleet/agent/remove and GET
 /_fleet/agent (the simulated security agent removed or stopped, and its state; see ssm_agent.remove_agent),
 /_fleet/health.
 """
@@ -165,6 +167,20 @@ def install() -> None:
                     size = int(environ.get("CONTENT_LENGTH") or 0)
                     data = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
                     body, status = json.dumps(ec2_ext.drop_control(method, data)).encode(), "200 OK"
+                except (ValueError, KeyError, TypeError) as ex:
+                    body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
+            elif path == "/_fleet/events/ssm" and method in ("GET", "POST", "DELETE"):
+                from urllib.parse import parse_qs
+
+                from . import ssm_events
+
+                try:
+                    size = int(environ.get("CONTENT_LENGTH") or 0)
+                    if method == "GET":
+                        data = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                    else:
+                        data = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+                    body, status = json.dumps(ssm_events.control(method, data)).encode(), "200 OK"
                 except (ValueError, KeyError, TypeError) as ex:
                     body, status = json.dumps({"error": str(ex)}).encode(), "400 Bad Request"
             elif (path, method) in (("/_fleet/agent/remove", "POST"), ("/_fleet/agent", "GET")):

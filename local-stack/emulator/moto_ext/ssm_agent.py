@@ -30,6 +30,7 @@ from moto.ssm.responses import SimpleSystemManagerResponse as _Resp
 from . import cloudwatch_output as CW
 from . import install_outcomes as O
 from . import run_outcomes as R
+from . import ssm_events as EV
 from . import sim_tags as T
 
 #: The latest SSM Agent the simulation knows (IsLatestVersion compares with it).
@@ -739,6 +740,7 @@ def send_command_impl(backend, req: dict) -> Command:
         st.commands.append(cmd)
         st.by_id[cmd.command_id] = cmd
     CW.schedule(backend, cmd)
+    EV.schedule(backend, cmd)   # Run Command events on EventBridge (ssm_events)
     return cmd
 
 
@@ -1003,6 +1005,7 @@ def cancel_command(self):
                 continue
             if inv_status(cmd, inv, now)[0] in ACTIVE and inv.cancelled_at is None:
                 inv.cancelled_at = now - cmd.requested
+    EV.poke(self.ssm_backend, cmd)   # the cancelled invocations' events, at once
     return ActionResult({})
 
 

@@ -43,8 +43,9 @@ pub const COMMAND_STATUS_CHANGE: &str = "EC2 Command Status-change Notification"
 /// The detail type of one invocation's status change (one per instance): not used to resume.
 pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change Notification";
 
-/// A command's final statuses (SSM's API and its events use the same words).
-pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
+/// A command's final statuses. SSM's API says `Cancelled`; its EventBridge reference lists `Canceled`
+/// for the events: both are final, whichever word an event carries.
+pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled", "Canceled"];
 
 /// SSM's invocation statuses that are not final.
 pub const ACTIVE_INVOCATION_STATUSES: &[&str] = &["Pending", "InProgress", "Delayed", "Cancelling"];
@@ -182,7 +183,7 @@ mod tests {
 
     #[test]
     fn terminal_command_events_end_a_command_and_others_do_not() {
-        for status in ["Success", "Failed", "TimedOut", "Cancelled"] {
+        for status in ["Success", "Failed", "TimedOut", "Cancelled", "Canceled"] {
             let e = parse_event(&command_event(status)).unwrap();
             assert!(e.ends_command(), "{status}");
             assert_eq!(e.command_id, "11111111-2222-3333-4444-555555555555");

@@ -140,7 +140,12 @@ async fn register(clients: &Clients, config: &Config, req: Register) -> Result<V
             token = Some(t);
         }
     }
-    tracing::info!(wait = key, commands = ids.len(), ended, "waiting for the commands' completion events");
+    tracing::info!(
+        wait = key,
+        commands = ids.len(),
+        ended,
+        "waiting for the commands' completion events"
+    );
     if let Some(t) = token {
         resume(clients, config, &key, &t, "registration", None).await?;
     }
@@ -157,7 +162,11 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
         }
     };
     if !event.ends_command() {
-        tracing::debug!(command = event.command_id, status = event.status, "not a command's final status");
+        tracing::debug!(
+            command = event.command_id,
+            status = event.status,
+            "not a command's final status"
+        );
         return Ok(json!({"dropped": "not final", "commandId": event.command_id}));
     }
     let pointer = get_item(&clients.db, &config.table, &completion::command_key(&event.command_id)).await?;
@@ -177,19 +186,30 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
             Ok(json!({"resumed": wait_key, "commandId": event.command_id}))
         }
         Removal::Open(left) => {
-            tracing::info!(wait = wait_key, command = event.command_id, left, "command ended; others still running");
+            tracing::info!(
+                wait = wait_key,
+                command = event.command_id,
+                left,
+                "command ended; others still running"
+            );
             Ok(json!({"commandId": event.command_id, "outstanding": left}))
         }
         Removal::NotThere => {
             // A duplicate, or the registration saw the command end first. If the wait was emptied
             // but never resumed (that call failed), resume it now.
             let wait = get_item(&clients.db, &config.table, &wait_key).await?;
-            let unresumed = wait.as_ref().filter(|w| !w.contains_key(RESUMED_AT) && outstanding(w) == 0);
+            let unresumed = wait
+                .as_ref()
+                .filter(|w| !w.contains_key(RESUMED_AT) && outstanding(w) == 0);
             if let Some(token) = unresumed.and_then(|w| get_s(w, TASK_TOKEN)).map(str::to_string) {
                 resume(clients, config, &wait_key, &token, "event", Some(&event.command_id)).await?;
                 return Ok(json!({"resumed": wait_key, "commandId": event.command_id}));
             }
-            tracing::info!(wait = wait_key, command = event.command_id, "dropped: a duplicate or late event");
+            tracing::info!(
+                wait = wait_key,
+                command = event.command_id,
+                "dropped: a duplicate or late event"
+            );
             Ok(json!({"dropped": "duplicate", "commandId": event.command_id}))
         }
     }
@@ -284,7 +304,9 @@ async fn remove(
             }
             let token = get_s(&item, TASK_TOKEN).unwrap_or_default().to_string();
             if token.is_empty() {
-                return Err(FleetError::invalid_input(format!("wait {wait_key} holds no task token")));
+                return Err(FleetError::invalid_input(format!(
+                    "wait {wait_key} holds no task token"
+                )));
             }
             Ok(Removal::Closed(token))
         }
@@ -309,7 +331,13 @@ async fn resume(
     command_id: Option<&str>,
 ) -> Result<(), FleetError> {
     let output = json!({"resumedBy": by, "commandId": command_id}).to_string();
-    let sent = clients.sfn.send_task_success().task_token(token).output(output).send().await;
+    let sent = clients
+        .sfn
+        .send_task_success()
+        .task_token(token)
+        .output(output)
+        .send()
+        .await;
     let outcome = match sent {
         Ok(_) => {
             tracing::info!(wait = wait_key, by, command = command_id, "resumed the execution");
@@ -398,7 +426,10 @@ mod tests {
     fn wait_after(left: &[&str]) -> Item {
         let mut i = Item::from([(TASK_TOKEN.to_string(), s(TOKEN))]);
         if !left.is_empty() {
-            i.insert(OUTSTANDING.into(), AttributeValue::Ss(left.iter().map(|x| x.to_string()).collect()));
+            i.insert(
+                OUTSTANDING.into(),
+                AttributeValue::Ss(left.iter().map(|x| x.to_string()).collect()),
+            );
         }
         i
     }
@@ -423,7 +454,11 @@ mod tests {
         let invocations = final_invocations();
         let remove = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.update_expression() == Some("DELETE #o :c"))
-            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .set_attributes(Some(wait_after(&[])))
+                    .build()
+            });
         let mark = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.update_expression() != Some("DELETE #o :c"))
             .then_output(|| UpdateItemOutput::builder().build());
@@ -442,10 +477,13 @@ mod tests {
         let get = mock!(aws_sdk_dynamodb::Client::get_item)
             .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
         let invocations = final_invocations();
-        let remove = mock!(aws_sdk_dynamodb::Client::update_item)
-            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&["c-2"]))).build());
-        let success = mock!(aws_sdk_sfn::Client::send_task_success)
-            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| {
+            UpdateItemOutput::builder()
+                .set_attributes(Some(wait_after(&["c-2"])))
+                .build()
+        });
+        let success =
+            mock!(aws_sdk_sfn::Client::send_task_success).then_output(|| SendTaskSuccessOutput::builder().build());
         let c = clients(&[&invocations], &[&get, &remove], &[&success]);
         let out = handle(&c, &config(), event("c-1", "Failed")).await.unwrap();
         assert_eq!(out["outstanding"], 1);
@@ -456,10 +494,12 @@ mod tests {
     async fn unknown_commands_and_non_final_or_malformed_events_change_nothing() {
         let get = mock!(aws_sdk_dynamodb::Client::get_item).then_output(|| GetItemOutput::builder().build());
         let update = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| UpdateItemOutput::builder().build());
-        let success = mock!(aws_sdk_sfn::Client::send_task_success)
-            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let success =
+            mock!(aws_sdk_sfn::Client::send_task_success).then_output(|| SendTaskSuccessOutput::builder().build());
         let c = clients(&[], &[&get, &update], &[&success]);
-        let out = handle(&c, &config(), event("nobody-sent-this", "Success")).await.unwrap();
+        let out = handle(&c, &config(), event("nobody-sent-this", "Success"))
+            .await
+            .unwrap();
         assert_eq!(out["dropped"], "unknown command");
         let out = handle(&c, &config(), event("c-1", "InProgress")).await.unwrap();
         assert_eq!(out["dropped"], "not final");
@@ -485,8 +525,8 @@ mod tests {
         let remove = mock!(aws_sdk_dynamodb::Client::update_item).then_error(|| {
             UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
         });
-        let success = mock!(aws_sdk_sfn::Client::send_task_success)
-            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let success =
+            mock!(aws_sdk_sfn::Client::send_task_success).then_output(|| SendTaskSuccessOutput::builder().build());
         let c = clients(&[&invocations], &[&get_pointer, &get_wait, &remove], &[&success]);
         let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
         assert_eq!(out["dropped"], "duplicate");
@@ -528,8 +568,11 @@ mod tests {
             let get = mock!(aws_sdk_dynamodb::Client::get_item)
                 .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
             let invocations = final_invocations();
-            let update = mock!(aws_sdk_dynamodb::Client::update_item)
-                .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+            let update = mock!(aws_sdk_dynamodb::Client::update_item).then_output(|| {
+                UpdateItemOutput::builder()
+                    .set_attributes(Some(wait_after(&[])))
+                    .build()
+            });
             let success = mock!(aws_sdk_sfn::Client::send_task_success).then_error(closed);
             let c = clients(&[&invocations], &[&get, &update], &[&success]);
             let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
@@ -558,10 +601,18 @@ mod tests {
         });
         let first = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.expression_attribute_values().unwrap().get(":id") == Some(&s("c-1")))
-            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&["c-2"]))).build());
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .set_attributes(Some(wait_after(&["c-2"])))
+                    .build()
+            });
         let last = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.expression_attribute_values().unwrap().get(":id") == Some(&s("c-2")))
-            .then_output(|| UpdateItemOutput::builder().set_attributes(Some(wait_after(&[]))).build());
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .set_attributes(Some(wait_after(&[])))
+                    .build()
+            });
         let mark = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.update_expression().unwrap().starts_with("SET"))
             .then_output(|| UpdateItemOutput::builder().build());
@@ -593,8 +644,8 @@ mod tests {
                 .commands(Command::builder().status(CommandStatus::InProgress).build())
                 .build()
         });
-        let success = mock!(aws_sdk_sfn::Client::send_task_success)
-            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let success =
+            mock!(aws_sdk_sfn::Client::send_task_success).then_output(|| SendTaskSuccessOutput::builder().build());
         let c = clients(&[&status], &[&put, &pointers], &[&success]);
         let out = handle(
             &c,

@@ -19,5 +19,8 @@ async fn main() -> Result<(), Error> {
         db: aws_sdk_dynamodb::Client::new(&aws),
         sfn: aws_sdk_sfn::Client::new(&aws),
     };
-    run(service_fn(|event: LambdaEvent<Value>| handler::handle(&clients, &config, event.payload))).await
+    run(service_fn(|event: LambdaEvent<Value>| {
+        handler::handle(&clients, &config, event.payload)
+    }))
+    .await
 }

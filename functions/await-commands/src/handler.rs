@@ -106,14 +106,6 @@ async fn register(clients: &Clients, config: &Config, req: Register) -> Result<V
     wait.insert(attr::CREATED_AT.into(), s(&now));
     let (ttl_name, ttl) = ledger::ttl_field();
     wait.insert(ttl_name.into(), ttl.clone());
-    clients
-        .db
-        .put_item()
-        .table_name(&config.table)
-        .set_item(Some(wait))
-        .send()
-        .await
-        .map_err(|e| FleetError::from_sdk("dynamodb", "PutItem", &e))?;
     let pointers: Vec<Item> = ids
         .iter()
         .map(|id| {
@@ -127,7 +119,12 @@ async fn register(clients: &Clients, config: &Config, req: Register) -> Result<V
             ])
         })
         .collect();
-    ledger::put_items(&clients.db, &config.table, pointers).await?;
+    // One BatchWriteItem (25 items a call) for the wait and its pointers. A pointer may land before its
+    // wait: an event that follows it to a wait not written yet finds no command to remove and is dropped,
+    // and the status check below sees that command ended.
+    let mut items = vec![wait];
+    items.extend(pointers);
+    ledger::put_items(&clients.db, &config.table, items).await?;
     // Commands that ended before their pointer existed: their events found no wait.
     let mut ended = 0;
     let mut token = None;
@@ -389,7 +386,6 @@ async fn resume(
 mod tests {
     use super::*;
     use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
-    use aws_sdk_dynamodb::operation::put_item::PutItemOutput;
     use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
     use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
     use aws_sdk_sfn::operation::send_task_success::{SendTaskSuccessError, SendTaskSuccessOutput};
@@ -583,16 +579,18 @@ mod tests {
 
     #[tokio::test]
     async fn registration_records_the_wait_and_resumes_when_the_commands_ended_first() {
-        let put = mock!(aws_sdk_dynamodb::Client::put_item)
-            .match_requests(|r| {
-                let item = r.item().unwrap();
-                item[OUTSTANDING] == AttributeValue::Ss(vec!["c-1".into(), "c-2".into()])
-                    && item[TASK_TOKEN] == s(TOKEN)
-                    && !item.contains_key(attr::STATE)
-            })
-            .then_output(|| PutItemOutput::builder().build());
         let pointers = mock!(aws_sdk_dynamodb::Client::batch_write_item)
-            .match_requests(|r| r.request_items().unwrap()["ledger"].len() == 2)
+            .match_requests(|r| {
+                let items = &r.request_items().unwrap()["ledger"];
+                let wait = items[0].put_request().unwrap().item();
+                items.len() == 3
+                    && wait[OUTSTANDING] == AttributeValue::Ss(vec!["c-1".into(), "c-2".into()])
+                    && wait[TASK_TOKEN] == s(TOKEN)
+                    && !wait.contains_key(attr::STATE)
+                    && items[1..]
+                        .iter()
+                        .all(|p| p.put_request().unwrap().item()[WAIT_KEY] == s(completion::wait_key(TOKEN)))
+            })
             .then_output(|| aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput::builder().build());
         let status = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| {
             ListCommandsOutput::builder()
@@ -619,7 +617,7 @@ mod tests {
         let success = mock!(aws_sdk_sfn::Client::send_task_success)
             .match_requests(|r| r.output().unwrap().contains("registration"))
             .then_output(|| SendTaskSuccessOutput::builder().build());
-        let c = clients(&[&status], &[&put, &pointers, &first, &last, &mark], &[&success]);
+        let c = clients(&[&status], &[&pointers, &first, &last, &mark], &[&success]);
         let out = handle(
             &c,
             &config(),
@@ -630,13 +628,12 @@ mod tests {
         .unwrap();
         assert_eq!(out["commands"], 2);
         assert_eq!(out["ended"], 2);
-        assert_eq!(put.num_calls(), 1);
+        assert_eq!(pointers.num_calls(), 1);
         assert_eq!(success.num_calls(), 1);
     }
 
     #[tokio::test]
     async fn registration_of_running_commands_only_waits() {
-        let put = mock!(aws_sdk_dynamodb::Client::put_item).then_output(|| PutItemOutput::builder().build());
         let pointers = mock!(aws_sdk_dynamodb::Client::batch_write_item)
             .then_output(|| aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput::builder().build());
         let status = mock!(aws_sdk_ssm::Client::list_commands).then_output(|| {
@@ -646,7 +643,7 @@ mod tests {
         });
         let success =
             mock!(aws_sdk_sfn::Client::send_task_success).then_output(|| SendTaskSuccessOutput::builder().build());
-        let c = clients(&[&status], &[&put, &pointers], &[&success]);
+        let c = clients(&[&status], &[&pointers], &[&success]);
         let out = handle(
             &c,
             &config(),

@@ -166,7 +166,7 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
         );
         return Ok(json!({"dropped": "not final", "commandId": event.command_id}));
     }
-    let pointer = get_item(&clients.db, &config.table, &completion::command_key(&event.command_id)).await?;
+    let pointer = ledger::get_item(&clients.db, &config.table, &completion::command_key(&event.command_id)).await?;
     let Some(wait_key) = pointer.as_ref().and_then(|p| get_s(p, WAIT_KEY)).map(str::to_string) else {
         tracing::info!(
             command = event.command_id,
@@ -194,7 +194,7 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
         Removal::NotThere => {
             // A duplicate, or the registration saw the command end first. If the wait was emptied
             // but never resumed (that call failed), resume it now.
-            let wait = get_item(&clients.db, &config.table, &wait_key).await?;
+            let wait = ledger::get_item(&clients.db, &config.table, &wait_key).await?;
             let unresumed = wait
                 .as_ref()
                 .filter(|w| !w.contains_key(RESUMED_AT) && outstanding(w) == 0);
@@ -258,18 +258,6 @@ fn outstanding(item: &Item) -> usize {
         Some(AttributeValue::Ss(v)) => v.len(),
         _ => 0,
     }
-}
-
-async fn get_item(db: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> Result<Option<Item>, FleetError> {
-    let resp = db
-        .get_item()
-        .table_name(table)
-        .key(attr::INSTANCE_ID, s(key))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| FleetError::from_sdk("dynamodb", "GetItem", &e))?;
-    Ok(resp.item().cloned())
 }
 
 /// Remove one command from its wait, only if it is still there (so that exactly one caller sees

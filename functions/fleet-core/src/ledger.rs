@@ -634,14 +634,8 @@ pub struct Chunk {
     pub verify_ids: Vec<String>,
 }
 
-/// Load a rollout's or a sweep's chunk.
-pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk, FleetError> {
-    if !(key.starts_with(ROLLOUT_PREFIX) || key.starts_with(SWEEP_PREFIX)) || key == SWEEP_LOCK_KEY {
-        return Err(FleetError::invalid_input(format!(
-            "targetsKey {:?} is not a rollout or sweep chunk (it starts with {ROLLOUT_PREFIX} or {SWEEP_PREFIX})",
-            crate::text::clip(key, 80)
-        )));
-    }
+/// One ledger item by key, read consistently (the workflow's own items: chunks, waits), or None.
+pub async fn get_item(client: &Client, table: &str, key: &str) -> Result<Option<Item>, FleetError> {
     let resp = client
         .get_item()
         .table_name(table)
@@ -650,8 +644,20 @@ pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk
         .send()
         .await
         .map_err(|e| FleetError::from_sdk("dynamodb", "GetItem", &e))?;
-    let item = resp
-        .item()
+    Ok(resp.item().cloned())
+}
+
+/// Load a rollout's or a sweep's chunk.
+pub async fn load_chunk(client: &Client, table: &str, key: &str) -> Result<Chunk, FleetError> {
+    if !(key.starts_with(ROLLOUT_PREFIX) || key.starts_with(SWEEP_PREFIX)) || key == SWEEP_LOCK_KEY {
+        return Err(FleetError::invalid_input(format!(
+            "targetsKey {:?} is not a rollout or sweep chunk (it starts with {ROLLOUT_PREFIX} or {SWEEP_PREFIX})",
+            crate::text::clip(key, 80)
+        )));
+    }
+    let found = get_item(client, table, key).await?;
+    let item = found
+        .as_ref()
         .ok_or_else(|| FleetError::invalid_input(format!("no rollout targets stored under {key}")))?;
     let list = item
         .get(attr::INSTANCE_IDS)

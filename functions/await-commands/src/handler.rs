@@ -225,10 +225,7 @@ async fn confirm_final(ssm: &aws_sdk_ssm::Client, event: &CommandEvent) -> Resul
             "command {} reported {} but {} of its {} invocations are not final yet",
             event.command_id,
             event.status,
-            invocations
-                .iter()
-                .filter(|i| completion::ACTIVE_INVOCATION_STATUSES.contains(&i.status.as_str()))
-                .count(),
+            invocations.iter().filter(|i| completion::is_running(&i.status)).count(),
             invocations.len()
         ),
     })
@@ -515,6 +512,35 @@ mod tests {
         let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
         assert_eq!(out["dropped"], "duplicate");
         assert_eq!(success.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_event_resumes_a_wait_whose_resume_failed() {
+        // The last command was removed, but SendTaskSuccess failed (no resumedAt): Lambda's retry of the
+        // same event finds the command gone and resumes the wait then.
+        let get_pointer = mock!(aws_sdk_dynamodb::Client::get_item)
+            .match_requests(|r| r.key().unwrap()[attr::INSTANCE_ID] == s("command#c-1"))
+            .then_output(|| GetItemOutput::builder().set_item(Some(pointer("wait#w"))).build());
+        let get_wait = mock!(aws_sdk_dynamodb::Client::get_item)
+            .match_requests(|r| r.key().unwrap()[attr::INSTANCE_ID] == s("wait#w"))
+            .then_output(|| GetItemOutput::builder().set_item(Some(wait_after(&[]))).build());
+        let invocations = final_invocations();
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() == Some("DELETE #o :c"))
+            .then_error(|| {
+                UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+            });
+        let mark = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() != Some("DELETE #o :c"))
+            .then_output(|| UpdateItemOutput::builder().build());
+        let success = mock!(aws_sdk_sfn::Client::send_task_success)
+            .match_requests(|r| r.task_token() == Some(TOKEN))
+            .then_output(|| SendTaskSuccessOutput::builder().build());
+        let c = clients(&[&invocations], &[&get_pointer, &get_wait, &remove, &mark], &[&success]);
+        let out = handle(&c, &config(), event("c-1", "Success")).await.unwrap();
+        assert_eq!(out["resumed"], "wait#w");
+        assert_eq!(success.num_calls(), 1);
+        assert_eq!(mark.num_calls(), 1);
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@
 //! execution with SendTaskSuccess. Tokens never travel in the command's 100-character comment.
 //!
 //! SSM delivers these events on a best-effort basis. The wait's TimeoutSeconds is derived from the
-//! commands' own timeouts ([`fallback_seconds`]); when it passes, the workflow checks the commands'
-//! status itself (Check Command Status), so a lost event costs time, never an instance.
+//! commands' own timeouts (delivery + execution + grace, added up by the workflow's Load Settings);
+//! when it passes, the workflow checks the commands' status itself (Check Command Status), so a lost
+//! event costs time, never an instance.
 //!
 //! This module is the pure part (keys, statuses, the event's shape, the bound); the function holds
 //! the calls.
@@ -47,9 +48,6 @@ pub const INVOCATION_STATUS_CHANGE: &str = "EC2 Command Invocation Status-change
 /// for the events: both are final, whichever word an event carries.
 pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled", "Canceled"];
 
-/// SSM's invocation statuses that are not final.
-pub const ACTIVE_INVOCATION_STATUSES: &[&str] = &["Pending", "InProgress", "Delayed", "Cancelling"];
-
 /// The key of the wait that `task_token` resumes: a hash, so that the token itself appears only
 /// inside the item (and keys stay short: a token is up to 2,048 characters).
 pub fn wait_key(task_token: &str) -> String {
@@ -67,24 +65,23 @@ pub fn is_terminal(status: &str) -> bool {
     TERMINAL_STATUSES.contains(&status)
 }
 
+/// True when an invocation status is still running, by check-status's own reading of SSM's
+/// statuses ([`crate::status::outcome`]: Pending, InProgress, Delayed, Cancelling, and anything
+/// not listed yet or unknown).
+pub fn is_running(status: &str) -> bool {
+    crate::status::outcome(status, "") == crate::status::InvocationOutcome::Running
+}
+
 /// True when every invocation listed is final. An empty list (SSM has not listed them yet) is not.
 pub fn all_final<'a>(statuses: impl IntoIterator<Item = &'a str>) -> bool {
     let mut any = false;
     for s in statuses {
         any = true;
-        if ACTIVE_INVOCATION_STATUSES.contains(&s) || s.is_empty() {
+        if is_running(s) {
             return false;
         }
     }
     any
-}
-
-/// How long the workflow waits for its commands' completion events before it checks their status
-/// itself: the longest an invocation can take (SSM tries to deliver for the delivery timeout, then
-/// the script may run for the execution timeout) plus a grace period for SSM's own bookkeeping and
-/// the event's way through EventBridge. After this, SSM has ended every invocation itself.
-pub fn fallback_seconds(delivery_timeout: u64, execution_timeout: u64, grace: u64) -> u64 {
-    delivery_timeout + execution_timeout + grace
 }
 
 /// An SSM Run Command event, as EventBridge delivers it.
@@ -233,11 +230,5 @@ mod tests {
         assert!(!all_final(["Pending"]));
         assert!(!all_final(["Delayed"]));
         assert!(!all_final(Vec::<&str>::new()));
-    }
-
-    #[test]
-    fn the_fallback_outlasts_delivery_and_execution() {
-        assert_eq!(fallback_seconds(600, 900, 60), 1560);
-        assert!(fallback_seconds(30, 60, 0) >= 90);
     }
 }

@@ -347,8 +347,40 @@ def test_agent_updates_travel_through_the_workflow(asl):
     assert check["Assign"]["pendingCount.$"] == "States.ArrayLength($.pending)"
     assert check["Assign"]["agentUpdated.$"] == "$.agentUpdated"
     # pending instances are looked at again by Filter Managed Instances
-    left = {c["Variable"]: c["Next"] for c in states["Anything Left To Do?"]["Choices"]}
+    left = {c["Variable"]: c["Next"] for c in states["Anything Left To Do?"]["Choices"] if "Variable" in c}
     assert states[left["$pendingCount"]]["Next"] == "Filter Managed Instances"
+
+
+def test_failures_to_resend_go_out_with_the_round_that_looks_at_pending_instances(asl):
+    """Fewer rounds: when failures wait for a resend and instances are pending (registering, or their agent was
+    just updated), one round does both: it waits the retry backoff, looks at the pending instances, and Send
+    Install Commands sends their batches and the failures together, then clears the retry list. Failures alone
+    still go the short way (Wait Before Retry, Resend Failed Instances)."""
+    states = all_states(asl)
+    choices = states["Anything Left To Do?"]["Choices"]
+    both = [c for c in choices if "And" in c]
+    assert len(both) == 1, choices
+    (merged,) = both
+    assert {a["Variable"] for a in merged["And"]} == {"$retryCount", "$pendingCount"}
+    assert all(a["NumericGreaterThan"] == 0 for a in merged["And"])
+    # the merged round is tested before failures alone, and waits the backoff
+    order = [c.get("Variable") or "and" for c in choices]
+    assert order.index("and") < order.index("$retryCount") < order.index("$pendingCount"), order
+    assert merged["Assign"] == {"roundWaitSeconds.$": "$backoffSeconds"}
+    pending_only = next(c for c in choices if c.get("Variable") == "$pendingCount")
+    assert pending_only["Assign"] == {"roundWaitSeconds.$": "$registrationPollSeconds"}
+    assert merged["Next"] == pending_only["Next"] == "Wait For Registration"
+    assert states["Wait For Registration"]["SecondsPath"] == "$roundWaitSeconds"
+    assert "roundWaitSeconds.$" in states["Load Settings"]["Assign"]
+    # the round goes on to the send even when no pending instance resolved, if failures wait
+    newly = states["Anything Newly Resolved?"]["Choices"][0]["Or"]
+    assert {"Variable": "$retryCount", "NumericGreaterThan": 0} in newly
+    send = states["Send Install Commands"]
+    assert send["Parameters"]["retry.$"] == "$retry"
+    assert send["Assign"]["retry"] == [] and send["Assign"]["retryCount"] == 0
+    # send-command reads the field (functions/send-command: Request.retry)
+    src = (ROOT / "functions" / "send-command" / "src" / "handler.rs").read_text()
+    assert "pub retry: Vec<Batch>" in src
 
 
 def test_deployed_timeouts_let_a_run_command_last_48_hours_and_no_lambda_waits_for_it(template):

@@ -209,7 +209,7 @@ def completion_latency(stack: Stack, ledger: dict, ids: list[str]) -> dict:
         item = ledger.get(i) or {}
         if item.get("commandId") and item.get("state") in ("installed", "failed"):
             by_command.setdefault(item["commandId"], []).append(i)
-    delays = []
+    delays, each = [], []
     for command_id, members in by_command.items():
         finished = []
         for page in stack.ssm.get_paginator("list_command_invocations").paginate(CommandId=command_id, Details=True):
@@ -220,12 +220,23 @@ def completion_latency(stack: Stack, ledger: dict, ids: list[str]) -> dict:
             continue
         written = max(epoch(ledger[i]["updatedAt"]) for i in members)
         delays.append(round(written - max(finished), 2))
+        each.append({"commandId": command_id, "instances": len(members), "finished": round(max(finished), 2),
+                     "written": round(written, 2), "delay": delays[-1]})
     delays.sort()
     if not delays:
         return {"commands": 0}
-    return {"commands": len(delays), "median": delays[len(delays) // 2] if len(delays) % 2 else
+    return {"commands": len(delays), "each": sorted(each, key=lambda c: c["finished"]), "median": delays[len(delays) // 2] if len(delays) % 2 else
             round((delays[len(delays) // 2 - 1] + delays[len(delays) // 2]) / 2, 2),
             "p90": delays[min(len(delays) - 1, int(len(delays) * 0.9))], "max": delays[-1], "min": delays[0]}
+
+
+def path(events: list[dict]) -> list[str]:
+    """The states an execution entered, in order, each with the seconds since the execution started."""
+    if not events:
+        return []
+    t0 = events[0]["timestamp"].timestamp()
+    return [f"{e['timestamp'].timestamp() - t0:.1f}s {e['stateEnteredEventDetails']['name']}"
+            for e in events if e["type"].endswith("StateEntered")]
 
 
 def burst(stack: Stack, n: int) -> dict:
@@ -240,7 +251,8 @@ def burst(stack: Stack, n: int) -> dict:
     calls = stack.api_calls()
     last_write = max(epoch(ledger[i]["updatedAt"]) for i in launched)
     executions = executions_since(stack, t0 - 1)
-    figures = [scale.history_figures(stack.sfn, e["executionArn"]) for e in executions]
+    histories = [scale.history(stack.sfn, e["executionArn"]) for e in executions]
+    figures = [scale.history_figures(stack.sfn, e["executionArn"], h) for e, h in zip(executions, histories)]
     api = api_figures(calls)
     transitions = sum(f["transitions"] for f in figures)
     by_state: dict[str, int] = {}
@@ -261,6 +273,9 @@ def burst(stack: Stack, n: int) -> dict:
         "api": api,
         "transitionsPerInstance": round(transitions / n, 4),
         "transitionsByState": dict(sorted(by_state.items(), key=lambda kv: -kv[1])),
+        # each execution's states in the order entered, with the seconds since its start: where the rounds go
+        "paths": [path(h) for h in histories],
+        "pathStarts": [round(h[0]["timestamp"].timestamp(), 2) if h else None for h in histories],
         "cost": cost(transitions, api, n),
         "maxPayloadBytes": max(f["maxPayloadBytes"] for f in figures),
         "maxHistoryEvents": max(f["events"] for f in figures),

@@ -306,6 +306,24 @@ impl Summary {
     pub fn total(&self) -> u64 {
         self.by_state.values().sum()
     }
+
+    /// Add another summary's counts to this one (summaries counted apart, e.g. per batch).
+    pub fn merge(&mut self, other: Summary) {
+        for (k, v) in other.by_state {
+            *self.by_state.entry(k).or_default() += v;
+        }
+        for (platform, states) in other.by_platform {
+            let mine = self.by_platform.entry(platform).or_default();
+            for (k, v) in states {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        for (k, v) in other.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+        self.agent_updated += other.agent_updated;
+        self.drift_unrepaired += other.drift_unrepaired;
+    }
 }
 
 /// True when `id` looks like an EC2 instance id (`i-` and 8 or 17 hex digits).
@@ -345,6 +363,32 @@ mod tests {
         assert_eq!(s.by_platform["unknown"]["unmanaged"], 1);
         assert_eq!(s.by_reason.get("Installed"), None);
         assert_eq!(s.by_reason["NoInstanceProfile"], 1);
+    }
+
+    #[test]
+    fn merged_summaries_count_as_one_summary_counted_in_one_go() {
+        let events = [
+            ("installed", Some("Ubuntu"), ReasonCode::Installed),
+            ("skipped", Some("Ubuntu"), ReasonCode::OptedOut),
+            ("failed", Some("Windows"), ReasonCode::CommandFailed),
+            ("skipped", None, ReasonCode::OptedOut),
+        ];
+        let mut whole = Summary::default();
+        for (state, platform, code) in events {
+            whole.add(state, platform, code);
+        }
+        let (mut a, mut b) = (Summary::default(), Summary::default());
+        for (i, (state, platform, code)) in events.into_iter().enumerate() {
+            if i % 2 == 0 { &mut a } else { &mut b }.add(state, platform, code);
+        }
+        a.agent_updated = 2;
+        b.agent_updated = 1;
+        b.drift_unrepaired = 4;
+        whole.agent_updated = 3;
+        whole.drift_unrepaired = 4;
+        a.merge(b);
+        assert_eq!(a, whole);
+        assert_eq!(a.by_reason["OptedOut"], 2);
     }
 
     #[test]

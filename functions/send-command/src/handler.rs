@@ -12,6 +12,7 @@
 //! instances' tags are read again and those that now carry the opt-out tag key are not sent.
 
 use fleet_core::record::attr;
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Duration, Utc};
@@ -67,6 +68,10 @@ pub struct Request {
     pub execution: Execution,
     #[serde(default)]
     pub batches: Vec<Batch>,
+    /// Failed instances with attempts left (check-status's retry batches), sent with `batches` when a
+    /// round looks at pending instances and re-sends failures together.
+    #[serde(default)]
+    pub retry: Vec<Batch>,
     /// Commands already in flight: returned with the new ones, so the workflow keeps one list.
     #[serde(default)]
     pub in_flight: Vec<SentCommand>,
@@ -81,6 +86,17 @@ pub struct Response {
     pub summary: Summary,
     pub sent: usize,
     pub reused: usize,
+}
+
+/// Batches sent at the same time by one invocation.
+const SEND_CONCURRENCY: usize = 4;
+
+/// What sending one batch counted: instances recorded on the way, commands sent or found sent before.
+#[derive(Debug, Default)]
+struct Tally {
+    summary: Summary,
+    sent: usize,
+    reused: usize,
 }
 
 /// SendCommand's Comment: at most 100 characters.
@@ -137,6 +153,8 @@ pub async fn handle(
     if req.execution.execution_id.is_empty() {
         return Err(FleetError::invalid_input("executionId is empty"));
     }
+    let retry = std::mem::take(&mut req.retry);
+    req.batches.extend(retry);
     // Every id becomes a ledger key when it is claimed: a malformed one stops the call first.
     if let Some(bad) = req
         .batches
@@ -185,13 +203,27 @@ pub async fn handle(
             .map(|f| f.instance_id)
             .collect()
     };
-    for batch in &req.batches {
-        if batch.instances.is_empty() {
-            continue;
+    // A few batches at a time: a round's commands go out together, so the first does not wait for the
+    // last to be sent before its completion can end the wait (SendCommand is throttled well above this).
+    // Each batch counts apart; results are taken in the batches' order.
+    let sends = futures::stream::iter(req.batches.iter().filter(|b| !b.instances.is_empty()).map(|batch| {
+        let opted_out = &opted_out;
+        let exec = &req.execution;
+        async move {
+            let mut tally = Tally::default();
+            let cmd = send_batch(ssm, ec2, db, config, exec, batch, opted_out, &mut tally).await?;
+            Ok::<_, FleetError>((cmd, tally))
         }
-        if let Some(cmd) = send_batch(ssm, ec2, db, config, &req.execution, batch, &opted_out, &mut resp).await? {
-            resp.in_flight.push(cmd);
-        }
+    }))
+    .buffered(SEND_CONCURRENCY)
+    .collect::<Vec<_>>()
+    .await;
+    for result in sends {
+        let (cmd, tally) = result?;
+        resp.summary.merge(tally.summary);
+        resp.sent += tally.sent;
+        resp.reused += tally.reused;
+        resp.in_flight.extend(cmd);
     }
     tracing::info!(
         sent = resp.sent,
@@ -211,7 +243,7 @@ async fn send_batch(
     exec: &Execution,
     planned: &Batch,
     opted_out: &HashSet<String>,
-    resp: &mut Response,
+    resp: &mut Tally,
 ) -> Result<Option<SentCommand>, FleetError> {
     // The key comes from the batch as planned (execution, route, attempt, instances): a retried
     // invocation finds the same lock whatever the document is called now and whoever opted out since.
@@ -728,6 +760,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_sent_a_few_at_a_time_come_back_in_their_order() {
+        let tx = ok_tx();
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id("cmd").build())
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        // more batches than are sent at once, of different sizes
+        let batches: Vec<Value> = (0..(SEND_CONCURRENCY as u32 * 2 + 1))
+            .map(|b| batch(&(b * 100..b * 100 + 1 + b).collect::<Vec<_>>()))
+            .collect();
+        let planned: Vec<Batch> = batches
+            .iter()
+            .map(|b| serde_json::from_value(b.clone()).unwrap())
+            .collect();
+        let r = handle(&ssm, &no_ec2(), &db, &config(), input(batches)).await.unwrap();
+        assert_eq!(r.sent, planned.len());
+        assert_eq!(send.num_calls(), planned.len());
+        let exec = "arn:aws:states:us-east-1:1:execution:install:launch-1";
+        let keys: Vec<String> = r.in_flight.iter().map(|c| c.batch_key.clone()).collect();
+        let want: Vec<String> = planned.iter().map(|b| batch_key(exec, b)).collect();
+        assert_eq!(keys, want);
+        for (c, b) in r.in_flight.iter().zip(&planned) {
+            assert_eq!(c.batch.instance_ids(), b.instance_ids());
+        }
+    }
+
+    #[tokio::test]
     async fn the_batch_lock_expires_and_carries_no_state() {
         fn lock_ok(r: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput) -> bool {
             let u = r.transact_items()[0].update().unwrap();
@@ -936,6 +998,30 @@ mod tests {
         let r = handle(&ssm, &ec2, &db, &config(), input(batches)).await.unwrap();
         assert_eq!(r.sent, 6);
         assert_eq!(describe.num_calls(), 2); // 250 resend ids: 200 + 50; the first send's ids are not read
+    }
+
+    #[tokio::test]
+    async fn failures_to_resend_go_out_after_the_new_batches_and_their_tags_are_read() {
+        let describe = ec2_with_opt_out(&[]);
+        let tx = ok_tx();
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id("cmd").build())
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let mut req = input(vec![batch(&[1, 2])]);
+        req["retry"] = serde_json::json!([resend(&[7, 8, 9], "LinuxDoc")]);
+        let r = handle(&ssm, &ec2, &db, &config(), req).await.unwrap();
+        assert_eq!(r.sent, 2);
+        assert_eq!(r.in_flight.len(), 2);
+        assert_eq!(r.in_flight[0].batch.instance_ids(), vec![id(1), id(2)]);
+        assert_eq!(r.in_flight[1].batch.instance_ids(), vec![id(7), id(8), id(9)]);
+        assert!(r.in_flight[1].batch.attempt > 1);
+        // opt-out is read again for the resend only
+        assert_eq!(describe.num_calls(), 1);
     }
 
     #[tokio::test]

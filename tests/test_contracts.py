@@ -383,6 +383,23 @@ def test_failures_to_resend_go_out_with_the_round_that_looks_at_pending_instance
     assert "pub retry: Vec<Batch>" in src
 
 
+def test_completion_events_can_write_outcomes_because_the_sends_and_the_wait_pass_the_attempts(asl):
+    """A command's completion event writes its instances' outcomes (fleet_core::outcome) only when its pointer
+    keeps the command as sent, the execution's start and the attempts allowed: send-command writes it when
+    given maxAttempts, and Wait For Commands passes the same to await-commands."""
+    states = all_states(asl)
+    for name in ("Send Install Commands", "Resend Failed Instances"):
+        assert states[name]["Parameters"]["maxAttempts.$"] == "$maxAttempts", name
+    payload = states["Wait For Commands"]["Parameters"]["Payload"]
+    assert payload["maxAttempts.$"] == "$maxAttempts"
+    assert payload["executionStartTime.$"] == "$$.Execution.StartTime"
+    assert payload["commands.$"] == "$commands"
+    send = (ROOT / "functions" / "send-command" / "src" / "handler.rs").read_text()
+    wait = (ROOT / "functions" / "await-commands" / "src" / "handler.rs").read_text()
+    assert "pub max_attempts: Option<u32>" in send
+    assert "max_attempts: Option<u32>" in wait and "execution_start_time: String" in wait
+
+
 def test_deployed_timeouts_let_a_run_command_last_48_hours_and_no_lambda_waits_for_it(template):
     """`fleet-install run --execution-timeout` goes up to 48 hours: the run workflow and the rollout around it
     must outlast that plus the delivery timeout and the workflow's own give-up margin, while every Lambda task

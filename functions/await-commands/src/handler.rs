@@ -1,12 +1,16 @@
 //! await-commands' two entries (see fleet_core::completion for the design):
 //!
 //! - **register** (the workflow's "Wait For Commands", `.waitForTaskToken`): records the task token
-//!   under a wait item with the commands still outstanding, and a pointer per command. A command
+//!   under a wait item with the commands still outstanding, and a pointer per command (send-command
+//!   wrote it first, with the command as sent; this adds the wait). A command
 //!   may have ended before its pointer existed (its event found nothing): each command's status is
 //!   read once after the pointers are written, and the wait resumes at once if all have ended.
 //! - **event** (EventBridge, SSM's "EC2 Command Status-change Notification", terminal statuses):
-//!   follows the command's pointer, reads its invocations (every one must be final), removes the
-//!   command from its wait, and the removal that empties the wait resumes the execution.
+//!   follows the command's pointer, reads its invocations (every one must be final), writes the final
+//!   outcomes they hold to the ledger (fleet_core::outcome: the instance's outcome lands when its
+//!   command ends, not when the round's last command does), removes the command from its wait, and
+//!   the removal that empties the wait resumes the execution. Failures with attempts left and agent
+//!   updates are the workflow's check's to act on.
 //!
 //! Duplicate and late events are harmless: a command already removed is not removed twice, and a
 //! token the execution no longer waits on (TaskTimedOut, InvalidToken, TaskDoesNotExist) is logged
@@ -14,10 +18,12 @@
 //! logged and dropped.
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use fleet_core::adapters::Invocation;
 use fleet_core::completion::{self, CommandEvent, OUTSTANDING, RESUMED_AT, RESUMED_BY, TASK_TOKEN, WAIT_KEY};
 use fleet_core::ledger::{self, get_s, n, s, Item};
+use fleet_core::model::{Execution, SentCommand};
 use fleet_core::record::attr;
-use fleet_core::FleetError;
+use fleet_core::{outcome, FleetError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -45,15 +51,17 @@ impl Config {
 struct Register {
     task_token: String,
     execution_id: String,
-    /// The workflow's in-flight commands (SentCommand): only their ids are read.
+    /// `$$.Execution.StartTime`: outcome writes carry it (absent: events do not write outcomes).
     #[serde(default)]
-    commands: Vec<CommandRef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CommandRef {
-    command_id: String,
+    execution_start_time: String,
+    /// The workflow's in-flight commands: each pointer keeps its command, so that its event can
+    /// write its outcomes.
+    #[serde(default)]
+    commands: Vec<Value>,
+    /// The workflow's attempts per instance: a failure before the last one is not final. Without it
+    /// events only resume the wait and the check writes every outcome.
+    #[serde(default)]
+    max_attempts: Option<u32>,
 }
 
 pub async fn handle(clients: &Clients, config: &Config, payload: Value) -> Result<Value, FleetError> {
@@ -83,12 +91,25 @@ enum Removal {
 }
 
 async fn register(clients: &Clients, config: &Config, req: Register) -> Result<Value, FleetError> {
+    // Each command's id, and the command as sent when it is whole (a pointer without it only resumes).
     let mut ids: Vec<String> = Vec::new();
-    for c in req.commands {
-        if !c.command_id.is_empty() && !ids.contains(&c.command_id) {
-            ids.push(c.command_id);
+    let mut sent: Vec<(String, Option<SentCommand>)> = Vec::new();
+    for c in &req.commands {
+        let id = c
+            .get("commandId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !id.is_empty() && !ids.contains(&id) {
+            ids.push(id.clone());
+            sent.push((id, serde_json::from_value(c.clone()).ok()));
         }
     }
+    let execution = Execution {
+        execution_id: req.execution_id.clone(),
+        execution_start_time: req.execution_start_time.clone(),
+    };
+    let max_attempts = req.max_attempts.filter(|_| !execution.execution_start_time.is_empty());
     let key = completion::wait_key(&req.task_token);
     if ids.is_empty() {
         // Nothing in flight (every instance of the send was refused): nothing to wait for.
@@ -99,24 +120,30 @@ async fn register(clients: &Clients, config: &Config, req: Register) -> Result<V
     let mut wait: Item = Item::new();
     wait.insert(attr::INSTANCE_ID.into(), s(&key));
     wait.insert(attr::KIND.into(), s("wait"));
-    wait.insert(attr::EXECUTION_ARN.into(), s(&req.execution_id));
+    wait.insert(attr::EXECUTION_ARN.into(), s(&execution.execution_id));
     wait.insert(TASK_TOKEN.into(), s(&req.task_token));
     wait.insert(OUTSTANDING.into(), AttributeValue::Ss(ids.clone()));
     wait.insert("commandCount".into(), n(ids.len()));
     wait.insert(attr::CREATED_AT.into(), s(&now));
     let (ttl_name, ttl) = ledger::ttl_field();
     wait.insert(ttl_name.into(), ttl.clone());
-    let pointers: Vec<Item> = ids
+    let pointers: Vec<Item> = sent
         .iter()
-        .map(|id| {
-            Item::from([
+        .map(|(id, cmd)| {
+            let mut p = Item::from([
                 (attr::INSTANCE_ID.to_string(), s(completion::command_key(id))),
                 (attr::KIND.to_string(), s("commandWait")),
                 (WAIT_KEY.to_string(), s(&key)),
-                (attr::EXECUTION_ARN.to_string(), s(&req.execution_id)),
+                (attr::EXECUTION_ARN.to_string(), s(&execution.execution_id)),
                 (attr::CREATED_AT.to_string(), s(&now)),
                 (ttl_name.to_string(), ttl.clone()),
-            ])
+            ]);
+            if let (Some(max), Some(cmd)) = (max_attempts, cmd) {
+                for (k, v) in completion::pointer_fields(cmd, &execution, max) {
+                    p.entry(k.to_string()).or_insert(v);
+                }
+            }
+            p
         })
         .collect();
     // One BatchWriteItem (25 items a call) for the wait and its pointers. A pointer may land before its
@@ -128,10 +155,12 @@ async fn register(clients: &Clients, config: &Config, req: Register) -> Result<V
     // Commands that ended before their pointer existed: their events found no wait.
     let mut ended = 0;
     let mut token = None;
-    for id in &ids {
+    for (id, _) in &sent {
         if !command_ended(&clients.ssm, id).await? {
             continue;
         }
+        // Its outcomes: written by its event (send-command wrote the pointer it follows) or, if that
+        // event is lost, by the check that follows this wait.
         ended += 1;
         if let Removal::Closed(t) = remove(&clients.db, &config.table, &key, id).await? {
             token = Some(t);
@@ -167,16 +196,34 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
         return Ok(json!({"dropped": "not final", "commandId": event.command_id}));
     }
     let pointer = ledger::get_item(&clients.db, &config.table, &completion::command_key(&event.command_id)).await?;
-    let Some(wait_key) = pointer.as_ref().and_then(|p| get_s(p, WAIT_KEY)).map(str::to_string) else {
+    let Some(pointer) = pointer else {
         tracing::info!(
             command = event.command_id,
             document = event.document_name,
             status = event.status,
-            "dropped: no wait holds this command (not sent by fleet-install's install workflow)"
+            "dropped: unknown command (not sent by fleet-install's install workflow)"
         );
         return Ok(json!({"dropped": "unknown command", "commandId": event.command_id}));
     };
-    confirm_final(&clients.ssm, &event).await?;
+    let invocations = confirm_final(&clients.ssm, &event).await?;
+    // send-command wrote the pointer with the command as sent: its outcomes are written now, whether
+    // or not the workflow waits on it yet.
+    let recorded = match completion::pointer_command(&pointer) {
+        Some((cmd, exec, max)) => {
+            record(clients, config, &cmd, &exec, max, invocations).await?;
+            true
+        }
+        None => false,
+    };
+    let Some(wait_key) = get_s(&pointer, WAIT_KEY).map(str::to_string) else {
+        // Sent, not waited on yet: the registration reads the command's status and finds it ended.
+        tracing::info!(
+            command = event.command_id,
+            recorded,
+            "command ended before its wait was registered"
+        );
+        return Ok(json!({"dropped": "no wait yet", "recorded": recorded, "commandId": event.command_id}));
+    };
     match remove(&clients.db, &config.table, &wait_key, &event.command_id).await? {
         Removal::Closed(token) => {
             resume(clients, config, &wait_key, &token, "event", Some(&event.command_id)).await?;
@@ -214,10 +261,10 @@ async fn on_event(clients: &Clients, config: &Config, payload: Value) -> Result<
 
 /// The event says the command ended: its invocations must say so too before the workflow reads
 /// them. If SSM does not list them all final yet, fail: Lambda retries the event later.
-async fn confirm_final(ssm: &aws_sdk_ssm::Client, event: &CommandEvent) -> Result<(), FleetError> {
+async fn confirm_final(ssm: &aws_sdk_ssm::Client, event: &CommandEvent) -> Result<Vec<Invocation>, FleetError> {
     let invocations = fleet_core::adapters::list_invocations(ssm, &event.command_id).await?;
     if completion::all_final(invocations.iter().map(|i| i.status.as_str())) {
-        return Ok(());
+        return Ok(invocations);
     }
     Err(FleetError::Transient {
         service: "ssm:ListCommandInvocations".into(),
@@ -229,6 +276,40 @@ async fn confirm_final(ssm: &aws_sdk_ssm::Client, event: &CommandEvent) -> Resul
             invocations.len()
         ),
     })
+}
+
+/// Write the final outcomes of one ended command (`Guard::Outcome`: once per command, by its
+/// execution). What is not final (a failure with attempts left, an agent updated) waits for the
+/// workflow's check.
+async fn record(
+    clients: &Clients,
+    config: &Config,
+    cmd: &SentCommand,
+    exec: &Execution,
+    max_attempts: u32,
+    invocations: Vec<Invocation>,
+) -> Result<(), FleetError> {
+    let by_instance = invocations.into_iter().map(|i| (i.instance_id.clone(), i)).collect();
+    let e = outcome::evaluate(cmd, &by_instance, max_attempts);
+    if e.finals.is_empty() {
+        return Ok(());
+    }
+    let now = ledger::now_rfc3339();
+    let writes = e
+        .finals
+        .iter()
+        .map(|f| outcome::final_write(f, cmd, exec, &now))
+        .collect();
+    let result = ledger::write_all(&clients.db, &config.table, exec, writes).await?;
+    tracing::info!(
+        command = cmd.command_id,
+        written = result.written.len(),
+        refused = result.refused.len(),
+        retrying = e.retry.len(),
+        agents_updated = e.updated.len(),
+        "recorded the command's final outcomes"
+    );
+    Ok(())
 }
 
 /// The command's own status (ListCommands), final or not. A command SSM does not know is not.
@@ -379,6 +460,7 @@ mod tests {
     use aws_sdk_ssm::operation::list_commands::ListCommandsOutput;
     use aws_sdk_ssm::types::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+    use fleet_core::completion::{MAX_ATTEMPTS, SENT};
 
     const TOKEN: &str = "token-abc";
 
@@ -426,6 +508,70 @@ mod tests {
                 )
                 .build()
         })
+    }
+
+    #[tokio::test]
+    async fn an_event_writes_its_commands_final_outcomes_once_and_leaves_retries_to_the_check() {
+        let sent = json!({"commandId": "c-1", "batchKey": "k", "route": "linux", "documentName": "LinuxDoc",
+            "documentVersion": "1", "parameters": {}, "attempt": 1, "instances": [
+                {"instanceId": "i-0123456789abcdef0", "platform": "Ubuntu"},
+                {"instanceId": "i-0123456789abcdef1", "platform": "Ubuntu"}]});
+        let mut p = pointer("wait#w");
+        p.insert(SENT.into(), s(sent.to_string()));
+        p.insert(MAX_ATTEMPTS.into(), n(3));
+        p.insert(attr::EXECUTION_ARN.into(), s("arn:exec"));
+        p.insert(attr::EXECUTION_STARTED_AT.into(), s("2026-12-02T10:00:00.000Z"));
+        let get = mock!(aws_sdk_dynamodb::Client::get_item)
+            .then_output(move || GetItemOutput::builder().set_item(Some(p.clone())).build());
+        let invocations = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            let plugin = aws_sdk_ssm::types::CommandPlugin::builder()
+                .status(aws_sdk_ssm::types::CommandPluginStatus::Failed)
+                .response_code(4)
+                .build();
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(
+                    CommandInvocation::builder()
+                        .instance_id("i-0123456789abcdef0")
+                        .status(CommandInvocationStatus::Success)
+                        .build(),
+                )
+                .command_invocations(
+                    CommandInvocation::builder()
+                        .instance_id("i-0123456789abcdef1")
+                        .status(CommandInvocationStatus::Failed)
+                        .status_details("Failed")
+                        .command_plugins(plugin)
+                        .build(),
+                )
+                .build()
+        });
+        // one transaction: the installed instance only, guarded by its command
+        let write = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                let items = r.transact_items();
+                let u = items[0].update().unwrap();
+                items.len() == 1
+                    && u.key()[attr::INSTANCE_ID] == s("i-0123456789abcdef0")
+                    && u.condition_expression()
+                        .is_some_and(|c| c.contains("#outcome <> :outcome"))
+                    && u.expression_attribute_values().unwrap()[":outcome"] == s("c-1")
+                    && u.expression_attribute_values().unwrap()[":exec"] == s("arn:exec")
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput::builder().build()
+            });
+        let remove = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() == Some("DELETE #o :c"))
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .set_attributes(Some(wait_after(&["c-2"])))
+                    .build()
+            });
+        let c = clients(&[&invocations], &[&get, &write, &remove], &[]);
+        let out = handle(&c, &config(), event("c-1", "Failed")).await.unwrap();
+        assert_eq!(out["outstanding"], 1);
+        assert_eq!(write.num_calls(), 1);
+        assert_eq!(remove.num_calls(), 1);
     }
 
     #[tokio::test]

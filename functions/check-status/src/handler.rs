@@ -5,11 +5,9 @@ use fleet_core::ledger::{self, n, s, Guard, LedgerWrite};
 use fleet_core::model::{
     AgentUpdated, Batch, BatchInstance, Execution, LedgerState, ReasonCode, SentCommand, Summary, DUPLICATE,
 };
+use fleet_core::outcome::{self, Final};
 use fleet_core::record::attr;
-use fleet_core::routing::{self, MAX_BATCH};
-use fleet_core::status::{
-    agent_update_failed_reason, exit_code_reason, failure_reason, invocation_outcome, InvocationOutcome,
-};
+use fleet_core::routing::MAX_BATCH;
 use fleet_core::FleetError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -96,19 +94,6 @@ fn retry_group<'g>(
         .1
 }
 
-struct Final<'a> {
-    instance: &'a BatchInstance,
-    command: &'a SentCommand,
-    state: LedgerState,
-    code: ReasonCode,
-    reason: String,
-    status_detail: String,
-    /// The document found (or left) the agent installed and running: `verifiedAt` is now.
-    verified: bool,
-    /// A verification found the agent gone or stopped: counted as drift.
-    drift: bool,
-}
-
 pub async fn handle(
     ssm: &aws_sdk_ssm::Client,
     db: &aws_sdk_dynamodb::Client,
@@ -138,8 +123,8 @@ pub async fn handle(
         )));
     }
     let mut in_flight = Vec::new();
-    let mut finals: Vec<Final> = Vec::new();
-    let mut updated: Vec<(&BatchInstance, &SentCommand)> = Vec::new();
+    let mut finals: Vec<(Final, &SentCommand)> = Vec::new();
+    let mut updated: Vec<(BatchInstance, &SentCommand)> = Vec::new();
     let mut retry_groups: BTreeMap<RetryKey, (Batch, Vec<BatchInstance>)> = BTreeMap::new();
     for b in &req.retry {
         retry_group(&mut retry_groups, b, b.attempt).extend(b.instances.iter().cloned());
@@ -150,113 +135,22 @@ pub async fn handle(
             .into_iter()
             .map(|i| (i.instance_id.clone(), i))
             .collect();
-        let mut running = Vec::new();
-        for inst in &cmd.batch.instances {
-            let Some(inv) = invocations.get(&inst.instance_id) else {
-                running.push(inst.clone());
-                continue;
-            };
-            let route = cmd.batch.route.as_str();
-            match invocation_outcome(route, &inv.status, &inv.status_details, inv.response_code) {
-                InvocationOutcome::Running => running.push(inst.clone()),
-                // The agent is updated: not final, the instance goes back through filter-managed,
-                // which sees the new version and sends it on to its install.
-                InvocationOutcome::Succeeded if cmd.batch.is_agent_update() => updated.push((inst, cmd)),
-                InvocationOutcome::Succeeded if cmd.batch.verify => {
-                    let (code, what) = fleet_core::status::verification(&inv.output);
-                    finals.push(Final {
-                        instance: inst,
-                        command: cmd,
-                        state: LedgerState::Installed,
-                        code,
-                        reason: format!("verified by {} (attempt {}): {what}", cmd.command_id, cmd.batch.attempt),
-                        status_detail: inv.status_details.clone(),
-                        verified: true,
-                        drift: code == ReasonCode::DriftRepaired,
-                    })
-                }
-                InvocationOutcome::Succeeded => finals.push(Final {
-                    instance: inst,
-                    command: cmd,
-                    state: LedgerState::Installed,
-                    code: ReasonCode::Installed,
-                    reason: format!("installed by {} (attempt {})", cmd.command_id, cmd.batch.attempt),
-                    status_detail: inv.status_details.clone(),
-                    verified: true,
-                    drift: false,
-                }),
-                InvocationOutcome::Failed { retryable: true, .. } if cmd.batch.attempt < req.max_attempts => {
-                    tracing::info!(
-                        instance = inst.instance_id,
-                        attempt = cmd.batch.attempt,
-                        status = inv.status,
-                        detail = inv.status_details,
-                        "attempt failed; will retry"
-                    );
-                    retry_group(&mut retry_groups, &cmd.batch, cmd.batch.attempt + 1).push(inst.clone());
-                }
-                // The agent could not be updated: too old for the install, which is not sent. Not a
-                // failed install: recorded as unmanaged, with what to do.
-                InvocationOutcome::Failed { code, .. } if cmd.batch.is_agent_update() => finals.push(Final {
-                    instance: inst,
-                    command: cmd,
-                    state: LedgerState::Unmanaged,
-                    code,
-                    reason: agent_update_failed_reason(
-                        inst.agent_version.as_deref(),
-                        cmd.batch.min_agent_version.as_deref(),
-                        &inv.status,
-                        &inv.status_details,
-                        inv.response_code,
-                        cmd.batch.attempt,
-                        &inv.output,
-                    ),
-                    status_detail: inv.status_details.clone(),
-                    verified: false,
-                    drift: false,
-                }),
-                InvocationOutcome::Failed { code, .. } => {
-                    let exit = inv
-                        .response_code
-                        .and_then(|c| routing::exit_code(route, c))
-                        .filter(|e| e.reason_code == code);
-                    let reason = match exit {
-                        Some(e) => exit_code_reason(
-                            e,
-                            cmd.batch.attempt,
-                            routing::document_of_route(route).map(|d| d.min_agent_version),
-                            &inv.output,
-                        ),
-                        None => failure_reason(
-                            &inv.status,
-                            &inv.status_details,
-                            inv.response_code,
-                            cmd.batch.attempt,
-                            &inv.output,
-                        ),
-                    };
-                    finals.push(Final {
-                        instance: inst,
-                        command: cmd,
-                        state: LedgerState::Failed,
-                        code,
-                        // A verification that fails: the agent was installed and is not any more.
-                        reason: if cmd.batch.verify {
-                            format!("verification failed, the agent is not installed and running: {reason}")
-                        } else {
-                            reason
-                        },
-                        status_detail: inv.status_details.clone(),
-                        verified: false,
-                        drift: cmd.batch.verify,
-                    })
-                }
-            }
+        let e = outcome::evaluate(cmd, &invocations, req.max_attempts);
+        for inst in &e.retry {
+            tracing::info!(
+                instance = inst.instance_id,
+                attempt = cmd.batch.attempt,
+                command = cmd.command_id,
+                "attempt failed; will retry"
+            );
         }
-        if !running.is_empty() {
+        retry_group(&mut retry_groups, &cmd.batch, cmd.batch.attempt + 1).extend(e.retry);
+        finals.extend(e.finals.into_iter().map(|f| (f, cmd)));
+        updated.extend(e.updated.into_iter().map(|i| (i, cmd)));
+        if !e.running.is_empty() {
             in_flight.push(SentCommand {
                 batch: Batch {
-                    instances: running,
+                    instances: e.running,
                     ..cmd.batch.clone()
                 },
                 ..cmd.clone()
@@ -266,43 +160,7 @@ pub async fn handle(
     let now = ledger::now_rfc3339();
     let mut writes: Vec<LedgerWrite> = finals
         .iter()
-        .map(|f| {
-            let mut fields = ledger::base_fields(f.state, &req.execution, &now);
-            fields.extend([
-                (attr::REASON_CODE, s(f.code.as_str())),
-                (attr::REASON, s(&f.reason)),
-                (attr::PLATFORM, s(&f.instance.platform)),
-            ]);
-            if f.command.batch.is_agent_update() {
-                // `attempts` and `commandId` stay the install's.
-                fields.extend([
-                    (attr::AGENT_UPDATE_COMMAND_ID, s(&f.command.command_id)),
-                    (attr::AGENT_UPDATE_ATTEMPTS, n(f.command.batch.attempt)),
-                ]);
-            } else {
-                fields.extend([
-                    (attr::COMMAND_ID, s(&f.command.command_id)),
-                    (attr::ATTEMPTS, n(f.command.batch.attempt)),
-                    (attr::DOCUMENT, s(&f.command.batch.document_name)),
-                    (attr::DOCUMENT_VERSION, s(&f.command.batch.document_version)),
-                ]);
-            }
-            if !f.status_detail.is_empty() {
-                fields.push((attr::STATUS_DETAIL, s(&f.status_detail)));
-            }
-            if f.verified {
-                // Installed and running now: the sweep's backoff starts over.
-                fields.extend([(attr::VERIFIED_AT, s(&now)), (attr::SWEEP_ATTEMPTS, n(0))]);
-            }
-            if f.drift {
-                fields.extend([(attr::LAST_DRIFT_AT, s(&now)), (attr::ADD_DRIFT_COUNT, n(1))]);
-            }
-            LedgerWrite {
-                key: f.instance.instance_id.clone(),
-                fields,
-                guard: Guard::OwnedByExecution,
-            }
-        })
+        .map(|(f, cmd)| outcome::final_write(f, cmd, &req.execution, &now))
         .collect();
     // Updated agents: still installing (this execution keeps the instance), on the way to the install.
     writes.extend(updated.iter().map(|(inst, cmd)| {
@@ -332,10 +190,25 @@ pub async fn handle(
         }
     }));
     let result = ledger::write_all(db, table, &req.execution, writes).await?;
-    let refused: std::collections::HashSet<&str> = result.refused.iter().map(|(k, _)| k.as_str()).collect();
+    // Refused: another run owns the instance, or (a final outcome) the completion event of its
+    // command wrote the same outcome first; that one is this execution's and counts as recorded.
+    let outcome_of: HashMap<&str, &str> = finals
+        .iter()
+        .map(|(f, cmd)| (f.instance.instance_id.as_str(), cmd.command_id.as_str()))
+        .collect();
+    let refused: std::collections::HashSet<&str> = result
+        .refused
+        .iter()
+        .filter(|(k, item)| {
+            !outcome_of
+                .get(k.as_str())
+                .is_some_and(|cid| outcome::already_recorded(item, &req.execution, cid))
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
     let mut summary = req.summary;
     let mut recorded = Recorded::default();
-    for f in &finals {
+    for (f, _) in &finals {
         if !refused.contains(f.instance.instance_id.as_str()) {
             match (f.state, f.code) {
                 (LedgerState::Installed, ReasonCode::Verified) => {}
@@ -686,6 +559,62 @@ mod tests {
         assert_eq!(r.retry[0].instances[0].agent_version.as_deref(), Some("3.3.1142.0"));
         assert_eq!(r.retry[0].instance_ids(), vec![id(3)]);
         assert!(r.in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_outcome_its_completion_event_wrote_first_counts_as_recorded_not_as_another_runs() {
+        let list = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {
+            ListCommandInvocationsOutput::builder()
+                .command_invocations(inv(1, CommandInvocationStatus::Success, "Success", 0, ""))
+                .command_invocations(inv(2, CommandInvocationStatus::Success, "Success", 0, ""))
+                .build()
+        });
+        let exec = "arn:aws:states:us-east-1:1:execution:install:e";
+        let item = |by_exec: &str| {
+            HashMap::from([
+                (attr::EXECUTION_ARN.to_string(), s(by_exec)),
+                (attr::OUTCOME_OF.to_string(), s("c1")),
+            ])
+        };
+        let first = item(exec);
+        let newer = item("arn:aws:states:us-east-1:1:execution:install:newer");
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                r.transact_items().iter().all(|t| {
+                    let u = t.update().unwrap();
+                    u.expression_attribute_values().unwrap()[":outcome"] == s("c1")
+                })
+            })
+            .then_error(move || {
+                TransactWriteItemsError::TransactionCanceledException(
+                    aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                        .cancellation_reasons(
+                            CancellationReason::builder()
+                                .code("ConditionalCheckFailed")
+                                .set_item(Some(first.clone()))
+                                .build(),
+                        )
+                        .cancellation_reasons(
+                            CancellationReason::builder()
+                                .code("ConditionalCheckFailed")
+                                .set_item(Some(newer.clone()))
+                                .build(),
+                        )
+                        .build(),
+                )
+            });
+        let ssm = mock_client!(aws_sdk_ssm, [&list]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2])]))
+            .await
+            .unwrap();
+        // 1: written by the event, this execution's outcome; 2: a newer run owns it
+        assert_eq!(r.summary.by_state["installed"], 1);
+        assert_eq!(r.summary.by_state[DUPLICATE], 1);
+        assert_eq!(r.summary.by_reason["SupersededByNewerRun"], 1);
+        assert_eq!(r.recorded.installed, 1);
+        assert_eq!(tx.num_calls(), 1);
+        assert!(r.finished);
     }
 
     #[tokio::test]

@@ -38,6 +38,44 @@ pub const WAIT_KEY: &str = "waitKey";
 pub const RESUMED_AT: &str = "resumedAt";
 /// What resumed it: `event`, `registration` (the commands had finished before the wait began).
 pub const RESUMED_BY: &str = "resumedBy";
+/// Pointer attributes written when the command is sent: the command as sent (JSON) and the attempts
+/// the workflow allows, so that its completion event can write its outcomes before any wait exists.
+pub const SENT: &str = "sent";
+pub const MAX_ATTEMPTS: &str = "maxAttempts";
+
+/// The fields of a command's pointer (`command#<id>`) that let its event write its outcomes: the
+/// command as sent, the execution that sent it and the attempts allowed. Not an instance: no state.
+pub fn pointer_fields(
+    cmd: &crate::model::SentCommand,
+    exec: &crate::model::Execution,
+    max_attempts: u32,
+) -> Vec<(&'static str, aws_sdk_dynamodb::types::AttributeValue)> {
+    use crate::ledger::{n, s};
+    use crate::record::attr;
+    vec![
+        (attr::KIND, s("commandWait")),
+        (attr::EXECUTION_ARN, s(&exec.execution_id)),
+        (attr::EXECUTION_STARTED_AT, s(&exec.execution_start_time)),
+        (SENT, s(serde_json::to_string(cmd).unwrap_or_default())),
+        (MAX_ATTEMPTS, n(max_attempts)),
+        crate::ledger::ttl_field(),
+    ]
+}
+
+/// The command, execution and attempts a pointer keeps (None for a pointer written without them).
+pub fn pointer_command(
+    pointer: &crate::ledger::Item,
+) -> Option<(crate::model::SentCommand, crate::model::Execution, u32)> {
+    use crate::ledger::get_s;
+    use crate::record::attr;
+    let cmd = serde_json::from_str(get_s(pointer, SENT)?).ok()?;
+    let max = pointer.get(MAX_ATTEMPTS)?.as_n().ok()?.parse().ok()?;
+    let exec = crate::model::Execution {
+        execution_id: get_s(pointer, attr::EXECUTION_ARN)?.to_string(),
+        execution_start_time: get_s(pointer, attr::EXECUTION_STARTED_AT)?.to_string(),
+    };
+    Some((cmd, exec, max))
+}
 
 /// The EventBridge detail type of a command's status change (one per command).
 pub const COMMAND_STATUS_CHANGE: &str = "EC2 Command Status-change Notification";

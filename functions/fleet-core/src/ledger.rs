@@ -112,6 +112,9 @@ pub enum Guard {
     },
     /// Outcomes: only the execution that claimed the instance writes its outcome.
     OwnedByExecution,
+    /// A command's final outcome: as `OwnedByExecution`, and only once per command (`outcomeOf`), so
+    /// that the first of its two readers (the completion event, the workflow's check) writes it.
+    Outcome { command_id: String },
     /// A failed run's instances: those it has not finished and no newer run or install owns.
     Unfinished,
     /// Batch lock: only when it does not exist.
@@ -259,6 +262,13 @@ fn to_update(table: &str, w: &LedgerWrite, exec: &Execution) -> Result<Update, F
             names.insert("#exec".into(), attr::EXECUTION_ARN.into());
             values.insert(":exec".into(), s(&exec.execution_id));
             "#exec = :exec".to_string()
+        }
+        Guard::Outcome { command_id } => {
+            names.insert("#exec".into(), attr::EXECUTION_ARN.into());
+            names.insert("#outcome".into(), attr::OUTCOME_OF.into());
+            values.insert(":exec".into(), s(&exec.execution_id));
+            values.insert(":outcome".into(), s(command_id));
+            "#exec = :exec AND (attribute_not_exists(#outcome) OR #outcome <> :outcome)".to_string()
         }
         Guard::Unfinished => {
             names.insert("#pk".into(), attr::INSTANCE_ID.into());
@@ -832,6 +842,9 @@ mod tests {
             },
             Guard::SweepRetry { now: "t".into() },
             Guard::Gone,
+            Guard::Outcome {
+                command_id: "c1".into(),
+            },
         ];
         for guard in guards {
             let w = LedgerWrite {

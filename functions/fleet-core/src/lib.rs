@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod ledger;
 pub mod model;
+pub mod outcome;
 pub mod record;
 pub mod rollout;
 pub mod routing;

@@ -52,6 +52,8 @@ pub mod attr {
     pub const SWEEP_ID: &str = "sweepId";
     /// The batch an instance was last sent in (its lock is `batch#<key>`).
     pub const BATCH_KEY: &str = "batchKey";
+    /// The command whose final outcome the item holds (written once per command: `Guard::Outcome`).
+    pub const OUTCOME_OF: &str = "outcomeOf";
     pub const AGENT_UPDATE_COMMAND_ID: &str = "agentUpdateCommandId";
     pub const AGENT_UPDATE_ATTEMPTS: &str = "agentUpdateAttempts";
     pub const AGENT_UPDATED_AT: &str = "agentUpdatedAt";

@@ -72,6 +72,10 @@ pub struct Request {
     /// round looks at pending instances and re-sends failures together.
     #[serde(default)]
     pub retry: Vec<Batch>,
+    /// The workflow's attempts per instance: with it, each command's pointer (`command#<id>`) is written
+    /// as it is sent, so that its completion event can write its outcomes at once.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// Commands already in flight: returned with the new ones, so the workflow keeps one list.
     #[serde(default)]
     pub in_flight: Vec<SentCommand>,
@@ -206,12 +210,13 @@ pub async fn handle(
     // A few batches at a time: a round's commands go out together, so the first does not wait for the
     // last to be sent before its completion can end the wait (SendCommand is throttled well above this).
     // Each batch counts apart; results are taken in the batches' order.
+    let max_attempts = req.max_attempts;
     let sends = futures::stream::iter(req.batches.iter().filter(|b| !b.instances.is_empty()).map(|batch| {
         let opted_out = &opted_out;
         let exec = &req.execution;
         async move {
             let mut tally = Tally::default();
-            let cmd = send_batch(ssm, ec2, db, config, exec, batch, opted_out, &mut tally).await?;
+            let cmd = send_batch(ssm, ec2, db, config, exec, batch, opted_out, max_attempts, &mut tally).await?;
             Ok::<_, FleetError>((cmd, tally))
         }
     }))
@@ -243,6 +248,7 @@ async fn send_batch(
     exec: &Execution,
     planned: &Batch,
     opted_out: &HashSet<String>,
+    max_attempts: Option<u32>,
     resp: &mut Tally,
 ) -> Result<Option<SentCommand>, FleetError> {
     // The key comes from the batch as planned (execution, route, attempt, instances): a retried
@@ -424,7 +430,7 @@ async fn send_batch(
                 instance_ids,
             }) = adapters::find_command_by_comment(ssm, document, since, &wanted).await?
             {
-                record_command_id(db, config, exec, &lock, &command_id, &instance_ids).await?;
+                record_command_id(db, config, exec, &lock, &command_id, &instance_ids, None).await?;
                 resp.reused += 1;
                 tracing::info!(
                     batch_key = key,
@@ -466,13 +472,24 @@ async fn send_batch(
         };
         match adapters::send_command(ssm, &request).await {
             Ok(command_id) => {
-                record_command_id(db, config, exec, &lock, &command_id, &request.instance_ids).await?;
-                resp.sent += 1;
-                return Ok(Some(SentCommand {
+                let sent = SentCommand {
                     command_id,
                     batch_key: key,
                     batch: to_send,
-                }));
+                };
+                let pointer = max_attempts.map(|max| (&sent, max));
+                record_command_id(
+                    db,
+                    config,
+                    exec,
+                    &lock,
+                    &sent.command_id,
+                    &request.instance_ids,
+                    pointer,
+                )
+                .await?;
+                resp.sent += 1;
+                return Ok(Some(sent));
             }
             Err(SendError::InvalidInstanceId(message)) if !rejected_once => {
                 // SSM rejects the whole call when one id is not a managed, online instance:
@@ -598,6 +615,7 @@ async fn record_command_id(
     lock: &str,
     command_id: &str,
     instance_ids: &[String],
+    pointer: Option<(&SentCommand, u32)>,
 ) -> Result<(), FleetError> {
     let mut fields = vec![
         (attr::COMMAND_ID, s(command_id)),
@@ -609,12 +627,21 @@ async fn record_command_id(
             aws_sdk_dynamodb::types::AttributeValue::L(instance_ids.iter().map(s).collect()),
         ));
     }
-    let write = LedgerWrite {
+    let mut writes = vec![LedgerWrite {
         key: lock.to_string(),
         fields,
         guard: Guard::OwnedByExecution,
-    };
-    ledger::write_transaction(db, &config.table, exec, vec![write]).await?;
+    }];
+    // In the same transaction: the command's pointer, which its completion event follows to write
+    // its outcomes (fleet_core::completion). A retried send finds it there and leaves it.
+    if let Some((sent, max)) = pointer {
+        writes.push(LedgerWrite {
+            key: fleet_core::completion::command_key(command_id),
+            fields: fleet_core::completion::pointer_fields(sent, exec, max),
+            guard: Guard::NotExists,
+        });
+    }
+    ledger::write_transaction(db, &config.table, exec, writes).await?;
     Ok(())
 }
 
@@ -787,6 +814,37 @@ mod tests {
         for (c, b) in r.in_flight.iter().zip(&planned) {
             assert_eq!(c.batch.instance_ids(), b.instance_ids());
         }
+    }
+
+    #[tokio::test]
+    async fn a_sent_command_gets_its_pointer_with_the_command_in_the_same_transaction_as_its_id() {
+        let claim = ok_tx();
+        let with_pointer = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| {
+                let items = r.transact_items();
+                items.len() == 2
+                    && items[1].update().is_some_and(|u| {
+                        let v = u.expression_attribute_values().unwrap();
+                        u.key()[attr::INSTANCE_ID] == s("command#cmd-1")
+                            && u.condition_expression() == Some("attribute_not_exists(#pk)")
+                            && v.values().any(|x| x == &n(3))
+                            && v.values()
+                                .any(|x| x.as_s().is_ok_and(|t| t.contains("\"commandId\":\"cmd-1\"")))
+                    })
+            })
+            .then_output(|| TransactWriteItemsOutput::builder().build());
+        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id("cmd-1").build())
+                .build()
+        });
+        let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&with_pointer, &claim]);
+        let mut req = input(vec![batch(&[1, 2])]);
+        req["maxAttempts"] = serde_json::json!(3);
+        let r = handle(&ssm, &no_ec2(), &db, &config(), req).await.unwrap();
+        assert_eq!(r.sent, 1);
+        assert_eq!(with_pointer.num_calls(), 1);
     }
 
     #[tokio::test]

@@ -157,9 +157,27 @@ pub async fn handle(
             });
         }
     }
+    // Outcomes the commands' completion events wrote already are read (one BatchGetItem per 100), not
+    // written again: a write the guard would refuse still costs a transaction, and DynamoDB's work.
+    let keys: Vec<String> = finals.iter().map(|(f, _)| f.instance.instance_id.clone()).collect();
+    let before = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        ledger::get_items(db, table, &keys).await?
+    };
+    let recorded_by_event: std::collections::HashSet<&str> = finals
+        .iter()
+        .filter(|(f, cmd)| {
+            before
+                .get(&f.instance.instance_id)
+                .is_some_and(|item| outcome::already_recorded(item, &req.execution, &cmd.command_id))
+        })
+        .map(|(f, _)| f.instance.instance_id.as_str())
+        .collect();
     let now = ledger::now_rfc3339();
     let mut writes: Vec<LedgerWrite> = finals
         .iter()
+        .filter(|(f, _)| !recorded_by_event.contains(f.instance.instance_id.as_str()))
         .map(|(f, cmd)| outcome::final_write(f, cmd, &req.execution, &now))
         .collect();
     // Updated agents: still installing (this execution keeps the instance), on the way to the install.
@@ -301,6 +319,12 @@ mod tests {
         })
     }
 
+    /// BatchGetItem: no outcome written by a completion event yet.
+    fn nothing_recorded() -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_dynamodb::Client::batch_get_item)
+            .then_output(|| aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput::builder().build())
+    }
+
     fn input(commands: Vec<Value>) -> Value {
         serde_json::json!({
             "executionId": "arn:aws:states:us-east-1:1:execution:install:e",
@@ -360,7 +384,8 @@ mod tests {
             .match_requests(|r| r.transact_items().len() == 3)
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&list, &last]);
-        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
+        let none = nothing_recorded();
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &none]);
         let r = handle(
             &ssm,
             &db,
@@ -436,7 +461,8 @@ mod tests {
             })
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
-        let db = mock_client!(aws_sdk_dynamodb, [&tx]);
+        let none = nothing_recorded();
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &none]);
         let mut cmd = command("c1", 1, &[2, 3, 4, 5, 6, 7, 8, 9, 10, 1]);
         cmd["route"] = "windows".into();
         cmd["documentName"] = "WinDoc".into();
@@ -470,7 +496,8 @@ mod tests {
             })
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
-        let db = mock_client!(aws_sdk_dynamodb, [&tx]);
+        let none = nothing_recorded();
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &none]);
         let r = handle(&ssm, &db, "ledger", input(vec![command("c3", 3, &[4])]))
             .await
             .unwrap();
@@ -537,7 +564,8 @@ mod tests {
         let rest = mock!(aws_sdk_dynamodb::Client::transact_write_items)
             .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
-        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &rest]);
+        let none = nothing_recorded();
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &rest, &none]);
         let mut req = input(vec![update_command("u1", 1, &[1, 2, 3, 4])]);
         req["pending"] = serde_json::json!([id(9)]);
         req["agentUpdated"] = serde_json::json!([{"updatedAt": "2026-11-25T12:00:00.000Z", "instanceIds": [id(8)]}]);
@@ -567,53 +595,66 @@ mod tests {
             ListCommandInvocationsOutput::builder()
                 .command_invocations(inv(1, CommandInvocationStatus::Success, "Success", 0, ""))
                 .command_invocations(inv(2, CommandInvocationStatus::Success, "Success", 0, ""))
+                .command_invocations(inv(3, CommandInvocationStatus::Success, "Success", 0, ""))
                 .build()
         });
         let exec = "arn:aws:states:us-east-1:1:execution:install:e";
-        let item = |by_exec: &str| {
+        let item = |iid: String, by_exec: &str| {
             HashMap::from([
+                (attr::INSTANCE_ID.to_string(), s(iid)),
                 (attr::EXECUTION_ARN.to_string(), s(by_exec)),
                 (attr::OUTCOME_OF.to_string(), s("c1")),
             ])
         };
-        let first = item(exec);
-        let newer = item("arn:aws:states:us-east-1:1:execution:install:newer");
-        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
-            .match_requests(|r| {
-                r.transact_items().iter().all(|t| {
-                    let u = t.update().unwrap();
-                    u.expression_attribute_values().unwrap()[":outcome"] == s("c1")
+        // 1: its event wrote it; 2: read as this execution's, but a newer run takes it before the write
+        let read = {
+            let (one, two) = (
+                item(id(1), exec),
+                item(id(2), "arn:aws:states:us-east-1:1:execution:install:older"),
+            );
+            mock!(aws_sdk_dynamodb::Client::batch_get_item)
+                .match_requests(|r| r.request_items().unwrap()["ledger"].keys().len() == 3)
+                .then_output(move || {
+                    aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput::builder()
+                        .responses("ledger", vec![one.clone(), two.clone()])
+                        .build()
                 })
-            })
-            .then_error(move || {
+        };
+        let newer = item(id(2), "arn:aws:states:us-east-1:1:execution:install:newer");
+        // only 2 and 3 are written; 2 is refused
+        let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 2)
+            .sequence()
+            .error(move || {
                 TransactWriteItemsError::TransactionCanceledException(
                     aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
-                        .cancellation_reasons(
-                            CancellationReason::builder()
-                                .code("ConditionalCheckFailed")
-                                .set_item(Some(first.clone()))
-                                .build(),
-                        )
                         .cancellation_reasons(
                             CancellationReason::builder()
                                 .code("ConditionalCheckFailed")
                                 .set_item(Some(newer.clone()))
                                 .build(),
                         )
+                        .cancellation_reasons(CancellationReason::builder().code("None").build())
                         .build(),
                 )
-            });
+            })
+            .build();
+        let rest = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+            .match_requests(|r| r.transact_items().len() == 1)
+            .then_output(|| TransactWriteItemsOutput::builder().build());
         let ssm = mock_client!(aws_sdk_ssm, [&list]);
-        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
-        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2])]))
+        let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&read, &tx, &rest]);
+        let r = handle(&ssm, &db, "ledger", input(vec![command("c1", 1, &[1, 2, 3])]))
             .await
             .unwrap();
-        // 1: written by the event, this execution's outcome; 2: a newer run owns it
-        assert_eq!(r.summary.by_state["installed"], 1);
+        // 1: written by the event, this execution's outcome; 2: a newer run owns it; 3: written now
+        assert_eq!(r.summary.by_state["installed"], 2);
         assert_eq!(r.summary.by_state[DUPLICATE], 1);
         assert_eq!(r.summary.by_reason["SupersededByNewerRun"], 1);
-        assert_eq!(r.recorded.installed, 1);
+        assert_eq!(r.recorded.installed, 2);
+        assert_eq!(read.num_calls(), 1);
         assert_eq!(tx.num_calls(), 1);
+        assert_eq!(rest.num_calls(), 1);
         assert!(r.finished);
     }
 

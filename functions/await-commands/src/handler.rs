@@ -460,7 +460,6 @@ mod tests {
     use aws_sdk_ssm::operation::list_commands::ListCommandsOutput;
     use aws_sdk_ssm::types::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
     use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
-    use fleet_core::completion::{MAX_ATTEMPTS, SENT};
 
     const TOKEN: &str = "token-abc";
 
@@ -512,15 +511,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_writes_its_commands_final_outcomes_once_and_leaves_retries_to_the_check() {
-        let sent = json!({"commandId": "c-1", "batchKey": "k", "route": "linux", "documentName": "LinuxDoc",
-            "documentVersion": "1", "parameters": {}, "attempt": 1, "instances": [
+        let sent: SentCommand = serde_json::from_value(json!({"commandId": "c-1", "batchKey": "k", "route": "linux",
+            "documentName": "LinuxDoc", "documentVersion": "1", "parameters": {}, "attempt": 1, "instances": [
                 {"instanceId": "i-0123456789abcdef0", "platform": "Ubuntu"},
-                {"instanceId": "i-0123456789abcdef1", "platform": "Ubuntu"}]});
+                {"instanceId": "i-0123456789abcdef1", "platform": "Ubuntu"}]}))
+        .unwrap();
+        // the pointer as send-command writes it
+        let exec = Execution {
+            execution_id: "arn:exec".into(),
+            execution_start_time: "2026-12-02T10:00:00.000Z".into(),
+        };
         let mut p = pointer("wait#w");
-        p.insert(SENT.into(), s(sent.to_string()));
-        p.insert(MAX_ATTEMPTS.into(), n(3));
-        p.insert(attr::EXECUTION_ARN.into(), s("arn:exec"));
-        p.insert(attr::EXECUTION_STARTED_AT.into(), s("2026-12-02T10:00:00.000Z"));
+        p.extend(
+            completion::pointer_fields(&sent, &exec, 3)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         let get = mock!(aws_sdk_dynamodb::Client::get_item)
             .then_output(move || GetItemOutput::builder().set_item(Some(p.clone())).build());
         let invocations = mock!(aws_sdk_ssm::Client::list_command_invocations).then_output(|| {

@@ -730,6 +730,15 @@ mod tests {
         })
     }
 
+    /// SendCommand answering every call with this command id.
+    fn sends_as(command_id: &'static str) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_ssm::Client::send_command).then_output(move || {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id(command_id).build())
+                .build()
+        })
+    }
+
     fn ok_tx() -> aws_smithy_mocks::Rule {
         mock!(aws_sdk_dynamodb::Client::transact_write_items)
             .then_output(|| TransactWriteItemsOutput::builder().build())
@@ -789,11 +798,7 @@ mod tests {
     #[tokio::test]
     async fn batches_sent_a_few_at_a_time_come_back_in_their_order() {
         let tx = ok_tx();
-        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
-            SendCommandOutput::builder()
-                .command(Command::builder().command_id("cmd").build())
-                .build()
-        });
+        let send = sends_as("cmd");
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
         // more batches than are sent at once, of different sizes
@@ -833,11 +838,7 @@ mod tests {
                     })
             })
             .then_output(|| TransactWriteItemsOutput::builder().build());
-        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
-            SendCommandOutput::builder()
-                .command(Command::builder().command_id("cmd-1").build())
-                .build()
-        });
+        let send = sends_as("cmd-1");
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&with_pointer, &claim]);
         let mut req = input(vec![batch(&[1, 2])]);
@@ -1041,11 +1042,7 @@ mod tests {
     async fn resend_tags_are_read_200_ids_a_call_and_first_sends_do_not_read_them() {
         let describe = ec2_with_opt_out(&[]);
         let tx = ok_tx();
-        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
-            SendCommandOutput::builder()
-                .command(Command::builder().command_id("cmd").build())
-                .build()
-        });
+        let send = sends_as("cmd");
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
@@ -1062,11 +1059,7 @@ mod tests {
     async fn failures_to_resend_go_out_after_the_new_batches_and_their_tags_are_read() {
         let describe = ec2_with_opt_out(&[]);
         let tx = ok_tx();
-        let send = mock!(aws_sdk_ssm::Client::send_command).then_output(|| {
-            SendCommandOutput::builder()
-                .command(Command::builder().command_id("cmd").build())
-                .build()
-        });
+        let send = sends_as("cmd");
         let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, [&send]);
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&describe]);
         let db = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx]);
